@@ -1,0 +1,34 @@
+//! The one error type of the actors crate. Its variants are what the front
+//! door maps to gRPC status codes, so each says who is at fault: the caller
+//! (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition), the moment
+//! (Unavailable, DeadlineExceeded) or berth itself (Internal).
+
+use crate::journal::JournalError;
+
+/// Result with the crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The actor that should answer is restarting or gone; the caller may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<JournalError> for Error {
+    fn from(e: JournalError) -> Self {
+        Error::Internal(format!("journal: {e}"))
+    }
+}

@@ -1,0 +1,257 @@
+//! The journal: berth's durable memory, one sled database under the root
+//! directory.
+//!
+//! Records are typed ([`Record`]) and versioned: each is stored as an
+//! [`Envelope`] carrying the record's version, so a newer berthd can read
+//! and migrate what an older one wrote. Records are grouped by [`Kind`], one
+//! sled tree per kind, and each kind has exactly one writer: the actor that
+//! owns it ([`Kind::owner`]). A write returns only once it is durable
+//! (flushed to disk): callers journal before they reply.
+//!
+//! The storage sits behind the small [`Journal`] trait so that unit tests can
+//! use [`MemoryJournal`] instead of sled.
+
+mod boot;
+mod memory;
+mod sled_store;
+mod table;
+
+pub use boot::{BootLog, BootRecord};
+pub use memory::MemoryJournal;
+pub use sled_store::SledJournal;
+pub use table::Table;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// What can go wrong below the journal's API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JournalError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("record {kind}/{key}: {reason}")]
+    Corrupt {
+        kind: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{kind} records belong to the {owner} actor, not to {writer}")]
+    NotOwner {
+        kind: &'static str,
+        owner: &'static str,
+        writer: &'static str,
+    },
+}
+
+/// The kinds of record, one sled tree each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Sandbox,
+    Container,
+    Image,
+    NetworkAllocation,
+    Shim,
+    /// The kernel's own records (boots).
+    Meta,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Sandbox,
+        Kind::Container,
+        Kind::Image,
+        Kind::NetworkAllocation,
+        Kind::Shim,
+        Kind::Meta,
+    ];
+
+    /// The sled tree's name, also shown by `berthctl journal stats`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandbox",
+            Kind::Container => "container",
+            Kind::Image => "image",
+            Kind::NetworkAllocation => "network",
+            Kind::Shim => "shim",
+            Kind::Meta => "meta",
+        }
+    }
+
+    /// The only writer of this kind's tree.
+    pub fn owner(self) -> &'static str {
+        match self {
+            Kind::Sandbox => "sandbox",
+            Kind::Container => "container",
+            Kind::Image => "image",
+            Kind::NetworkAllocation => "network",
+            Kind::Shim => "shim",
+            Kind::Meta => "kernel",
+        }
+    }
+}
+
+/// Counts and sizes for the admin API.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub path: String,
+    pub counts: Vec<(Kind, u64)>,
+    pub size_bytes: u64,
+    /// Unix time in ns of the last durable write; 0 before the first.
+    pub last_flush_unix_nanos: i64,
+}
+
+/// Raw storage: bytes by kind and key. Every mutation is durable on return.
+pub trait Journal: Send + Sync + 'static {
+    fn put(&self, kind: Kind, key: &str, value: &[u8]) -> Result<(), JournalError>;
+    fn remove(&self, kind: Kind, key: &str) -> Result<(), JournalError>;
+    fn get(&self, kind: Kind, key: &str) -> Result<Option<Vec<u8>>, JournalError>;
+    /// Every record of a kind, in key order.
+    fn scan(&self, kind: Kind) -> Result<Vec<(String, Vec<u8>)>, JournalError>;
+    fn stats(&self) -> Result<JournalStats, JournalError>;
+    /// Makes everything written so far durable (used at shutdown).
+    fn flush(&self) -> Result<(), JournalError>;
+}
+
+/// A typed, versioned journal record.
+pub trait Record: Serialize + DeserializeOwned {
+    const KIND: Kind;
+    /// Bumped whenever the stored shape changes; see [`Record::migrate`].
+    const VERSION: u32;
+
+    /// The record's key within its kind.
+    fn key(&self) -> String;
+
+    /// Reads a record stored by an older berthd (`version` < VERSION). The
+    /// default knows no older versions.
+    fn migrate(version: u32, data: serde_json::Value) -> Result<Self, String> {
+        let _ = data;
+        Err(format!(
+            "version {version} is not readable by this berthd (it reads up to {})",
+            Self::VERSION
+        ))
+    }
+}
+
+/// How a record sits on disk: its version beside its data.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u32,
+    pub data: serde_json::Value,
+}
+
+/// What loading a kind found: the readable records and the unreadable ones
+/// (with the reason), which never stop the rest from loading.
+#[derive(Debug)]
+pub struct Loaded<R> {
+    pub records: Vec<R>,
+    pub unreadable: Vec<JournalError>,
+}
+
+/// The typed view of one kind, held by that kind's owner.
+pub struct Tree<R: Record> {
+    journal: Arc<dyn Journal>,
+    _record: PhantomData<fn() -> R>,
+}
+
+impl<R: Record> Clone for Tree<R> {
+    fn clone(&self) -> Self {
+        Tree {
+            journal: self.journal.clone(),
+            _record: PhantomData,
+        }
+    }
+}
+
+impl<R: Record> Tree<R> {
+    /// Opens the tree for `writer`, which must be the kind's owner.
+    pub fn open(journal: Arc<dyn Journal>, writer: &'static str) -> Result<Self, JournalError> {
+        if R::KIND.owner() != writer {
+            return Err(JournalError::NotOwner {
+                kind: R::KIND.name(),
+                owner: R::KIND.owner(),
+                writer,
+            });
+        }
+        Ok(Tree {
+            journal,
+            _record: PhantomData,
+        })
+    }
+
+    /// Stores the record durably.
+    pub fn put(&self, record: &R) -> Result<(), JournalError> {
+        let key = record.key();
+        let data = serde_json::to_value(record).map_err(|e| self.corrupt(&key, e))?;
+        let bytes = serde_json::to_vec(&Envelope {
+            v: R::VERSION,
+            data,
+        })
+        .map_err(|e| self.corrupt(&key, e))?;
+        self.journal.put(R::KIND, &key, &bytes)
+    }
+
+    pub fn remove(&self, key: &str) -> Result<(), JournalError> {
+        self.journal.remove(R::KIND, key)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<R>, JournalError> {
+        match self.journal.get(R::KIND, key)? {
+            None => Ok(None),
+            Some(bytes) => self.decode(key, &bytes).map(Some),
+        }
+    }
+
+    /// Every record of the kind; unreadable ones are reported, not fatal.
+    pub fn load(&self) -> Result<Loaded<R>, JournalError> {
+        let mut loaded = Loaded {
+            records: Vec::new(),
+            unreadable: Vec::new(),
+        };
+        for (key, bytes) in self.journal.scan(R::KIND)? {
+            match self.decode(&key, &bytes) {
+                Ok(r) => loaded.records.push(r),
+                Err(e) => {
+                    tracing::warn!(kind = R::KIND.name(), %key, error = %e, "unreadable journal record");
+                    loaded.unreadable.push(e);
+                }
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn decode(&self, key: &str, bytes: &[u8]) -> Result<R, JournalError> {
+        let env: Envelope = serde_json::from_slice(bytes).map_err(|e| self.corrupt(key, e))?;
+        let result = if env.v == R::VERSION {
+            serde_json::from_value(env.data).map_err(|e| e.to_string())
+        } else if env.v < R::VERSION {
+            R::migrate(env.v, env.data)
+        } else {
+            Err(format!(
+                "version {} was written by a newer berthd (this one reads up to {})",
+                env.v,
+                R::VERSION
+            ))
+        };
+        result.map_err(|e| self.corrupt(key, e))
+    }
+
+    fn corrupt(&self, key: &str, reason: impl ToString) -> JournalError {
+        JournalError::Corrupt {
+            kind: R::KIND.name(),
+            key: key.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Unix time now, in nanoseconds.
+pub fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,56 @@
+//! [`Table`]: an actor's in-memory map of one record kind, kept in step with
+//! its journal tree. Writes go to the journal first (durable), then to the
+//! map, so memory never holds what the disk does not.
+
+use super::{Journal, JournalError, Loaded, Record, Tree};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+pub struct Table<R: Record> {
+    tree: Tree<R>,
+    rows: BTreeMap<String, R>,
+}
+
+impl<R: Record> Table<R> {
+    /// Opens the kind's tree for its owner and loads it.
+    pub fn open(journal: &Arc<dyn Journal>, owner: &'static str) -> Result<Self, JournalError> {
+        Self::load(Tree::open(journal.clone(), owner)?)
+    }
+
+    /// Loads every readable record of the kind; unreadable ones are logged
+    /// by [`Tree::load`] and left where they are.
+    pub fn load(tree: Tree<R>) -> Result<Self, JournalError> {
+        let Loaded { records, .. } = tree.load()?;
+        let rows = records.into_iter().map(|r| (r.key(), r)).collect();
+        Ok(Table { tree, rows })
+    }
+
+    pub fn get(&self, key: &str) -> Option<&R> {
+        self.rows.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &R> {
+        self.rows.values()
+    }
+
+    /// Journals the record, then keeps it.
+    pub fn put(&mut self, record: R) -> Result<(), JournalError> {
+        self.tree.put(&record)?;
+        self.rows.insert(record.key(), record);
+        Ok(())
+    }
+
+    /// Journals the removal, then forgets the record.
+    pub fn remove(&mut self, key: &str) -> Result<Option<R>, JournalError> {
+        self.tree.remove(key)?;
+        Ok(self.rows.remove(key))
+    }
+}

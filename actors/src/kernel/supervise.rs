@@ -1,0 +1,376 @@
+//! Supervision, written once for every subsystem.
+//!
+//! A subsystem is a plain struct ([`Subsystem`]) that answers messages
+//! ([`Handles`]). [`Shell`] is the actix actor around it: it rebuilds the
+//! state from the journal on every (re)start, counts what it handles in the
+//! registry, and turns a panic in a handler into a supervised restart, so an
+//! actor never dies for good and never answers `MailboxError` forever. The
+//! message that was in the handler when it panicked fails as Unavailable;
+//! messages still queued stay in the mailbox and are served after the
+//! restart.
+//!
+//! ```text
+//!   start ──> rebuild ok ──> Running ──panic / kill──> Restarting ──┐
+//!                │                                                  │
+//!                └─ rebuild failed: back off, stop ──> Restarting ──┴─> rebuild
+//! ```
+
+use super::registry::{ActorCell, ActorStatus};
+use crate::journal::Journal;
+use crate::{Error, Result};
+use actix::prelude::*;
+use futures::future::BoxFuture;
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The state and logic of one subsystem actor, free of actix.
+pub trait Subsystem: Sized + Unpin + 'static {
+    /// The actor's name in the registry and the admin API.
+    const NAME: &'static str;
+    /// What the subsystem needs besides the journal: configuration and the
+    /// handles of the actors it talks to.
+    type Deps: Clone + Unpin + Send + 'static;
+
+    /// Builds the state from the journal: at start and after every restart.
+    fn rebuild(deps: &Self::Deps, journal: &Arc<dyn Journal>) -> Result<Self>;
+
+    /// How many journal records the state holds (shown by ping).
+    fn records(&self) -> usize;
+}
+
+/// What a handler gets besides the state.
+pub struct Cx<'a, S: Subsystem> {
+    pub deps: &'a S::Deps,
+    pub journal: &'a Arc<dyn Journal>,
+    pub ctx: &'a mut Context<Shell<S>>,
+}
+
+/// A handler's answer: now, or from work that runs off the actor.
+pub enum Reply<S: Subsystem, T> {
+    Now(Result<T>),
+    Later(Pin<Box<dyn ActorFuture<Shell<S>, Output = Result<T>>>>),
+}
+
+use std::pin::Pin;
+
+/// A subsystem answers message `M`.
+pub trait Handles<M>: Subsystem
+where
+    M: Message,
+{
+    type Output;
+    fn handle(&mut self, msg: M, cx: Cx<'_, Self>) -> Reply<Self, Self::Output>;
+}
+
+/// Puts `M` in a mailbox and keeps the registry's mailbox depth right: the
+/// ticket is given back when the handler takes the message or when the
+/// message is dropped unhandled.
+pub struct Envelope<M> {
+    msg: M,
+    _ticket: Ticket,
+}
+
+impl<M: Message> Message for Envelope<M> {
+    type Result = M::Result;
+}
+
+struct Ticket(Arc<ActorCell>);
+
+impl Ticket {
+    fn new(cell: &Arc<ActorCell>) -> Self {
+        cell.enqueued();
+        Ticket(cell.clone())
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.0.dequeued();
+    }
+}
+
+/// Operator controls every actor answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlOp {
+    /// Stop the actor as after a fatal error; the supervisor restarts it.
+    Kill,
+    /// Panic inside a handler (chaos and tests).
+    Panic,
+    /// A round trip through the mailbox.
+    Ping,
+}
+
+/// What a control message answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ControlReply {
+    pub restarts_before: u64,
+    pub records: u64,
+    pub generation: u64,
+}
+
+pub struct Control {
+    op: ControlOp,
+    _ticket: Ticket,
+}
+
+impl Message for Control {
+    type Result = Result<ControlReply>;
+}
+
+/// The actix actor around a [`Subsystem`].
+pub struct Shell<S: Subsystem> {
+    state: Option<S>,
+    deps: S::Deps,
+    journal: Arc<dyn Journal>,
+    cell: Arc<ActorCell>,
+    generation: u64,
+    failed_rebuilds: u32,
+}
+
+impl<S: Subsystem> Shell<S> {
+    pub(crate) fn new(deps: S::Deps, journal: Arc<dyn Journal>, cell: Arc<ActorCell>) -> Self {
+        Shell {
+            state: None,
+            deps,
+            journal,
+            cell,
+            generation: 0,
+            failed_rebuilds: 0,
+        }
+    }
+
+    /// The state, for futures that finish work off the actor.
+    pub fn state_mut(&mut self) -> Option<&mut S> {
+        self.state.as_mut()
+    }
+
+    fn unavailable(&self) -> Error {
+        Error::Unavailable(format!("the {} actor is restarting; retry", S::NAME))
+    }
+
+    /// Runs `f` on the state; a panic is caught, recorded and turned into a
+    /// restart of this actor.
+    fn guarded<T: 'static>(
+        &mut self,
+        ctx: &mut Context<Self>,
+        f: impl FnOnce(&mut S, Cx<'_, S>) -> Reply<S, T>,
+    ) -> Reply<S, T> {
+        let Some(state) = self.state.as_mut() else {
+            self.cell.outcome(Some("called while restarting"));
+            return Reply::Now(Err(self.unavailable()));
+        };
+        let cx = Cx {
+            deps: &self.deps,
+            journal: &self.journal,
+            ctx,
+        };
+        match catch_unwind(AssertUnwindSafe(|| f(state, cx))) {
+            Ok(Reply::Now(r)) => {
+                self.cell
+                    .outcome(r.as_ref().err().map(|e| e.to_string()).as_deref());
+                Reply::Now(r)
+            }
+            Ok(Reply::Later(fut)) => Reply::Later(Box::pin(fut.map(|r, act: &mut Self, _| {
+                act.cell
+                    .outcome(r.as_ref().err().map(|e| e.to_string()).as_deref());
+                r
+            }))),
+            Err(panic) => {
+                let what = panic_message(&panic);
+                tracing::error!(actor = S::NAME, panic = %what, "handler panicked; restarting the actor");
+                self.cell.outcome(Some(&format!("panic: {what}")));
+                self.state = None;
+                ctx.stop();
+                Reply::Now(Err(Error::Unavailable(format!(
+                    "the {} actor failed ({what}) and is restarting; retry",
+                    S::NAME
+                ))))
+            }
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-text payload".to_string()
+    }
+}
+
+impl<S: Subsystem> Actor for Shell<S> {
+    type Context = Context<Self>;
+
+    /// Runs at the first start and after every restart.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        match S::rebuild(&self.deps, &self.journal) {
+            Ok(state) => {
+                self.state = Some(state);
+                self.generation += 1;
+                self.failed_rebuilds = 0;
+                self.cell.started();
+                tracing::debug!(
+                    actor = S::NAME,
+                    generation = self.generation,
+                    "actor running"
+                );
+            }
+            Err(e) => {
+                // A state that cannot be rebuilt is retried with a growing
+                // pause instead of spinning.
+                self.failed_rebuilds = self.failed_rebuilds.saturating_add(1);
+                let pause =
+                    Duration::from_millis(100).saturating_mul(1 << self.failed_rebuilds.min(6));
+                tracing::error!(actor = S::NAME, error = %e, ?pause, "rebuilding state failed");
+                self.cell.set_error(&format!("rebuild: {e}"));
+                ctx.run_later(pause, |_, ctx| ctx.stop());
+            }
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.cell.set_status(ActorStatus::Stopped);
+    }
+}
+
+impl<S: Subsystem> Supervised for Shell<S> {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.state = None;
+        self.cell.restarting();
+        tracing::warn!(
+            actor = S::NAME,
+            restarts = self.cell.restarts(),
+            "actor restarting"
+        );
+    }
+}
+
+impl<S, M, T> Handler<Envelope<M>> for Shell<S>
+where
+    S: Handles<M, Output = T>,
+    M: Message<Result = Result<T>>,
+    T: 'static,
+{
+    type Result = ActorResponse<Self, Result<T>>;
+
+    fn handle(&mut self, env: Envelope<M>, ctx: &mut Context<Self>) -> Self::Result {
+        let Envelope { msg, _ticket } = env;
+        drop(_ticket);
+        match self.guarded(ctx, |state, cx| state.handle(msg, cx)) {
+            Reply::Now(r) => ActorResponse::reply(r),
+            Reply::Later(fut) => ActorResponse::r#async(fut),
+        }
+    }
+}
+
+impl<S: Subsystem> Handler<Control> for Shell<S> {
+    type Result = Result<ControlReply>;
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) -> Self::Result {
+        let Control { op, _ticket } = msg;
+        drop(_ticket);
+        let restarts_before = self.cell.restarts();
+        let generation = self.generation;
+        let reply = self.guarded(ctx, |state: &mut S, _| match op {
+            ControlOp::Panic => panic!("chaos: panic injected into the {} actor", S::NAME),
+            ControlOp::Ping | ControlOp::Kill => Reply::Now(Ok(ControlReply {
+                restarts_before,
+                records: state.records() as u64,
+                generation,
+            })),
+        });
+        if op == ControlOp::Kill {
+            tracing::warn!(actor = S::NAME, "killed by an operator");
+            self.cell.set_error("killed by an operator");
+            self.state = None;
+            ctx.stop();
+        }
+        match reply {
+            Reply::Now(r) => r,
+            Reply::Later(_) => Err(Error::Internal("control replies are immediate".into())),
+        }
+    }
+}
+
+/// The address of a supervised subsystem actor. Sending through a handle
+/// keeps the registry's mailbox depth and maps a closed mailbox to
+/// Unavailable.
+pub struct Handle<S: Subsystem> {
+    addr: Addr<Shell<S>>,
+    cell: Arc<ActorCell>,
+}
+
+impl<S: Subsystem> Clone for Handle<S> {
+    fn clone(&self) -> Self {
+        Handle {
+            addr: self.addr.clone(),
+            cell: self.cell.clone(),
+        }
+    }
+}
+
+fn mailbox_error(name: &str, e: MailboxError) -> Error {
+    match e {
+        MailboxError::Closed => Error::Unavailable(format!(
+            "the {name} actor dropped the request while restarting; retry"
+        )),
+        MailboxError::Timeout => {
+            Error::DeadlineExceeded(format!("the {name} actor did not answer in time"))
+        }
+    }
+}
+
+impl<S: Subsystem> Handle<S> {
+    pub(crate) fn new(addr: Addr<Shell<S>>, cell: Arc<ActorCell>) -> Self {
+        Handle { addr, cell }
+    }
+
+    /// Sends `msg` and waits for the subsystem's answer.
+    pub async fn call<M, T>(&self, msg: M) -> Result<T>
+    where
+        S: Handles<M, Output = T>,
+        M: Message<Result = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let env = Envelope {
+            msg,
+            _ticket: Ticket::new(&self.cell),
+        };
+        self.addr
+            .send(env)
+            .await
+            .map_err(|e| mailbox_error(S::NAME, e))?
+    }
+
+    pub async fn control(&self, op: ControlOp) -> Result<ControlReply> {
+        let msg = Control {
+            op,
+            _ticket: Ticket::new(&self.cell),
+        };
+        self.addr
+            .send(msg)
+            .await
+            .map_err(|e| mailbox_error(S::NAME, e))?
+    }
+}
+
+/// Control of an actor by name, whatever its subsystem (admin API).
+pub trait Controllable: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn control(&self, op: ControlOp) -> BoxFuture<'static, Result<ControlReply>>;
+}
+
+impl<S: Subsystem> Controllable for Handle<S> {
+    fn name(&self) -> &'static str {
+        S::NAME
+    }
+
+    fn control(&self, op: ControlOp) -> BoxFuture<'static, Result<ControlReply>> {
+        let handle = self.clone();
+        Box::pin(async move { handle.control(op).await })
+    }
+}

@@ -1,0 +1,19 @@
+//! berth's runtime logic, with no servers in it.
+//!
+//! - [`kernel`] starts the subsystem actors under supervision, in order, each
+//!   on its own arbiter, and keeps the registry the admin API reads.
+//! - [`journal`] is the durable record of everything berth owns (sled).
+//! - One module per subsystem actor: [`image`], [`sandbox`], [`container`],
+//!   [`network`], [`shim`]. Each has `actor.rs` (the thin actix shell),
+//!   `messages.rs` (what it answers) and `store.rs` (its journal records).
+
+pub mod container;
+pub mod error;
+pub mod image;
+pub mod journal;
+pub mod kernel;
+pub mod network;
+pub mod sandbox;
+pub mod shim;
+
+pub use error::{Error, Result};

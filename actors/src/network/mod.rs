@@ -1,0 +1,10 @@
+//! The NetworkActor: pod network namespaces and CNI. It owns the network
+//! allocation records and knows whether a CNI configuration is present (the
+//! `NetworkReady` condition of CRI `Status`).
+
+mod actor;
+pub mod messages;
+mod status;
+pub mod store;
+
+pub use actor::{Network, NetworkActor, NetworkConfig};

@@ -1,0 +1,230 @@
+//! berthctl: berth's admin CLI, over berthd's admin socket.
+
+use anyhow::{anyhow, Result};
+use berth_protocol::admin::admin_client::AdminClient;
+use berth_protocol::admin::*;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(name = "berthctl", version, about = "Administer a running berthd")]
+struct Args {
+    /// berthd's admin socket (admin.socket in config.toml).
+    #[arg(
+        long,
+        short,
+        env = "BERTH_ADMIN_SOCKET",
+        default_value = "/run/berth/admin.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// A table of every actor: status, messages, mailbox, restarts.
+    Actors,
+    /// One actor in detail.
+    Actor { name: String },
+    /// Kill an actor (chaos): its supervisor restarts it and it rebuilds its
+    /// state from the journal.
+    KillActor {
+        name: String,
+        /// Panic inside one of its handlers instead of stopping it.
+        #[arg(long)]
+        panic: bool,
+    },
+    /// A round trip through an actor's mailbox.
+    Ping { name: String },
+    /// The journal.
+    Journal {
+        #[command(subcommand)]
+        command: JournalCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Record counts per kind, size on disk, boots.
+    Stats,
+}
+
+fn status_name(status: i32) -> &'static str {
+    match ActorStatus::try_from(status) {
+        Ok(ActorStatus::Running) => "running",
+        Ok(ActorStatus::Restarting) => "restarting",
+        Ok(ActorStatus::Stopped) => "stopped",
+        _ => "unknown",
+    }
+}
+
+fn uptime(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{}.{}s", s, (ms % 1000) / 100),
+        60..=3599 => format!("{}m{}s", s / 60, s % 60),
+        _ => format!("{}h{}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+fn actor_table(actors: &[ActorInfo]) -> String {
+    let mut out = format!(
+        "{:<10} {:<10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n",
+        "NAME", "STATUS", "HANDLED", "FAILED", "MAILBOX", "RESTARTS", "UPTIME", "LAST ERROR"
+    );
+    for a in actors {
+        out.push_str(&format!(
+            "{:<10} {:<10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n",
+            a.name,
+            status_name(a.status),
+            a.handled,
+            a.failed,
+            a.mailbox,
+            a.restarts,
+            uptime(a.uptime_ms),
+            a.last_error
+        ));
+    }
+    out
+}
+
+fn when(unix_nanos: i64) -> String {
+    if unix_nanos == 0 {
+        return "never".into();
+    }
+    let ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64 - unix_nanos)
+        .unwrap_or(0);
+    format!("{} ago", uptime((ago / 1_000_000).max(0) as u64))
+}
+
+async fn client(socket: &PathBuf) -> Result<AdminClient<Channel>> {
+    let channel = berth_protocol::uds::connect(socket).await.map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| e.to_string());
+        anyhow!(
+            "cannot reach berthd at {}: {cause} (is berthd running? see --socket)",
+            socket.display()
+        )
+    })?;
+    Ok(AdminClient::new(channel))
+}
+
+async fn run(args: Args) -> Result<String> {
+    let mut admin = client(&args.socket).await?;
+    let out = match args.command {
+        Command::Actors => {
+            let actors = admin.list_actors(ListActorsRequest {}).await?.into_inner();
+            actor_table(&actors.actors)
+        }
+        Command::Actor { name } => {
+            let a = admin
+                .get_actor(GetActorRequest { name })
+                .await?
+                .into_inner();
+            format!(
+                "name:       {}\nstatus:     {}\nhandled:    {}\nfailed:     {}\nmailbox:    {}\nrestarts:   {}\nuptime:     {}\nlast error: {}\n",
+                a.name,
+                status_name(a.status),
+                a.handled,
+                a.failed,
+                a.mailbox,
+                a.restarts,
+                uptime(a.uptime_ms),
+                a.last_error
+            )
+        }
+        Command::KillActor { name, panic } => {
+            let mode = if panic {
+                KillMode::Panic
+            } else {
+                KillMode::Stop
+            };
+            let req = KillActorRequest {
+                name: name.clone(),
+                mode: mode as i32,
+            };
+            match admin.kill_actor(req).await {
+                Ok(r) => format!(
+                    "killed {name} (restarts before: {}); its supervisor restarts it\n",
+                    r.into_inner().restarts_before
+                ),
+                // The call in the panicking handler fails as a caller would see it.
+                Err(s) if panic && s.code() == tonic::Code::Unavailable => {
+                    format!(
+                        "{name} panicked ({}); its supervisor restarts it\n",
+                        s.message()
+                    )
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Command::Ping { name } => {
+            let start = std::time::Instant::now();
+            let p = admin
+                .ping_actor(PingActorRequest { name })
+                .await?
+                .into_inner();
+            format!(
+                "{}: records={} generation={} round trip {:?}\n",
+                p.name,
+                p.records,
+                p.generation,
+                start.elapsed()
+            )
+        }
+        Command::Journal {
+            command: JournalCommand::Stats,
+        } => {
+            let s = admin
+                .journal_stats(JournalStatsRequest {})
+                .await?
+                .into_inner();
+            let mut out = format!(
+                "path:       {}\nsize:       {} bytes\nlast flush: {}\nrecords:\n",
+                s.path,
+                s.size_bytes,
+                when(s.last_flush_unix_nanos)
+            );
+            for k in &s.kinds {
+                out.push_str(&format!("  {:<10} {}\n", k.kind, k.count));
+            }
+            out.push_str(&format!("boots: {}\n", s.boots.len()));
+            for b in &s.boots {
+                out.push_str(&format!(
+                    "  #{:<4} pid {:<8} started {:<10} {}\n",
+                    b.seq,
+                    b.pid,
+                    when(b.started_unix_nanos),
+                    if b.clean_shutdown {
+                        "clean shutdown"
+                    } else {
+                        "running or crashed"
+                    }
+                ));
+            }
+            out
+        }
+    };
+    Ok(out)
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(out) => print!("{out}"),
+        Err(e) => {
+            let msg = match e.downcast_ref::<tonic::Status>() {
+                Some(s) => format!("{:?}: {}", s.code(), s.message()),
+                None => format!("{e:#}"),
+            };
+            eprintln!("berthctl: {msg}");
+            std::process::exit(1);
+        }
+    }
+}

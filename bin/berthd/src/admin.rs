@@ -1,0 +1,149 @@
+//! berth's admin.v1 service on the admin socket: the actor registry, chaos
+//! controls and the journal's statistics.
+
+use crate::door::serve;
+use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, ControlOp, Kernel};
+use berth_actors::{Error, Result};
+use berth_protocol::admin::admin_server::Admin;
+use berth_protocol::admin::*;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct AdminService {
+    kernel: Arc<Kernel>,
+}
+
+impl AdminService {
+    pub fn new(kernel: Arc<Kernel>) -> Self {
+        AdminService { kernel }
+    }
+
+    fn journal_stats(&self) -> Result<JournalStatsResponse> {
+        let stats = self.kernel.journal_stats()?;
+        let boots = self.kernel.boots()?;
+        Ok(JournalStatsResponse {
+            path: stats.path,
+            kinds: stats
+                .counts
+                .iter()
+                .map(|(kind, count)| KindCount {
+                    kind: kind.name().into(),
+                    count: *count,
+                })
+                .collect(),
+            size_bytes: stats.size_bytes,
+            last_flush_unix_nanos: stats.last_flush_unix_nanos,
+            boots: boots
+                .into_iter()
+                .map(|b| BootRecord {
+                    seq: b.seq,
+                    pid: b.pid,
+                    started_unix_nanos: b.started_unix_nanos,
+                    clean_shutdown: b.clean_shutdown,
+                })
+                .collect(),
+        })
+    }
+
+    fn actor(&self, name: &str) -> Result<ActorInfo> {
+        self.kernel
+            .registry()
+            .get(name)
+            .map(info)
+            .ok_or_else(|| unknown_actor(name, &self.kernel.actor_names()))
+    }
+}
+
+fn info(s: ActorSnapshot) -> ActorInfo {
+    let status = match s.status {
+        ActorStatus::Running => berth_protocol::admin::ActorStatus::Running,
+        ActorStatus::Restarting => berth_protocol::admin::ActorStatus::Restarting,
+        ActorStatus::Stopped => berth_protocol::admin::ActorStatus::Stopped,
+    };
+    ActorInfo {
+        name: s.name.into(),
+        status: status as i32,
+        handled: s.handled,
+        failed: s.failed,
+        mailbox: s.mailbox,
+        restarts: s.restarts,
+        last_error: s.last_error,
+        uptime_ms: s.uptime.as_millis() as u64,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_actors(
+        &self,
+        _request: Request<ListActorsRequest>,
+    ) -> Result<Response<ListActorsResponse>, Status> {
+        serve("admin.ListActors", async {
+            Ok(ListActorsResponse {
+                actors: self
+                    .kernel
+                    .registry()
+                    .snapshot()
+                    .into_iter()
+                    .map(info)
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn get_actor(
+        &self,
+        request: Request<GetActorRequest>,
+    ) -> Result<Response<ActorInfo>, Status> {
+        serve("admin.GetActor", async {
+            self.actor(&request.get_ref().name)
+        })
+        .await
+    }
+
+    async fn kill_actor(
+        &self,
+        request: Request<KillActorRequest>,
+    ) -> Result<Response<KillActorResponse>, Status> {
+        let req = request.into_inner();
+        let op = match KillMode::try_from(req.mode) {
+            Ok(KillMode::Stop) => Ok(ControlOp::Kill),
+            Ok(KillMode::Panic) => Ok(ControlOp::Panic),
+            Err(_) => Err(Error::InvalidArgument(format!(
+                "unknown kill mode {}",
+                req.mode
+            ))),
+        };
+        serve("admin.KillActor", async {
+            let reply = self.kernel.control(&req.name, op?).await?;
+            Ok(KillActorResponse {
+                restarts_before: reply.restarts_before,
+            })
+        })
+        .await
+    }
+
+    async fn ping_actor(
+        &self,
+        request: Request<PingActorRequest>,
+    ) -> Result<Response<PingActorResponse>, Status> {
+        let name = request.into_inner().name;
+        serve("admin.PingActor", async {
+            let reply = self.kernel.control(&name, ControlOp::Ping).await?;
+            Ok(PingActorResponse {
+                name: name.clone(),
+                records: reply.records,
+                generation: reply.generation,
+            })
+        })
+        .await
+    }
+
+    async fn journal_stats(
+        &self,
+        _request: Request<JournalStatsRequest>,
+    ) -> Result<Response<JournalStatsResponse>, Status> {
+        serve("admin.JournalStats", async { self.journal_stats() }).await
+    }
+}

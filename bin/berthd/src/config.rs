@@ -1,0 +1,235 @@
+//! berthd's configuration: config.toml, with built-in defaults equal to the
+//! repository's `config.toml`. Unknown keys and bad values are start-up
+//! errors that name the key, on one line.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub cri: Cri,
+    pub admin: Admin,
+    pub log: Log,
+    pub cgroup: Cgroup,
+    pub cni: Cni,
+    pub daemon: Daemon,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cri {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Admin {
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    pub level: String,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupDriver {
+    Cgroupfs,
+    Systemd,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cgroup {
+    pub driver: CgroupDriver,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cni {
+    pub conf_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Daemon {
+    pub shutdown_grace_secs: u64,
+    pub start_timeout_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            root: "/var/lib/berth".into(),
+            state: "/run/berth".into(),
+            cri: Cri::default(),
+            admin: Admin::default(),
+            log: Log::default(),
+            cgroup: Cgroup::default(),
+            cni: Cni::default(),
+            daemon: Daemon::default(),
+        }
+    }
+}
+
+impl Default for Cri {
+    fn default() -> Self {
+        Cri {
+            socket: "/run/berth/berth.sock".into(),
+        }
+    }
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            socket: "/run/berth/admin.sock".into(),
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".into(),
+            json: false,
+        }
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Cgroup {
+            driver: CgroupDriver::Cgroupfs,
+        }
+    }
+}
+
+impl Default for Cni {
+    fn default() -> Self {
+        Cni {
+            conf_dir: "/etc/cni/net.d".into(),
+        }
+    }
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            shutdown_grace_secs: 10,
+            start_timeout_secs: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("config {}: {e}", path.display()))
+    }
+
+    /// Parses and checks config text; the error names the key and line.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let config: Config = toml::from_str(text).map_err(|e| one_line(text, &e))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks what the types alone do not.
+    pub fn check(&self) -> Result<(), String> {
+        let paths = [
+            ("root", &self.root),
+            ("state", &self.state),
+            ("cri.socket", &self.cri.socket),
+            ("admin.socket", &self.admin.socket),
+            ("cni.conf_dir", &self.cni.conf_dir),
+        ];
+        for (key, path) in paths {
+            if !path.is_absolute() {
+                return Err(format!("{key}: {} is not an absolute path", path.display()));
+            }
+        }
+        if self.cri.socket == self.admin.socket {
+            return Err("admin.socket: must differ from cri.socket".into());
+        }
+        if self.cgroup.driver == CgroupDriver::Systemd {
+            return Err("cgroup.driver: \"systemd\" is not supported yet; use \"cgroupfs\"".into());
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+            format!(
+                "log.level: {:?} is not a level or filter: {e}",
+                self.log.level
+            )
+        })?;
+        if self.daemon.start_timeout_secs == 0 {
+            return Err("daemon.start_timeout_secs: must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// toml's errors span several lines with a drawing; berthd says it in one,
+/// with the line of the file that holds the key.
+fn one_line(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+            format!("line {line_no} ({line}): {message}")
+        }
+        None => message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_in_defaults_equal_the_repository_config() {
+        let text = include_str!("../../../config.toml");
+        assert_eq!(
+            Config::parse(text).expect("config.toml parses"),
+            Config::default()
+        );
+        assert_eq!(Config::parse("").expect("empty"), Config::default());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key_on_one_line() {
+        let cases = [
+            ("colour = 1\n", "unknown field `colour`"),
+            ("[log]\njson = \"yes\"\n", "json = \"yes\""),
+            ("[log]\nlevel = \"loud[\"\n", "log.level"),
+            (
+                "root = \"relative/dir\"\n",
+                "root: relative/dir is not an absolute path",
+            ),
+            ("[cgroup]\ndriver = \"systemd\"\n", "cgroup.driver"),
+            (
+                "[cgroup]\ndriver = \"cgroupv3\"\n",
+                "line 2 (driver = \"cgroupv3\")",
+            ),
+            ("[cri]\nsockets = \"/x\"\n", "unknown field `sockets`"),
+            (
+                "[daemon]\nshutdown_grace_secs = -1\n",
+                "shutdown_grace_secs = -1",
+            ),
+            ("root = [\n", "line"),
+        ];
+        for (text, expected) in cases {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.contains(expected), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "{text:?}: {err}");
+        }
+    }
+}

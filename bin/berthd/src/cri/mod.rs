@@ -1,0 +1,24 @@
+//! The CRI front door: RuntimeService and ImageService over the CRI socket.
+//! Handlers only convert: a CRI request becomes an actor message, the reply
+//! becomes a CRI response. Calls whose issue has not landed answer
+//! UNIMPLEMENTED naming the RPC.
+
+mod image;
+mod runtime;
+
+use crate::config::Config;
+use berth_actors::kernel::Kernel;
+use std::sync::Arc;
+
+/// What every CRI handler can reach.
+#[derive(Clone)]
+pub struct Cri {
+    kernel: Arc<Kernel>,
+    config: Arc<Config>,
+}
+
+impl Cri {
+    pub fn new(kernel: Arc<Kernel>, config: Arc<Config>) -> Self {
+        Cri { kernel, config }
+    }
+}

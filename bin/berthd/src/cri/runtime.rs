@@ -1,0 +1,198 @@
+//! RuntimeService: the runtime's identity, status and configuration, and
+//! (as their issues land) pods and containers.
+
+use super::Cri;
+use crate::config::CgroupDriver;
+use crate::door::{serve, unimplemented_rpcs, Feed};
+use berth_actors::kernel::ActorSnapshot;
+use berth_actors::network::messages::{NetworkReadiness, NetworkStatus};
+use berth_actors::Error;
+use berth_protocol::cri::runtime_service_server::RuntimeService;
+use berth_protocol::cri::*;
+use std::collections::HashMap;
+use tonic::{Request, Response, Status};
+
+/// The CRI API version kubelet checks in `version` (the same value other
+/// CRI runtimes answer).
+const KUBE_API_VERSION: &str = "0.1.0";
+
+fn version() -> VersionResponse {
+    VersionResponse {
+        version: KUBE_API_VERSION.into(),
+        runtime_name: "berth".into(),
+        runtime_version: env!("CARGO_PKG_VERSION").into(),
+        runtime_api_version: "v1".into(),
+    }
+}
+
+fn condition(kind: &str, ready: bool, reason: &str, message: &str) -> RuntimeCondition {
+    RuntimeCondition {
+        r#type: kind.into(),
+        status: ready,
+        reason: reason.into(),
+        message: message.into(),
+    }
+}
+
+fn actors_json(actors: &[ActorSnapshot]) -> String {
+    let list: Vec<_> = actors
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "status": format!("{:?}", a.status).to_lowercase(),
+                "handled": a.handled,
+                "failed": a.failed,
+                "mailbox": a.mailbox,
+                "restarts": a.restarts,
+                "lastError": a.last_error,
+                "uptimeMs": a.uptime.as_millis() as u64,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(list).to_string()
+}
+
+impl Cri {
+    async fn status(&self, verbose: bool) -> Result<StatusResponse, Error> {
+        let registry = self.kernel.registry();
+        let down = registry.not_running();
+        let runtime = if down.is_empty() {
+            condition("RuntimeReady", true, "", "")
+        } else {
+            condition(
+                "RuntimeReady",
+                false,
+                "ActorsRestarting",
+                &format!("actors not running: {}", down.join(", ")),
+            )
+        };
+        // Status must answer even while the network actor restarts.
+        let network = self
+            .kernel
+            .network
+            .call(NetworkStatus)
+            .await
+            .unwrap_or_else(|e| NetworkReadiness {
+                ready: false,
+                reason: "NetworkActorUnavailable".into(),
+                message: e.to_string(),
+            });
+        let mut info = HashMap::new();
+        if verbose {
+            let config = serde_json::to_string(&*self.config)
+                .map_err(|e| Error::Internal(format!("config to json: {e}")))?;
+            info.insert("config".to_string(), config);
+            info.insert("actors".to_string(), actors_json(&registry.snapshot()));
+        }
+        Ok(StatusResponse {
+            status: Some(RuntimeStatus {
+                conditions: vec![
+                    runtime,
+                    condition(
+                        "NetworkReady",
+                        network.ready,
+                        &network.reason,
+                        &network.message,
+                    ),
+                ],
+            }),
+            info,
+            runtime_handlers: Vec::new(),
+            features: None,
+        })
+    }
+
+    fn runtime_config(&self) -> RuntimeConfigResponse {
+        let driver = match self.config.cgroup.driver {
+            CgroupDriver::Cgroupfs => berth_protocol::cri::CgroupDriver::Cgroupfs,
+            CgroupDriver::Systemd => berth_protocol::cri::CgroupDriver::Systemd,
+        };
+        RuntimeConfigResponse {
+            linux: Some(LinuxRuntimeConfiguration {
+                cgroup_driver: driver as i32,
+            }),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl RuntimeService for Cri {
+    async fn version(
+        &self,
+        _request: Request<VersionRequest>,
+    ) -> Result<Response<VersionResponse>, Status> {
+        serve("Version", async { Ok(version()) }).await
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let verbose = request.get_ref().verbose;
+        serve("Status", self.status(verbose)).await
+    }
+
+    async fn runtime_config(
+        &self,
+        _request: Request<RuntimeConfigRequest>,
+    ) -> Result<Response<RuntimeConfigResponse>, Status> {
+        serve("RuntimeConfig", async { Ok(self.runtime_config()) }).await
+    }
+
+    type StreamPodSandboxesStream = Feed<StreamPodSandboxesResponse>;
+    type StreamContainersStream = Feed<StreamContainersResponse>;
+    type StreamContainerStatsStream = Feed<StreamContainerStatsResponse>;
+    type StreamPodSandboxStatsStream = Feed<StreamPodSandboxStatsResponse>;
+    type GetContainerEventsStream = Feed<ContainerEventResponse>;
+    type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
+
+    unimplemented_rpcs! {
+        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
+        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
+        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
+        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
+        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
+        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
+        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
+        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
+        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
+        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
+        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
+        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
+        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
+        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
+        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
+        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
+        exec(ExecRequest) -> ExecResponse = "Exec";
+        attach(AttachRequest) -> AttachResponse = "Attach";
+        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
+        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
+        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
+        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
+        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
+        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
+        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
+        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
+        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
+        get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";
+        list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
+        list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
+        stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
+        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_berth_and_api_v1() {
+        let v = version();
+        assert_eq!(v.runtime_name, "berth");
+        assert_eq!(v.runtime_api_version, "v1");
+        assert_eq!(v.version, "0.1.0");
+        assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The daemon's life: claim the root, open the journal, start the kernel,
+//! serve the CRI and admin sockets, and on SIGTERM/SIGINT stop accepting,
+//! let in-flight calls finish (within the grace period), flush the journal
+//! and exit. Containers are never touched on the way out: their shims keep
+//! them.
+
+use crate::admin::AdminService;
+use crate::config::Config;
+use crate::cri::Cri;
+use anyhow::{anyhow, bail, Context, Result};
+use berth_actors::journal::SledJournal;
+use berth_actors::kernel::{Kernel, KernelConfig};
+use berth_actors::network::NetworkConfig;
+use berth_protocol::admin::admin_server::AdminServer;
+use berth_protocol::cri::image_service_server::ImageServiceServer;
+use berth_protocol::cri::runtime_service_server::RuntimeServiceServer;
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+pub async fn run(config: Config) -> Result<()> {
+    let config = Arc::new(config);
+    prepare_dir("root", &config.root)?;
+    prepare_dir("state", &config.state)?;
+    let _lock = lock_root(&config.root)?;
+    for (key, path) in [
+        ("cri.socket", &config.cri.socket),
+        ("admin.socket", &config.admin.socket),
+    ] {
+        check_socket_path(key, path)?;
+    }
+
+    let journal =
+        SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
+    let kernel = Kernel::start(
+        Arc::new(journal),
+        KernelConfig {
+            network: NetworkConfig {
+                cni_conf_dir: config.cni.conf_dir.clone(),
+            },
+            start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),
+        },
+    )
+    .await
+    .map_err(|e| anyhow!("start-up: {e}"))?;
+    let kernel = Arc::new(kernel);
+
+    // Bound only now: no call reaches berth before every actor holds its state.
+    let cri_listener = bind("cri.socket", &config.cri.socket, 0o660)?;
+    let admin_listener = bind("admin.socket", &config.admin.socket, 0o600)?;
+    tracing::info!(
+        cri = %config.cri.socket.display(),
+        admin = %config.admin.socket.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berthd serving"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let cri = Cri::new(kernel.clone(), config.clone());
+    let cri_server = Server::builder()
+        .add_service(RuntimeServiceServer::new(cri.clone()))
+        .add_service(ImageServiceServer::new(cri))
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(cri_listener),
+            stopped(stop_rx.clone()),
+        );
+    let admin_server = Server::builder()
+        .add_service(AdminServer::new(AdminService::new(kernel.clone())))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
+    let servers = async { tokio::try_join!(cri_server, admin_server) };
+
+    let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::pin!(servers);
+    tokio::select! {
+        r = &mut servers => {
+            // The servers only end by themselves on an error.
+            r.context("serving")?;
+            bail!("the servers stopped unexpectedly");
+        }
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
+    match tokio::time::timeout(grace, &mut servers).await {
+        Ok(r) => {
+            r.context("serving")?;
+        }
+        Err(_) => tracing::warn!(
+            ?grace,
+            "calls still in flight after the grace period; exiting anyway"
+        ),
+    }
+    for path in [&config.cri.socket, &config.admin.socket] {
+        let _ = std::fs::remove_file(path);
+    }
+    let shutdown_kernel = kernel.clone();
+    tokio::task::spawn_blocking(move || shutdown_kernel.shutdown())
+        .await
+        .context("shutdown")?
+        .map_err(|e| anyhow!("shutdown: {e}"))?;
+    tracing::info!("berthd stopped; journal flushed");
+    Ok(())
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Creates the directory if needed and proves berthd can write in it.
+fn prepare_dir(key: &str, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow!("{key} {}: cannot create: {e}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!("{key} {}: not a directory", dir.display());
+    }
+    let probe = dir.join(".berthd-write-probe");
+    File::create(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| anyhow!("{key} {}: not writable: {e}", dir.display()))
+}
+
+/// One berthd per root: an exclusive lock held for the daemon's life.
+fn lock_root(root: &Path) -> Result<Flock<File>> {
+    let path = root.join("berthd.lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| anyhow!("root {}: cannot open lock file: {e}", root.display()))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            write!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((mut file, _)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            bail!(
+                "root {}: another berthd (pid {}) is already running on it",
+                root.display(),
+                pid.trim()
+            )
+        }
+    }
+}
+
+/// The socket's directory must exist; a file in the way must be a socket
+/// nobody serves on (a stale one, replaced).
+fn check_socket_path(key: &str, path: &Path) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        bail!(
+            "{key} {}: directory {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if !m.file_type().is_socket() => {
+            bail!("{key} {}: exists and is not a socket", path.display())
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("{key} {}: another process is serving on it", path.display());
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| anyhow!("{key} {}: cannot replace stale socket: {e}", path.display()))
+        }
+    }
+}
+
+fn bind(key: &str, path: &Path, mode: u32) -> Result<UnixListener> {
+    let listener = UnixListener::bind(path)
+        .map_err(|e| anyhow!("{key} {}: cannot listen: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow!("{key} {}: cannot set mode {mode:o}: {e}", path.display()))?;
+    Ok(listener)
+}

@@ -1,0 +1,77 @@
+//! berthd: berth's daemon. Reads config.toml, starts the actor kernel and
+//! serves the CRI (kubelet, crictl) and berth's admin API on unix sockets.
+
+mod admin;
+mod config;
+mod cri;
+mod daemon;
+mod door;
+
+use clap::Parser;
+use config::Config;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "berthd",
+    version,
+    about = "berth: a Kubernetes container runtime (CRI)"
+)]
+struct Args {
+    /// Configuration file; without it the built-in defaults are used (they
+    /// equal the repository's config.toml).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+/// A bare level applies to berth's own crates (libraries stay at warn); a
+/// filter with directives is taken as written.
+fn log_filter(level: &str) -> String {
+    if level.contains(['=', ',']) {
+        level.to_string()
+    } else {
+        format!("warn,berthd={level},berth_actors={level}")
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::new(log_filter(&config.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let config = match &args.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::default()),
+    };
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => fail(&e),
+    };
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("berthd")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => fail(&format!("tokio runtime: {e}")),
+    };
+    if let Err(e) = runtime.block_on(daemon::run(config)) {
+        fail(&format!("{e:#}"));
+    }
+}
+
+/// Start-up errors are one line on stderr and a non-zero exit.
+fn fail(message: &str) -> ! {
+    eprintln!("berthd: {}", message.replace('\n', " "));
+    std::process::exit(1);
+}
