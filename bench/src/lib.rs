@@ -1,1 +1,117 @@
+//! Shared pieces of berth's benchmarks: latency samples, their percentiles,
+//! and one table format with ratios against the references measured in the
+//! same run (the floor, and the peer runtime where there is one).
 
+use std::time::{Duration, Instant};
+
+/// Latencies of one measured operation.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    pub name: String,
+    pub latencies: Vec<Duration>,
+    /// Wall time of the whole run (for throughput).
+    pub wall: Duration,
+}
+
+impl Samples {
+    pub fn new(name: impl Into<String>, mut latencies: Vec<Duration>, wall: Duration) -> Self {
+        latencies.sort();
+        Samples {
+            name: name.into(),
+            latencies,
+            wall,
+        }
+    }
+
+    pub fn percentile(&self, p: f64) -> Duration {
+        if self.latencies.is_empty() {
+            return Duration::ZERO;
+        }
+        let idx = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies[idx.min(self.latencies.len() - 1)]
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.percentile(0.50)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.percentile(0.99)
+    }
+
+    /// Operations per second over the run's wall time.
+    pub fn per_second(&self) -> f64 {
+        self.latencies.len() as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Times `n` sequential runs of `op`.
+pub async fn time_serial<F, Fut>(name: &str, n: usize, mut op: F) -> Samples
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut latencies = Vec::with_capacity(n);
+    let start = Instant::now();
+    for _ in 0..n {
+        let t = Instant::now();
+        op().await;
+        latencies.push(t.elapsed());
+    }
+    Samples::new(name, latencies, start.elapsed())
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+/// Prints a table of samples; `reference` names the row the ratio column
+/// divides by (p50 over the reference's p50).
+pub fn table(title: &str, rows: &[&Samples], references: &[&Samples]) {
+    println!("\n## {title}\n");
+    let mut header = format!(
+        "{:<44} {:>7} {:>10} {:>10} {:>10}",
+        "operation", "n", "p50 µs", "p99 µs", "ops/s"
+    );
+    for r in references {
+        header.push_str(&format!(" {:>14}", format!("×{}", short(&r.name))));
+    }
+    println!("{header}");
+    for s in rows {
+        let mut line = format!(
+            "{:<44} {:>7} {:>10} {:>10} {:>10.0}",
+            s.name,
+            s.latencies.len(),
+            micros(s.p50()),
+            micros(s.p99()),
+            s.per_second()
+        );
+        for r in references {
+            let ratio = s.p50().as_secs_f64() / r.p50().as_secs_f64().max(1e-12);
+            line.push_str(&format!(" {:>14.2}", ratio));
+        }
+        println!("{line}");
+    }
+}
+
+fn short(name: &str) -> String {
+    name.split_whitespace().next().unwrap_or(name).to_string()
+}
+
+/// The repository's root (bench/..).
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench has a parent")
+        .to_path_buf()
+}
+
+/// The containerd peer script, if `shared/` sits beside the repository (or
+/// `BERTH_PEER_SCRIPT` names it).
+pub fn containerd_peer_script() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("BERTH_PEER_SCRIPT") {
+        return Some(p.into());
+    }
+    let p = repo_root().join("../shared/peers/containerd-peer");
+    p.exists().then_some(p)
+}

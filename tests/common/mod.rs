@@ -1,1 +1,250 @@
+//! Harness for the end-to-end tests: a real berthd on a temporary root,
+//! state directory and sockets, and clients for its CRI and admin sockets.
+//!
+//! The binaries are taken from the cargo target directory this test runs
+//! from (or `BERTH_BIN_DIR`); build them first with `cargo build --workspace`.
 
+use berth_protocol::admin::admin_client::AdminClient;
+use berth_protocol::cri::image_service_client::ImageServiceClient;
+use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Where berthd, berthctl and berth-shim were built.
+pub fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("BERTH_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/<profile>/deps/<test binary> -> target/<profile>
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("deps dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` before the tests",
+        path.display()
+    );
+    path
+}
+
+/// A berthd under test. Killed (SIGKILL) when dropped if still running.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    /// Writes a config under a fresh temporary directory; `extra` is appended
+    /// to it (TOML).
+    pub fn configure(extra: &str) -> Daemon {
+        Self::configure_logging(extra, "debug")
+    }
+
+    /// As [`Daemon::configure`], with berthd's log level.
+    pub fn configure_logging(extra: &str, level: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("cni")).expect("cni dir");
+        let config = d.join("config.toml");
+        let text = format!(
+            "root = \"{root}\"\nstate = \"{state}\"\n{extra}\n[cri]\nsocket = \"{state}/berth.sock\"\n[admin]\nsocket = \"{state}/admin.sock\"\n[cni]\nconf_dir = \"{cni}\"\n[log]\nlevel = \"{level}\"\n",
+            root = d.join("root").display(),
+            state = d.join("run").display(),
+            cni = d.join("cni").display(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        Daemon {
+            dir,
+            config,
+            child: None,
+        }
+    }
+
+    /// Configures and starts a berthd, waiting until both sockets serve.
+    pub fn start() -> Daemon {
+        let mut d = Daemon::configure("");
+        d.spawn();
+        d
+    }
+
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.path().join("run/berth.sock")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.dir.path().join("run/admin.sock")
+    }
+
+    pub fn cni_dir(&self) -> PathBuf {
+        self.dir.path().join("cni")
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("berthd.log")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("berthd running").id()
+    }
+
+    /// Starts berthd (again) on the same directories and waits for it.
+    pub fn spawn(&mut self) {
+        assert!(self.child.is_none(), "berthd already running");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(bin("berthd"))
+            .arg("--config")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("berthd exited with {status} at start-up:\n{}", self.log());
+            }
+            let ready = [self.cri_socket(), self.admin_socket()]
+                .iter()
+                .all(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
+            if ready {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("berthd did not serve within 20 s:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("berthd running");
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+
+    /// Sends SIGTERM and waits (up to `limit`) for the exit.
+    pub fn terminate(&mut self, limit: Duration) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("berthd running");
+        let start = Instant::now();
+        signal(child.id(), libc::SIGTERM);
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("berthd did not exit within {limit:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub async fn runtime(&self) -> RuntimeServiceClient<Channel> {
+        RuntimeServiceClient::new(connect(&self.cri_socket()).await)
+    }
+
+    pub async fn images(&self) -> ImageServiceClient<Channel> {
+        ImageServiceClient::new(connect(&self.cri_socket()).await)
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        AdminClient::new(connect(&self.admin_socket()).await)
+    }
+
+    /// Runs berthctl against this daemon's admin socket.
+    pub fn berthctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("berthctl"))
+            .arg("--socket")
+            .arg(self.admin_socket())
+            .args(args)
+            .output()
+            .expect("run berthctl")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill(2) with a pid this test spawned; no memory is involved.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig})");
+}
+
+pub async fn connect(socket: &Path) -> Channel {
+    berth_protocol::uds::connect(socket)
+        .await
+        .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()))
+}
+
+/// Runs berthd with `config` until it exits (it is expected to fail fast).
+pub fn run_berthd_expecting_failure(config: &Path) -> Output {
+    let mut child = Command::new(bin("berthd"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berthd");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("try_wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("berthd kept running with a bad configuration");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Polls `f` until it returns Some, or panics after `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

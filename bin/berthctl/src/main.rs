@@ -101,7 +101,7 @@ fn when(unix_nanos: i64) -> String {
     format!("{} ago", uptime((ago / 1_000_000).max(0) as u64))
 }
 
-async fn client(socket: &PathBuf) -> Result<AdminClient<Channel>> {
+async fn client(socket: &std::path::Path) -> Result<AdminClient<Channel>> {
     let channel = berth_protocol::uds::connect(socket).await.map_err(|e| {
         let cause = std::error::Error::source(&e)
             .map(|s| s.to_string())

@@ -90,16 +90,17 @@ pub async fn run(config: Config) -> Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
+    // Stop accepting connections and new calls, then let the calls in
+    // flight finish.
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.daemon.shutdown_grace_secs);
-    match tokio::time::timeout(grace, &mut servers).await {
-        Ok(r) => {
-            r.context("serving")?;
-        }
-        Err(_) => tracing::warn!(
+    let left = crate::door::close(grace).await;
+    if left > 0 {
+        tracing::warn!(
             ?grace,
+            left,
             "calls still in flight after the grace period; exiting anyway"
-        ),
+        );
     }
     for path in [&config.cri.socket, &config.admin.socket] {
         let _ = std::fs::remove_file(path);

@@ -4,7 +4,8 @@
 
 use berth_actors::Error;
 use std::future::Future;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 use tonic::{Code, Response, Status};
 
 /// Maps an actor error to the gRPC status kubelet acts on.
@@ -20,6 +21,41 @@ pub fn status(e: Error) -> Status {
     }
 }
 
+/// Calls being served right now, and whether the door is closing.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static CLOSING: AtomicBool = AtomicBool::new(false);
+
+/// Counts one call in flight for as long as it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Refuses new calls and waits (up to `grace`) for those in flight. Idle
+/// client connections (kubelet keeps one open for good) are not waited for.
+/// Returns how many calls were still running when the grace ran out.
+pub async fn close(grace: Duration) -> usize {
+    CLOSING.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + grace;
+    loop {
+        let running = IN_FLIGHT.load(Ordering::SeqCst);
+        if running == 0 || Instant::now() >= deadline {
+            return running;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Runs one call: logs entry and outcome, maps the error.
 pub async fn serve<T>(
     rpc: &'static str,
@@ -27,6 +63,14 @@ pub async fn serve<T>(
 ) -> Result<Response<T>, Status> {
     let start = Instant::now();
     tracing::debug!(rpc, "call");
+    // Counted before the check, so that close() never misses a call that
+    // got past it.
+    let _in_flight = InFlight::enter();
+    if CLOSING.load(Ordering::SeqCst) {
+        let refused = Status::unavailable("berthd is shutting down; retry");
+        log_outcome(rpc, start, Some(&refused));
+        return Err(refused);
+    }
     let out = work.await.map_err(status);
     log_outcome(rpc, start, out.as_ref().err());
     out.map(Response::new)

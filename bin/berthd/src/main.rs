@@ -1,6 +1,10 @@
 //! berthd: berth's daemon. Reads config.toml, starts the actor kernel and
 //! serves the CRI (kubelet, crictl) and berth's admin API on unix sockets.
 
+// tonic's service traits return `Result<_, tonic::Status>`; the size of
+// Status is theirs to choose.
+#![allow(clippy::result_large_err)]
+
 mod admin;
 mod config;
 mod cri;
@@ -38,7 +42,8 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::new(log_filter(&config.log.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if config.log.json {
         builder.json().init();
     } else {

@@ -1,0 +1,346 @@
+//! berthd end to end: the CRI socket, the admin socket, actor supervision,
+//! the journal across a crash, and shutdown.
+
+use berth_protocol::admin::{
+    ActorStatus, GetActorRequest, JournalStatsRequest, KillActorRequest, KillMode,
+    ListActorsRequest, PingActorRequest,
+};
+use berth_protocol::cri::*;
+use berth_tests::{eventually, Daemon};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::time::Duration;
+use tonic::Code;
+
+const ACTORS: [&str; 5] = ["network", "shim", "image", "sandbox", "container"];
+
+fn condition<'a>(status: &'a StatusResponse, kind: &str) -> &'a RuntimeCondition {
+    status
+        .status
+        .as_ref()
+        .expect("runtime status")
+        .conditions
+        .iter()
+        .find(|c| c.r#type == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:?}"))
+}
+
+#[tokio::test]
+async fn version_status_and_runtime_config_over_the_cri_socket() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+
+    let v = rt
+        .version(VersionRequest {
+            version: "v1".into(),
+        })
+        .await
+        .expect("Version")
+        .into_inner();
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.runtime_version, env!("CARGO_PKG_VERSION"));
+
+    let s = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status);
+    let net = condition(&s, "NetworkReady");
+    assert!(!net.status, "no CNI config yet: {net:?}");
+    assert_eq!(net.reason, "NetworkPluginNotReady");
+    assert!(
+        net.message.contains(&d.cni_dir().display().to_string()),
+        "{net:?}"
+    );
+    assert!(s.info.is_empty(), "info only when verbose");
+
+    // A CNI config that appears is seen without a restart.
+    std::fs::write(
+        d.cni_dir().join("10-pods.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"},{"type":"loopback"}]}"#,
+    )
+    .expect("write conflist");
+    let s = rt
+        .status(StatusRequest { verbose: true })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(condition(&s, "NetworkReady").status, "{s:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&s.info["config"]).expect("config is JSON");
+    assert_eq!(
+        config["cri"]["socket"],
+        d.cri_socket().display().to_string()
+    );
+    let actors: serde_json::Value = serde_json::from_str(&s.info["actors"]).expect("actors JSON");
+    let names: Vec<_> = actors
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name").to_string())
+        .collect();
+    assert_eq!(names, ACTORS);
+
+    let rc = rt
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .expect("RuntimeConfig")
+        .into_inner();
+    assert_eq!(
+        rc.linux.expect("linux").cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+}
+
+#[tokio::test]
+async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .expect_err("not built yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("RunPodSandbox"), "{err:?}");
+
+    let err = rt
+        .exec_sync(ExecSyncRequest::default())
+        .await
+        .expect_err("not built yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("ExecSync"), "{err:?}");
+
+    let err = rt
+        .get_container_events(GetEventsRequest {})
+        .await
+        .expect_err("not built yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("GetContainerEvents"), "{err:?}");
+
+    let mut images = d.images().await;
+    let err = images
+        .pull_image(PullImageRequest::default())
+        .await
+        .expect_err("not built yet");
+    assert_eq!(err.code(), Code::Unimplemented);
+    assert!(err.message().contains("PullImage"), "{err:?}");
+}
+
+#[tokio::test]
+async fn socket_modes_and_a_stale_socket_is_replaced() {
+    let mut d = Daemon::configure("");
+    // A socket file left by a berthd that crashed: nobody listens on it.
+    std::fs::create_dir_all(d.dir.path().join("run")).expect("run dir");
+    drop(std::os::unix::net::UnixListener::bind(d.cri_socket()).expect("stale socket"));
+    assert!(d.cri_socket().exists());
+    d.spawn();
+    let meta = std::fs::metadata(d.cri_socket()).expect("cri socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    let meta = std::fs::metadata(d.admin_socket()).expect("admin socket");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    d.runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("served on the replaced socket");
+}
+
+#[tokio::test]
+async fn a_second_berthd_on_the_same_root_is_refused() {
+    let d = Daemon::start();
+    // Same root, other sockets: the root lock refuses it.
+    let other = d.dir.path().join("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "root = \"{}\"\nstate = \"{}\"\n[cri]\nsocket = \"{}\"\n[admin]\nsocket = \"{}\"\n",
+            d.root().display(),
+            d.dir.path().join("run2").display(),
+            d.dir.path().join("run2/berth.sock").display(),
+            d.dir.path().join("run2/admin.sock").display(),
+        ),
+    )
+    .expect("write");
+    let out = berth_tests::run_berthd_expecting_failure(&other);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("another berthd") && stderr.contains(&d.pid().to_string()),
+        "{stderr}"
+    );
+    // The first one still serves.
+    d.runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("first berthd serves");
+}
+
+#[tokio::test]
+async fn every_actor_killed_through_berthctl_is_restarted_and_answers() {
+    let d = Daemon::start();
+    let mut admin = d.admin().await;
+    for name in ACTORS {
+        let out = d.berthctl(&["kill-actor", name]);
+        assert!(out.status.success(), "{out:?}");
+        let info = eventually(Duration::from_secs(5), "restart", || {
+            let mut admin = admin.clone();
+            async move {
+                let a = admin
+                    .get_actor(GetActorRequest { name: name.into() })
+                    .await
+                    .ok()?
+                    .into_inner();
+                (a.restarts == 1 && a.status == ActorStatus::Running as i32).then_some(a)
+            }
+        })
+        .await;
+        assert_eq!(info.last_error, "killed by an operator");
+        let ping = admin
+            .ping_actor(PingActorRequest { name: name.into() })
+            .await
+            .expect("answers after restart")
+            .into_inner();
+        assert_eq!(ping.generation, 2, "state rebuilt once more");
+    }
+    let table = d.berthctl(&["actors"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    for name in ACTORS {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in\n{table}"));
+        let cols: Vec<_> = row.split_whitespace().collect();
+        assert_eq!(cols[1], "running", "{row}");
+        assert_eq!(cols[5], "1", "restarts column: {row}");
+    }
+}
+
+#[tokio::test]
+async fn a_panic_in_a_handler_fails_that_call_as_unavailable_and_restarts_the_actor() {
+    let d = Daemon::start();
+    let mut admin = d.admin().await;
+    for name in ACTORS {
+        let err = admin
+            .kill_actor(KillActorRequest {
+                name: name.into(),
+                mode: KillMode::Panic as i32,
+            })
+            .await
+            .expect_err("the panicking call fails");
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains("panic injected"), "{err:?}");
+        let ping = admin
+            .ping_actor(PingActorRequest { name: name.into() })
+            .await
+            .expect("answers again")
+            .into_inner();
+        assert_eq!(ping.generation, 2);
+        let info = admin
+            .get_actor(GetActorRequest { name: name.into() })
+            .await
+            .expect("info")
+            .into_inner();
+        assert_eq!(info.restarts, 1);
+        assert_eq!(info.failed, 1);
+        assert!(info.last_error.starts_with("panic:"), "{info:?}");
+    }
+    // The CRI keeps answering through it all, and the network actor that
+    // Status asks is back.
+    let mut rt = d.runtime().await;
+    let s = rt
+        .status(StatusRequest::default())
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(condition(&s, "RuntimeReady").status, "{s:?}");
+    let all = admin
+        .list_actors(ListActorsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        all.actors.iter().all(|a| a.restarts == 1 && a.mailbox == 0),
+        "{all:?}"
+    );
+}
+
+async fn boots(d: &Daemon) -> berth_protocol::admin::JournalStatsResponse {
+    d.admin()
+        .await
+        .journal_stats(JournalStatsRequest {})
+        .await
+        .expect("journal stats")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn the_journal_survives_kill_9_and_sigterm_exits_cleanly_within_two_seconds() {
+    let mut d = Daemon::start();
+    let first = boots(&d).await;
+    assert_eq!(first.boots.len(), 1);
+    let first_pid = d.pid();
+    assert_eq!(first.boots[0].pid, first_pid);
+    // The boot record was written just before berthd started serving; kill
+    // it at once, as a crash would.
+    d.kill9();
+    d.spawn();
+    let second = boots(&d).await;
+    let seen: Vec<_> = second
+        .boots
+        .iter()
+        .map(|b| (b.seq, b.pid, b.clean_shutdown))
+        .collect();
+    assert_eq!(seen, vec![(1, first_pid, false), (2, d.pid(), false)]);
+    assert!(second
+        .kinds
+        .iter()
+        .any(|k| k.kind == "meta" && k.count == 2));
+
+    let (status, took) = d.terminate(Duration::from_secs(5));
+    assert!(status.success(), "SIGTERM exit: {status}");
+    assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
+    assert!(!d.cri_socket().exists(), "socket removed on the way out");
+    assert!(d.log().contains("journal flushed"));
+
+    d.spawn();
+    let third = boots(&d).await;
+    let clean: Vec<_> = third.boots.iter().map(|b| b.clean_shutdown).collect();
+    assert_eq!(clean, vec![false, true, false]);
+    let out = d.berthctl(&["journal", "stats"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("boots: 3") && text.contains("clean shutdown"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn cri_calls_are_logged_with_entry_and_outcome() {
+    let d = Daemon::start();
+    let mut rt = d.runtime().await;
+    rt.version(VersionRequest::default())
+        .await
+        .expect("Version");
+    let _ = rt.list_containers(ListContainersRequest::default()).await;
+    let log = eventually(Duration::from_secs(2), "log lines", || {
+        let log = d.log();
+        async move { log.contains("rpc=\"ListContainers\"").then_some(log) }
+    })
+    .await;
+    let version: Vec<_> = log
+        .lines()
+        .filter(|l| l.contains("rpc=\"Version\""))
+        .collect();
+    assert!(
+        version.iter().any(|l| l.contains(": call rpc=")),
+        "{version:?}"
+    );
+    assert!(
+        version.iter().any(|l| l.contains(": ok rpc=")),
+        "{version:?}"
+    );
+    assert!(log.contains("unimplemented"), "{log}");
+}
