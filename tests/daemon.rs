@@ -344,3 +344,26 @@ async fn cri_calls_are_logged_with_entry_and_outcome() {
     );
     assert!(log.contains("unimplemented"), "{log}");
 }
+
+#[tokio::test]
+async fn json_logging_writes_one_object_per_line() {
+    let mut d = Daemon::configure("");
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    std::fs::write(&d.config, text.replace("[log]\n", "[log]\njson = true\n")).expect("write");
+    d.spawn();
+    d.runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("Version");
+    let log = eventually(Duration::from_secs(2), "a Version log line", || {
+        let log = d.log();
+        async move { log.contains("\"rpc\":\"Version\"").then_some(log) }
+    })
+    .await;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+}

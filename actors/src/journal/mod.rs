@@ -78,15 +78,12 @@ impl Kind {
         }
     }
 
-    /// The only writer of this kind's tree.
+    /// The only writer of this kind's tree: the actor of the same name, or
+    /// the kernel for its own records.
     pub fn owner(self) -> &'static str {
         match self {
-            Kind::Sandbox => "sandbox",
-            Kind::Container => "container",
-            Kind::Image => "image",
-            Kind::NetworkAllocation => "network",
-            Kind::Shim => "shim",
             Kind::Meta => "kernel",
+            kind => kind.name(),
         }
     }
 }

@@ -12,6 +12,15 @@ fn config(cni: &std::path::Path) -> KernelConfig {
     }
 }
 
+/// A kernel on `journal`, with an empty CNI config directory.
+async fn started(journal: Arc<dyn Journal>) -> (tempfile::TempDir, Kernel) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kernel = Kernel::start(journal, config(dir.path()))
+        .await
+        .expect("start");
+    (dir, kernel)
+}
+
 async fn wait_running_again(kernel: &Kernel, name: &str, restarts: u64) -> ActorSnapshot {
     for _ in 0..500 {
         if let Some(s) = kernel.registry().get(name) {
@@ -29,10 +38,7 @@ async fn wait_running_again(kernel: &Kernel, name: &str, restarts: u64) -> Actor
 
 #[tokio::test]
 async fn every_actor_starts_and_answers() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = Kernel::start(Arc::new(MemoryJournal::new()), config(dir.path()))
-        .await
-        .expect("start");
+    let (_dir, kernel) = started(Arc::new(MemoryJournal::new())).await;
     assert_eq!(
         kernel.actor_names(),
         vec!["network", "shim", "image", "sandbox", "container"]
@@ -52,11 +58,8 @@ async fn every_actor_starts_and_answers() {
 
 #[tokio::test]
 async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
-    let kernel = Kernel::start(journal.clone(), config(dir.path()))
-        .await
-        .expect("start");
+    let (_dir, kernel) = started(journal.clone()).await;
     for name in kernel.actor_names() {
         let before = kernel.control(name, ControlOp::Ping).await.expect("ping");
         let reply = kernel.control(name, ControlOp::Kill).await.expect("kill");
@@ -115,10 +118,7 @@ async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
 
 #[tokio::test]
 async fn messages_queued_behind_a_panic_are_served_after_the_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = Kernel::start(Arc::new(MemoryJournal::new()), config(dir.path()))
-        .await
-        .expect("start");
+    let (_dir, kernel) = started(Arc::new(MemoryJournal::new())).await;
     let panic = kernel.control("network", ControlOp::Panic);
     let statuses: Vec<_> = (0..20)
         .map(|_| kernel.network.call(NetworkStatus))
@@ -136,10 +136,7 @@ async fn messages_queued_behind_a_panic_are_served_after_the_restart() {
 
 #[tokio::test]
 async fn network_turns_ready_when_a_cni_config_appears() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kernel = Kernel::start(Arc::new(MemoryJournal::new()), config(dir.path()))
-        .await
-        .expect("start");
+    let (dir, kernel) = started(Arc::new(MemoryJournal::new())).await;
     let r = kernel.network.call(NetworkStatus).await.expect("status");
     assert!(!r.ready && r.message.contains("no network config"), "{r:?}");
     std::fs::write(
@@ -154,11 +151,8 @@ async fn network_turns_ready_when_a_cni_config_appears() {
 
 #[tokio::test]
 async fn boots_are_recorded_and_a_clean_shutdown_is_marked() {
-    let dir = tempfile::tempdir().expect("tempdir");
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
-    let kernel = Kernel::start(journal.clone(), config(dir.path()))
-        .await
-        .expect("start");
+    let (dir, kernel) = started(journal.clone()).await;
     kernel.shutdown().expect("shutdown");
     let kernel = Kernel::start(journal, config(dir.path()))
         .await
