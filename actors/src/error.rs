@@ -23,6 +23,12 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The caller's credentials were refused (by a registry).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Content is corrupt: a digest does not match, a stream is truncated.
+    #[error("{0}")]
+    DataLoss(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -4,6 +4,9 @@
 //! The binaries are taken from the cargo target directory this test runs
 //! from (or `BERTH_BIN_DIR`); build them first with `cargo build --workspace`.
 
+pub mod image;
+pub mod registry;
+
 use berth_protocol::admin::admin_client::AdminClient;
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;

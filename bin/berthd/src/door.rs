@@ -17,6 +17,8 @@ pub fn status(e: Error) -> Status {
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
         Error::Unavailable(m) => Status::unavailable(m),
         Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
+        Error::Unauthenticated(m) => Status::unauthenticated(m),
+        Error::DataLoss(m) => Status::data_loss(m),
         Error::Internal(m) => Status::internal(m),
     }
 }
