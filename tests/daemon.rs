@@ -118,13 +118,12 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("GetContainerEvents"), "{err:?}");
 
-    let mut images = d.images().await;
-    let err = images
-        .pull_image(PullImageRequest::default())
+    let err = rt
+        .container_stats(ContainerStatsRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("PullImage"), "{err:?}");
+    assert!(err.message().contains("ContainerStats"), "{err:?}");
 }
 
 #[tokio::test]

@@ -1,10 +1,24 @@
-//! The ImageActor: every image on the node, its names, content and snapshots.
+//! The ImageActor: every image on the node. It pulls from registries into
+//! the content store (blobs by digest) and unpacks layers into overlay
+//! snapshots (by chain ID), keeps image records and their names in the
+//! journal, answers status and lists, removes images and collects what no
+//! image refers to.
 
 mod actor;
+pub mod backend;
 pub mod content;
+mod flight;
+mod fsinfo;
+pub mod manifest;
+pub mod messages;
+mod pull;
 pub mod reference;
+pub mod registry;
+mod remove;
 pub mod snapshots;
+mod status;
 pub mod store;
 pub mod unpack;
 
 pub use actor::{ImageActor, Images};
+pub use backend::{ImageBackend, ImageConfig};

@@ -1,9 +1,11 @@
 //! The ImageActor's journal records.
 
+use super::reference::Digest;
 use crate::journal::{Kind, Record};
 use serde::{Deserialize, Serialize};
 
-/// An image: ID is the digest of its config; its names as kubelet sees them.
+/// An image: its ID is the digest of its config; its names are as kubelet
+/// sees them (`repo:tag` and `repo@digest`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     pub id: String,
@@ -11,8 +13,23 @@ pub struct ImageRecord {
     pub repo_tags: Vec<String>,
     #[serde(default)]
     pub repo_digests: Vec<String>,
+    /// Manifest, config and compressed layers, in bytes.
     #[serde(default)]
     pub size: u64,
+    /// Every content blob the image holds on to (kept from GC).
+    #[serde(default)]
+    pub blobs: Vec<Digest>,
+    /// Its layer snapshots, bottom first.
+    #[serde(default)]
+    pub chain_ids: Vec<Digest>,
+    /// The config's USER.
+    #[serde(default)]
+    pub user: String,
+    /// Kept from kubelet's image GC (the sandbox image).
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub created_unix_nanos: i64,
 }
 
 impl Record for ImageRecord {
@@ -21,5 +38,44 @@ impl Record for ImageRecord {
 
     fn key(&self) -> String {
         self.id.clone()
+    }
+}
+
+impl ImageRecord {
+    /// Whether `name` (a `repo:tag` or `repo@digest`) names this image.
+    pub fn named(&self, name: &str) -> bool {
+        self.repo_tags.iter().any(|t| t == name) || self.repo_digests.iter().any(|d| d == name)
+    }
+
+    /// The config digest, which is the image ID.
+    pub fn config_digest(&self) -> Option<Digest> {
+        Digest::parse(&self.id).ok()
+    }
+}
+
+/// The CRI's reading of an image's USER: a numeric user is a `uid`, a name
+/// is a `username`; a group after `:` is not part of either.
+pub fn user_of(user: &str) -> (Option<i64>, String) {
+    let name = user.split(':').next().unwrap_or_default();
+    if name.is_empty() {
+        return (None, String::new());
+    }
+    match name.parse::<i64>() {
+        Ok(uid) => (Some(uid), String::new()),
+        Err(_) => (None, name.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_of;
+
+    #[test]
+    fn user_reads_as_the_cri_defines_it() {
+        assert_eq!(user_of("1002"), (Some(1002), String::new()));
+        assert_eq!(user_of("www-data"), (None, "www-data".to_string()));
+        assert_eq!(user_of("1003:1004"), (Some(1003), String::new()));
+        assert_eq!(user_of("www-data:1004"), (None, "www-data".to_string()));
+        assert_eq!(user_of(""), (None, String::new()));
     }
 }

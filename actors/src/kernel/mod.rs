@@ -21,7 +21,7 @@ pub use supervise::{
 };
 
 use crate::container::Containers;
-use crate::image::Images;
+use crate::image::{ImageBackend, ImageConfig, Images};
 use crate::journal::{BootLog, BootRecord, Journal, JournalStats};
 use crate::network::{Network, NetworkConfig};
 use crate::sandbox::Sandboxes;
@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct KernelConfig {
     pub network: NetworkConfig,
+    pub image: ImageConfig,
     /// How long start-up waits for an actor to build its state.
     pub start_timeout: Duration,
 }
@@ -83,6 +84,7 @@ impl Kernel {
     /// state.
     pub async fn start(journal: Arc<dyn Journal>, config: KernelConfig) -> Result<Kernel> {
         let boot = BootLog::start(journal.clone())?;
+        let image_backend = ImageBackend::open(config.image.clone())?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let actors_journal = journal.clone();
         let network_config = config.network.clone();
@@ -95,7 +97,7 @@ impl Kernel {
                     let j = &actors_journal;
                     let network = spawn::<Network>(network_config, j, &mut registry);
                     let shim = spawn::<Shims>((), j, &mut registry);
-                    let image = spawn::<Images>((), j, &mut registry);
+                    let image = spawn::<Images>(image_backend, j, &mut registry);
                     let sandbox = spawn::<Sandboxes>((), j, &mut registry);
                     let container = spawn::<Containers>((), j, &mut registry);
                     let started = Started {

@@ -3,10 +3,17 @@ use crate::image::store::ImageRecord;
 use crate::journal::{MemoryJournal, Tree};
 use crate::network::messages::NetworkStatus;
 
-fn config(cni: &std::path::Path) -> KernelConfig {
+fn config(dir: &std::path::Path) -> KernelConfig {
     KernelConfig {
         network: NetworkConfig {
-            cni_conf_dir: cni.to_path_buf(),
+            cni_conf_dir: dir.to_path_buf(),
+        },
+        image: ImageConfig {
+            root: dir.join("root"),
+            registries: Default::default(),
+            stall_timeout: Duration::from_secs(5),
+            max_concurrent_downloads: 3,
+            platform: crate::image::manifest::Platform::host(),
         },
         start_timeout: Duration::from_secs(10),
     }
@@ -98,6 +105,11 @@ async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
         repo_tags: vec!["example.com/a:1".into()],
         repo_digests: vec![],
         size: 1,
+        blobs: vec![],
+        chain_ids: vec![],
+        user: String::new(),
+        pinned: false,
+        created_unix_nanos: 0,
     })
     .expect("put");
     kernel

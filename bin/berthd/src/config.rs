@@ -3,6 +3,7 @@
 //! errors that name the key, on one line.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +17,25 @@ pub struct Config {
     pub cgroup: Cgroup,
     pub cni: Cni,
     pub daemon: Daemon,
+    pub image: Image,
+    /// Per registry host (as named in image references, e.g. `docker.io`,
+    /// `registry.k8s.io`, `127.0.0.1:5000`).
+    pub registries: BTreeMap<String, Registry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Image {
+    pub stall_timeout_secs: u64,
+    pub max_concurrent_downloads: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Registry {
+    pub mirrors: Vec<String>,
+    pub insecure: bool,
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +94,8 @@ impl Default for Config {
             cgroup: Cgroup::default(),
             cni: Cni::default(),
             daemon: Daemon::default(),
+            image: Image::default(),
+            registries: BTreeMap::new(),
         }
     }
 }
@@ -128,6 +150,15 @@ impl Default for Daemon {
     }
 }
 
+impl Default for Image {
+    fn default() -> Self {
+        Image {
+            stall_timeout_secs: 60,
+            max_concurrent_downloads: 4,
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, String> {
@@ -169,6 +200,29 @@ impl Config {
                 self.log.level
             )
         })?;
+        if self.image.stall_timeout_secs == 0 {
+            return Err("image.stall_timeout_secs: must be at least 1".into());
+        }
+        if self.image.max_concurrent_downloads == 0 {
+            return Err("image.max_concurrent_downloads: must be at least 1".into());
+        }
+        for (host, r) in &self.registries {
+            for m in &r.mirrors {
+                if !(m.starts_with("http://") || m.starts_with("https://")) {
+                    return Err(format!(
+                        "registries.\"{host}\".mirrors: {m:?} must start with http:// or https://"
+                    ));
+                }
+            }
+            if let Some(ca) = &r.ca_file {
+                if !ca.is_absolute() {
+                    return Err(format!(
+                        "registries.\"{host}\".ca_file: {} is not an absolute path",
+                        ca.display()
+                    ));
+                }
+            }
+        }
         if self.daemon.start_timeout_secs == 0 {
             return Err("daemon.start_timeout_secs: must be at least 1".into());
         }

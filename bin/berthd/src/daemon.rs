@@ -8,6 +8,9 @@ use crate::admin::AdminService;
 use crate::config::Config;
 use crate::cri::Cri;
 use anyhow::{anyhow, bail, Context, Result};
+use berth_actors::image::manifest::Platform;
+use berth_actors::image::registry::HostConfig;
+use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
 use berth_actors::kernel::{Kernel, KernelConfig};
 use berth_actors::network::NetworkConfig;
@@ -47,6 +50,7 @@ pub async fn run(config: Config) -> Result<()> {
             network: NetworkConfig {
                 cni_conf_dir: config.cni.conf_dir.clone(),
             },
+            image: image_config(&config),
             start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),
         },
     )
@@ -112,6 +116,27 @@ pub async fn run(config: Config) -> Result<()> {
         .map_err(|e| anyhow!("shutdown: {e}"))?;
     tracing::info!("berthd stopped; journal flushed");
     Ok(())
+}
+
+fn image_config(config: &Config) -> ImageConfig {
+    ImageConfig {
+        root: config.root.clone(),
+        registries: config
+            .registries
+            .iter()
+            .map(|(host, r)| {
+                let h = HostConfig {
+                    mirrors: r.mirrors.clone(),
+                    insecure: r.insecure,
+                    ca_file: r.ca_file.clone(),
+                };
+                (host.clone(), h)
+            })
+            .collect(),
+        stall_timeout: Duration::from_secs(config.image.stall_timeout_secs),
+        max_concurrent_downloads: config.image.max_concurrent_downloads,
+        platform: Platform::host(),
+    }
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

@@ -1,20 +1,124 @@
-//! ImageService: pulling, listing, inspecting and removing images.
+//! ImageService: pulling, listing, inspecting and removing images, through
+//! the ImageActor.
 
+use super::convert;
 use super::Cri;
-use crate::door::{unimplemented_rpcs, Feed};
+use crate::door::{serve, Feed};
+use berth_actors::image::messages as msg;
 use berth_protocol::cri::image_service_server::ImageService;
 use berth_protocol::cri::*;
+use tonic::{Request, Response, Status};
+
+impl Cri {
+    async fn list(&self, filter: Option<ImageFilter>) -> Result<Vec<Image>, berth_actors::Error> {
+        let image = filter
+            .and_then(|f| f.image)
+            .map(|s| s.image)
+            .filter(|s| !s.is_empty());
+        let infos = self.kernel.image.call(msg::ListImages { image }).await?;
+        Ok(infos.iter().map(convert::image).collect())
+    }
+}
 
 #[tonic::async_trait]
 impl ImageService for Cri {
     type StreamImagesStream = Feed<StreamImagesResponse>;
 
-    unimplemented_rpcs! {
-        list_images(ListImagesRequest) -> ListImagesResponse = "ListImages";
-        stream_images(StreamImagesRequest) -> Self::StreamImagesStream = "StreamImages";
-        image_status(ImageStatusRequest) -> ImageStatusResponse = "ImageStatus";
-        pull_image(PullImageRequest) -> PullImageResponse = "PullImage";
-        remove_image(RemoveImageRequest) -> RemoveImageResponse = "RemoveImage";
-        image_fs_info(ImageFsInfoRequest) -> ImageFsInfoResponse = "ImageFsInfo";
+    async fn pull_image(
+        &self,
+        request: Request<PullImageRequest>,
+    ) -> Result<Response<PullImageResponse>, Status> {
+        let req = request.into_inner();
+        serve("PullImage", async {
+            let image = convert::image_name(req.image.as_ref())?;
+            tracing::info!(%image, "pulling");
+            let auth = convert::credentials(req.auth);
+            let id = self
+                .kernel
+                .image
+                .call(msg::PullImage { image, auth })
+                .await?;
+            Ok(PullImageResponse { image_ref: id })
+        })
+        .await
+    }
+
+    async fn image_status(
+        &self,
+        request: Request<ImageStatusRequest>,
+    ) -> Result<Response<ImageStatusResponse>, Status> {
+        let req = request.into_inner();
+        serve("ImageStatus", async {
+            let image = convert::image_name(req.image.as_ref())?;
+            let verbose = req.verbose;
+            let info = self
+                .kernel
+                .image
+                .call(msg::ImageStatus { image, verbose })
+                .await?;
+            Ok(ImageStatusResponse {
+                image: info.as_ref().map(convert::image),
+                info: info.as_ref().map(convert::image_info).unwrap_or_default(),
+            })
+        })
+        .await
+    }
+
+    async fn list_images(
+        &self,
+        request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        let filter = request.into_inner().filter;
+        serve("ListImages", async {
+            Ok(ListImagesResponse {
+                images: self.list(filter).await?,
+            })
+        })
+        .await
+    }
+
+    async fn stream_images(
+        &self,
+        request: Request<StreamImagesRequest>,
+    ) -> Result<Response<Self::StreamImagesStream>, Status> {
+        let filter = request.into_inner().filter;
+        serve("StreamImages", async {
+            let images = self.list(filter).await?;
+            // One message of up to 100 images at a time keeps each small.
+            let chunks: Vec<Result<StreamImagesResponse, Status>> = images
+                .chunks(100)
+                .map(|c| Ok(StreamImagesResponse { images: c.to_vec() }))
+                .collect();
+            let feed: Self::StreamImagesStream = Box::pin(futures::stream::iter(chunks));
+            Ok(feed)
+        })
+        .await
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<RemoveImageRequest>,
+    ) -> Result<Response<RemoveImageResponse>, Status> {
+        let req = request.into_inner();
+        serve("RemoveImage", async {
+            let image = convert::image_name(req.image.as_ref())?;
+            self.kernel.image.call(msg::RemoveImage { image }).await?;
+            Ok(RemoveImageResponse {})
+        })
+        .await
+    }
+
+    async fn image_fs_info(
+        &self,
+        _request: Request<ImageFsInfoRequest>,
+    ) -> Result<Response<ImageFsInfoResponse>, Status> {
+        serve("ImageFsInfo", async {
+            let usage = self.kernel.image.call(msg::ImageFsInfo).await?;
+            Ok(ImageFsInfoResponse {
+                image_filesystems: vec![convert::fs_usage(&usage)],
+                container_filesystems: Vec::new(),
+            })
+        })
+        .await
     }
 }

@@ -3,6 +3,7 @@
 //! becomes a CRI response. Calls whose issue has not landed answer
 //! UNIMPLEMENTED naming the RPC.
 
+mod convert;
 mod image;
 mod runtime;
 

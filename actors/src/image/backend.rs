@@ -1,0 +1,60 @@
+//! What the ImageActor works with that outlives its restarts: the content
+//! store, the snapshots, the registry clients, the pulls in flight, and the
+//! image configuration.
+
+use super::content::ContentStore;
+use super::flight::Flights;
+use super::manifest::Platform;
+use super::pull::Pulled;
+use super::registry::{HostConfig, Registries};
+use super::snapshots::Snapshots;
+use crate::Result;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The image half of config.toml.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageConfig {
+    /// berth's root: content and snapshots live below it.
+    pub root: PathBuf,
+    /// Per registry host: mirrors, insecure, CA.
+    pub registries: BTreeMap<String, HostConfig>,
+    /// A pull that receives nothing for this long fails.
+    pub stall_timeout: Duration,
+    /// Layers fetched at once by one pull.
+    pub max_concurrent_downloads: usize,
+    /// The platform picked from multi-platform images.
+    pub platform: Platform,
+}
+
+pub struct ImageBackend {
+    pub config: ImageConfig,
+    pub content: ContentStore,
+    pub snapshots: Snapshots,
+    pub registries: Registries,
+    /// Pulls in flight, by reference: concurrent pulls share one.
+    pub pulls: Arc<Flights<Pulled>>,
+    /// Layers being fetched and unpacked, by chain ID: images sharing a
+    /// layer share its download.
+    pub layers: Arc<Flights<()>>,
+    /// Pulls hold it shared until their image is recorded; garbage
+    /// collection takes it alone, so it never removes what a pull in flight
+    /// has written but not yet recorded.
+    pub gc_lock: Arc<tokio::sync::RwLock<()>>,
+}
+
+impl ImageBackend {
+    pub fn open(config: ImageConfig) -> Result<Arc<ImageBackend>> {
+        Ok(Arc::new(ImageBackend {
+            content: ContentStore::open(&config.root)?,
+            snapshots: Snapshots::open(&config.root)?,
+            registries: Registries::new(config.registries.clone()),
+            pulls: Flights::new(),
+            layers: Flights::new(),
+            gc_lock: Arc::new(tokio::sync::RwLock::new(())),
+            config,
+        }))
+    }
+}

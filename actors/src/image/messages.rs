@@ -1,0 +1,80 @@
+//! Messages the ImageActor answers.
+
+use super::registry::Credentials;
+use super::store::ImageRecord;
+use crate::Result;
+use actix::Message;
+
+/// Pulls an image (CRI PullImage). Answers the image ID. Concurrent pulls
+/// of the same reference share one download.
+#[derive(Debug, Clone)]
+pub struct PullImage {
+    pub image: String,
+    pub auth: Option<Credentials>,
+}
+
+impl Message for PullImage {
+    type Result = Result<String>;
+}
+
+/// One image by ID, tag or digest (CRI ImageStatus). `None` for an image
+/// that is not there: that is not an error.
+#[derive(Debug, Clone)]
+pub struct ImageStatus {
+    pub image: String,
+    /// Include the image config.
+    pub verbose: bool,
+}
+
+impl Message for ImageStatus {
+    type Result = Result<Option<ImageInfo>>;
+}
+
+/// Every image, or those a name matches (CRI ListImages).
+#[derive(Debug, Clone, Default)]
+pub struct ListImages {
+    pub image: Option<String>,
+}
+
+impl Message for ListImages {
+    type Result = Result<Vec<ImageInfo>>;
+}
+
+/// Removes an image with all its names (CRI RemoveImage); an unknown image
+/// is success. Unreferenced content and snapshots are collected.
+#[derive(Debug, Clone)]
+pub struct RemoveImage {
+    pub image: String,
+}
+
+impl Message for RemoveImage {
+    type Result = Result<()>;
+}
+
+/// Bytes and inodes used by images (CRI ImageFsInfo).
+#[derive(Debug, Clone, Default)]
+pub struct ImageFsInfo;
+
+impl Message for ImageFsInfo {
+    type Result = Result<FsUsage>;
+}
+
+/// An image as the CRI shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInfo {
+    pub record: ImageRecord,
+    /// From USER, as the CRI defines them: one or the other.
+    pub uid: Option<i64>,
+    pub username: String,
+    /// The image config (verbose only).
+    pub config: Option<serde_json::Value>,
+}
+
+/// Usage of the image filesystem.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FsUsage {
+    pub mountpoint: String,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+    pub timestamp_unix_nanos: i64,
+}
