@@ -74,7 +74,7 @@ pub fn table(title: &str, rows: &[&Samples], references: &[&Samples]) {
         "operation", "n", "p50 µs", "p99 µs", "ops/s"
     );
     for r in references {
-        header.push_str(&format!(" {:>14}", format!("×{}", short(&r.name))));
+        header.push_str(&format!(" {:>24}", format!("×{}", short(&r.name))));
     }
     println!("{header}");
     for s in rows {
@@ -88,14 +88,20 @@ pub fn table(title: &str, rows: &[&Samples], references: &[&Samples]) {
         );
         for r in references {
             let ratio = s.p50().as_secs_f64() / r.p50().as_secs_f64().max(1e-12);
-            line.push_str(&format!(" {:>14.2}", ratio));
+            line.push_str(&format!(" {:>24.2}", ratio));
         }
         println!("{line}");
     }
 }
 
+/// A reference's column header: the first two words of its name.
 fn short(name: &str) -> String {
-    name.split_whitespace().next().unwrap_or(name).to_string()
+    name.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .trim_end_matches([':', ','])
+        .to_string()
 }
 
 /// The repository's root (bench/..).

@@ -3,7 +3,9 @@
 //! `NetworkReady` condition of CRI `Status`).
 
 mod actor;
+pub mod cni;
 pub mod messages;
+pub mod netns;
 mod status;
 pub mod store;
 

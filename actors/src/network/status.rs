@@ -3,6 +3,7 @@
 //! in name order and the first loadable one is the pod network.
 
 use super::actor::Network;
+use super::cni::NetworkList;
 use super::messages::NetworkReadiness;
 use std::path::Path;
 
@@ -29,48 +30,7 @@ impl Network {
 
 /// The name of the first loadable network in `dir`, or why there is none.
 pub(super) fn first_network(dir: &Path) -> Result<String, String> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read CNI config directory {}: {e}", dir.display()))?;
-    let mut files: Vec<_> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("conf" | "conflist" | "json")
-            )
-        })
-        .collect();
-    files.sort();
-    let mut problems = Vec::new();
-    for file in &files {
-        match load_network_name(file) {
-            Ok(name) => return Ok(name),
-            Err(e) => problems.push(format!("{}: {e}", file.display())),
-        }
-    }
-    if problems.is_empty() {
-        Err(format!("no network config found in {}", dir.display()))
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn load_network_name(file: &Path) -> Result<String, String> {
-    let text = std::fs::read(file).map_err(|e| e.to_string())?;
-    let conf: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
-    let name = conf
-        .get("name")
-        .and_then(|n| n.as_str())
-        .filter(|n| !n.is_empty())
-        .ok_or("no network name")?;
-    let has_plugins = match conf.get("plugins") {
-        Some(p) => p.as_array().is_some_and(|a| !a.is_empty()),
-        None => conf.get("type").and_then(|t| t.as_str()).is_some(),
-    };
-    if !has_plugins {
-        return Err("no plugin in the network config".into());
-    }
-    Ok(name.to_string())
+    NetworkList::first_in(dir).map(|l| l.name)
 }
 
 #[cfg(test)]
