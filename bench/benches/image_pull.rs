@@ -43,7 +43,7 @@ fn layer(seed: u64) -> berth_tests::image::BuiltLayer {
         x ^= x >> 7;
         x ^= x << 17;
         text.extend_from_slice(words[(x % 8) as usize].as_bytes());
-        text.push(if x % 11 == 0 { b'\n' } else { b' ' });
+        text.push(if x.is_multiple_of(11) { b'\n' } else { b' ' });
     }
     LayerBuilder::new()
         .random_file(

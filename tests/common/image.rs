@@ -924,3 +924,221 @@ pub fn build_index(entries: &[(Platform, &BuiltImage)], docker_list: bool) -> Bu
         media_type: media_type.to_string(),
     }
 }
+
+/// The OCI image layout version written into `oci-layout`.
+const OCI_LAYOUT_VERSION: &str = "1.0.0";
+
+/// The annotation an OCI image layout names an image by: a tag, or a whole
+/// reference.
+pub const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The annotation containerd (and docker 25+) name an image by in an OCI
+/// image layout: always a whole reference.
+pub const CONTAINERD_IMAGE_NAME: &str = "io.containerd.image.name";
+
+/// A file of an image archive: its path inside the tar and its bytes.
+pub type ArchiveFile = (String, Vec<u8>);
+
+/// `blobs/sha256/<hex>` for a `sha256:` digest.
+pub fn blob_path(digest: &str) -> String {
+    let hex = digest.strip_prefix("sha256:").expect("a sha256: digest");
+    format!("blobs/sha256/{hex}")
+}
+
+/// A tar of `files`, in order, each a regular file (mode 0644, owned by
+/// root) as image archives store them. Parent directories are not written,
+/// as `docker save` does not write all of them either.
+pub fn tar_archive(files: &[ArchiveFile]) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, bytes) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(DEFAULT_MTIME);
+        tar.append_data(&mut h, path, bytes.as_slice())
+            .unwrap_or_else(|e| panic!("add {path} to the archive: {e}"));
+    }
+    tar.into_inner().expect("finish archive")
+}
+
+/// `bytes` compressed with gzip, as `docker save | gzip` leaves an archive.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("finish gzip")
+}
+
+/// An OCI image layout's files: `oci-layout`, `index.json` listing
+/// `entries` (descriptors, see [`BuiltImage::layout_entry`]), then `blobs`.
+pub fn oci_layout(entries: Vec<serde_json::Value>, blobs: Vec<ArchiveFile>) -> Vec<ArchiveFile> {
+    let layout = serde_json::json!({ "imageLayoutVersion": OCI_LAYOUT_VERSION });
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": entries,
+    });
+    let mut files = vec![
+        (
+            "oci-layout".to_string(),
+            serde_json::to_vec(&layout).expect("oci-layout json"),
+        ),
+        (
+            "index.json".to_string(),
+            serde_json::to_vec(&index).expect("index json"),
+        ),
+    ];
+    for blob in blobs {
+        if !files.iter().any(|(p, _)| *p == blob.0) {
+            files.push(blob);
+        }
+    }
+    files
+}
+
+/// Where `docker save` puts an image's config and layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaveStyle {
+    /// Before docker 25: `<config hex>.json` and `<id>/layer.tar` (here the
+    /// id is the layer's diff ID hex), with `<id>/VERSION` and `<id>/json`
+    /// beside each layer, and a `repositories` file.
+    Classic,
+    /// Docker 25+ (without its index.json): `blobs/sha256/<hex>` for both.
+    Blobs,
+}
+
+/// A `docker save` archive's files for `images`, each with its RepoTags
+/// (as docker writes them: `busybox:latest`). Layers are stored
+/// uncompressed, as docker does, once even when images share them.
+pub fn docker_save(images: &[(&BuiltImage, &[&str])], style: SaveStyle) -> Vec<ArchiveFile> {
+    // Shared layers (and their metadata) are written once.
+    fn add(files: &mut Vec<ArchiveFile>, path: String, bytes: Vec<u8>) {
+        if !files.iter().any(|(p, _)| *p == path) {
+            files.push((path, bytes));
+        }
+    }
+    let mut files: Vec<ArchiveFile> = Vec::new();
+    let mut entries = Vec::new();
+    let mut repositories = serde_json::Map::new();
+    for (image, tags) in images {
+        let mut layer_paths = Vec::new();
+        for layer in &image.layers {
+            let tar = layer.tar_bytes();
+            let hex = layer.diff_id.trim_start_matches("sha256:");
+            let path = match style {
+                SaveStyle::Classic => {
+                    add(&mut files, format!("{hex}/VERSION"), b"1.0".to_vec());
+                    add(
+                        &mut files,
+                        format!("{hex}/json"),
+                        format!("{{\"id\":\"{hex}\"}}").into_bytes(),
+                    );
+                    format!("{hex}/layer.tar")
+                }
+                SaveStyle::Blobs => blob_path(&layer.diff_id),
+            };
+            add(&mut files, path.clone(), tar);
+            layer_paths.push(path);
+        }
+        let config_path = match style {
+            SaveStyle::Classic => {
+                format!("{}.json", image.config_digest.trim_start_matches("sha256:"))
+            }
+            SaveStyle::Blobs => blob_path(&image.config_digest),
+        };
+        add(&mut files, config_path.clone(), image.config_bytes.clone());
+        for tag in tags.iter() {
+            if let Some((repo, t)) = tag.rsplit_once(':') {
+                let last = layer_paths.last().cloned().unwrap_or_default();
+                let id = last.split('/').next().unwrap_or_default().to_string();
+                repositories
+                    .entry(repo.to_string())
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                    .expect("repositories object")
+                    .insert(t.to_string(), id.into());
+            }
+        }
+        entries.push(serde_json::json!({
+            "Config": config_path,
+            "RepoTags": if tags.is_empty() { serde_json::Value::Null } else { serde_json::json!(tags) },
+            "Layers": layer_paths,
+        }));
+    }
+    if style == SaveStyle::Classic {
+        add(
+            &mut files,
+            "repositories".to_string(),
+            serde_json::to_vec(&repositories).expect("repositories json"),
+        );
+    }
+    add(
+        &mut files,
+        "manifest.json".to_string(),
+        serde_json::to_vec(&entries).expect("manifest.json"),
+    );
+    files
+}
+
+impl BuiltLayer {
+    /// The layer's tar, uncompressed.
+    pub fn tar_bytes(&self) -> Vec<u8> {
+        match self.compression {
+            Compression::None => self.bytes.clone(),
+            Compression::Gzip => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(self.bytes.as_slice())
+                    .read_to_end(&mut out)
+                    .expect("gunzip layer");
+                out
+            }
+            Compression::Zstd => zstd::decode_all(self.bytes.as_slice()).expect("unzstd layer"),
+        }
+    }
+}
+
+impl BuiltImage {
+    /// Its manifest, config and layers as `blobs/sha256/<hex>` files.
+    pub fn blob_files(&self) -> Vec<ArchiveFile> {
+        let mut files = vec![
+            (
+                blob_path(&self.manifest_digest),
+                self.manifest_bytes.clone(),
+            ),
+            (blob_path(&self.config_digest), self.config_bytes.clone()),
+        ];
+        for l in &self.layers {
+            files.push((blob_path(&l.digest), l.bytes.clone()));
+        }
+        files
+    }
+
+    /// An `index.json` entry for its manifest, with `annotations`.
+    pub fn layout_entry(&self, annotations: &[(&str, &str)]) -> serde_json::Value {
+        let annotations: BTreeMap<&str, &str> = annotations.iter().copied().collect();
+        serde_json::json!({
+            "mediaType": self.manifest_media_type,
+            "digest": self.manifest_digest,
+            "size": self.manifest_bytes.len(),
+            "annotations": annotations,
+        })
+    }
+
+    /// The image as an OCI image layout's files, its one `index.json`
+    /// entry annotated with `annotations`.
+    pub fn oci_layout_files(&self, annotations: &[(&str, &str)]) -> Vec<ArchiveFile> {
+        oci_layout(vec![self.layout_entry(annotations)], self.blob_files())
+    }
+
+    /// The image as an OCI image layout tarball (as `ctr export` or skopeo
+    /// write it), named by `org.opencontainers.image.ref.name` = `ref_name`
+    /// (a tag, or a whole reference).
+    pub fn oci_layout_tar(&self, ref_name: &str) -> Vec<u8> {
+        tar_archive(&self.oci_layout_files(&[(OCI_REF_NAME, ref_name)]))
+    }
+
+    /// The image as a classic `docker save` tarball, with `repo_tags` as
+    /// docker writes them (`busybox:latest`).
+    pub fn docker_save_tar(&self, repo_tags: &[&str]) -> Vec<u8> {
+        tar_archive(&docker_save(&[(self, repo_tags)], SaveStyle::Classic))
+    }
+}

@@ -1,8 +1,9 @@
-//! The ImageActor shell: routes messages to the verbs (pull.rs, status.rs,
-//! remove.rs, fsinfo.rs). Pulls run off the actor; the actor records their
-//! outcome.
+//! The ImageActor shell: routes messages to the verbs (pull.rs, import.rs,
+//! status.rs, remove.rs, fsinfo.rs). Pulls and imports run off the actor;
+//! the actor records their outcome.
 
 use super::backend::ImageBackend;
+use super::import::{self, Imported};
 use super::messages::*;
 use super::pull::{self, Pulled};
 use super::reference::ImageName;
@@ -34,9 +35,11 @@ impl Subsystem for Images {
             backend: backend.clone(),
             gc_due: false,
         };
-        // What interrupted pulls left is dropped, unless pulls are still
-        // running (this is a restart of the actor, not of berthd).
-        if backend.pulls.is_empty() && backend.layers.is_empty() {
+        // What interrupted pulls and imports left is dropped, unless some
+        // are still running (this is a restart of the actor, not of
+        // berthd): each holds the GC lock until its images are recorded.
+        let busy = backend.gc_lock.try_write().is_err();
+        if backend.pulls.is_empty() && backend.layers.is_empty() && !busy {
             backend.content.clean_ingest()?;
             backend.snapshots.clean_staging();
             if let Some(work) = me.collect()? {
@@ -55,8 +58,15 @@ impl Images {
     /// Records a finished pull: the image gets the tag (taken from any image
     /// that had it) and the repo digest.
     fn record_pull(&mut self, p: &Pulled) -> Result<String> {
+        let digests = [p.repo_digest.clone()];
+        self.record_image(p, p.repo_tag.as_slice(), &digests)
+    }
+
+    /// Records an image a pull or an import stored, with its names: each
+    /// tag is taken from any image that had it.
+    fn record_image(&mut self, p: &Pulled, tags: &[String], digests: &[String]) -> Result<String> {
         let id = p.id.to_string();
-        if let Some(tag) = &p.repo_tag {
+        for tag in tags {
             let holders: Vec<ImageRecord> = self
                 .images
                 .iter()
@@ -84,13 +94,15 @@ impl Images {
                 pinned: false,
                 created_unix_nanos: crate::journal::unix_nanos(),
             });
-        if let Some(tag) = &p.repo_tag {
+        for tag in tags {
             if !rec.repo_tags.contains(tag) {
                 rec.repo_tags.push(tag.clone());
             }
         }
-        if !rec.repo_digests.contains(&p.repo_digest) {
-            rec.repo_digests.push(p.repo_digest.clone());
+        for digest in digests {
+            if !rec.repo_digests.contains(digest) {
+                rec.repo_digests.push(digest.clone());
+            }
         }
         for b in &p.blobs {
             if !rec.blobs.contains(b) {
@@ -105,11 +117,14 @@ impl Images {
     }
 }
 
+/// The blocking work of a collection, if one was started.
+type Collection = Option<Box<dyn FnOnce() -> super::remove::Collected + Send>>;
+
 /// A pull's answer, and the collection to run before giving it.
-type AfterPull = (
-    Result<String>,
-    Option<Box<dyn FnOnce() -> super::remove::Collected + Send>>,
-);
+type AfterPull = (Result<String>, Collection);
+
+/// An import's answer, and the collection to run before giving it.
+type AfterImport = (Result<Vec<ImportedImage>>, Collection);
 
 impl Images {
     /// Records a successful pull; after a failed one, collects what it
@@ -127,6 +142,31 @@ impl Images {
             }
             Err(e) => Err(e),
         };
+        let work = self
+            .collect()?
+            .map(|w| Box::new(w) as Box<dyn FnOnce() -> super::remove::Collected + Send>);
+        Ok((result, work))
+    }
+
+    /// Records every image of a successful import. A collection always
+    /// follows: after a failure it removes what the import stored, after a
+    /// success what the archive held that no image uses (other platforms'
+    /// blobs, docker's per-layer metadata).
+    fn after_import(&mut self, imported: Result<Vec<Imported>>) -> Result<AfterImport> {
+        let result = imported.and_then(|images| {
+            let mut answer = Vec::with_capacity(images.len());
+            for i in &images {
+                let id = self.record_image(&i.image, &i.repo_tags, &i.repo_digests)?;
+                tracing::info!(image = %id, tags = ?i.repo_tags, "image imported");
+                answer.push(ImportedImage {
+                    id,
+                    repo_tags: i.repo_tags.clone(),
+                });
+            }
+            Ok(answer)
+        });
+        // The images' holds on the GC lock are gone by now (dropped with
+        // `images`), so the collection can start.
         let work = self
             .collect()?
             .map(|w| Box::new(w) as Box<dyn FnOnce() -> super::remove::Collected + Send>);
@@ -161,6 +201,42 @@ impl Handles<PullImage> for Images {
                         "the image actor is restarting; retry".into(),
                     )),
                     Some(me) => me.after_pull(pulled),
+                };
+                wrap_future(async move {
+                    let (result, collection) = outcome?;
+                    run_collection(collection).await?;
+                    result
+                })
+            },
+        )))
+    }
+}
+
+impl Handles<ImportImage> for Images {
+    type Output = Vec<ImportedImage>;
+
+    fn handle(&mut self, msg: ImportImage, _cx: Cx<'_, Self>) -> Reply<Self, Vec<ImportedImage>> {
+        if !msg.path.is_absolute() {
+            return Reply::Now(Err(Error::InvalidArgument(format!(
+                "cannot import {}: the path must be absolute",
+                msg.path.display()
+            ))));
+        }
+        tracing::info!(path = %msg.path.display(), "importing");
+        // A task of its own: the import goes on (and settles) even if this
+        // call is dropped, as a pull does.
+        let task = tokio::spawn(import::import(self.backend.clone(), msg.path));
+        let imported = async move {
+            task.await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("import task: {e}"))))
+        };
+        Reply::Later(Box::pin(wrap_future(imported).then(
+            |imported: Result<Vec<Imported>>, act: &mut ImageActor, _| {
+                let outcome = match act.state_mut() {
+                    None => Err(Error::Unavailable(
+                        "the image actor is restarting; retry".into(),
+                    )),
+                    Some(me) => me.after_import(imported),
                 };
                 wrap_future(async move {
                     let (result, collection) = outcome?;

@@ -4,6 +4,7 @@ use super::registry::Credentials;
 use super::store::ImageRecord;
 use crate::Result;
 use actix::Message;
+use std::path::PathBuf;
 
 /// Pulls an image (CRI PullImage). Answers the image ID. Concurrent pulls
 /// of the same reference share one download.
@@ -57,6 +58,31 @@ pub struct ImageFsInfo;
 
 impl Message for ImageFsInfo {
     type Result = Result<FsUsage>;
+}
+
+/// Imports the images of a tarball on berthd's host (admin ImportImage):
+/// an OCI image layout or a `docker save` archive, plain or compressed as a
+/// whole. Answers each image found with the tags the archive gave it. An
+/// image named only by a bare tag (an OCI ref name such as `v1`) has no
+/// repository, so it gets no tag: it is known by its ID. Importing the
+/// same archive again changes nothing.
+#[derive(Debug, Clone)]
+pub struct ImportImage {
+    /// Absolute.
+    pub path: PathBuf,
+}
+
+impl Message for ImportImage {
+    type Result = Result<Vec<ImportedImage>>;
+}
+
+/// An image an import stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedImage {
+    /// The image ID (its config's digest).
+    pub id: String,
+    /// `repo:tag` names the archive gave it, normalised.
+    pub repo_tags: Vec<String>,
 }
 
 /// An image as the CRI shows it.

@@ -9,6 +9,7 @@ pub mod backend;
 pub mod content;
 mod flight;
 mod fsinfo;
+mod import;
 pub mod manifest;
 pub mod messages;
 mod pull;

@@ -38,6 +38,10 @@ pub trait Subsystem: Sized + Unpin + 'static {
 
     /// How many journal records the state holds (shown by ping).
     fn records(&self) -> usize;
+
+    /// Called once the state is built, with the actor's context: the place
+    /// for timers. Runs again after every restart.
+    fn started(&mut self, _ctx: &mut Context<Shell<Self>>) {}
 }
 
 /// What a handler gets besides the state.
@@ -208,7 +212,8 @@ impl<S: Subsystem> Actor for Shell<S> {
     /// Runs at the first start and after every restart.
     fn started(&mut self, ctx: &mut Context<Self>) {
         match S::rebuild(&self.deps, &self.journal) {
-            Ok(state) => {
+            Ok(mut state) => {
+                state.started(ctx);
                 self.state = Some(state);
                 self.generation += 1;
                 self.failed_rebuilds = 0;

@@ -5,9 +5,7 @@ use crate::network::messages::NetworkStatus;
 
 fn config(dir: &std::path::Path) -> KernelConfig {
     KernelConfig {
-        network: NetworkConfig {
-            cni_conf_dir: dir.to_path_buf(),
-        },
+        network: NetworkConfig::under(dir),
         image: ImageConfig {
             root: dir.join("root"),
             registries: Default::default(),
@@ -22,6 +20,7 @@ fn config(dir: &std::path::Path) -> KernelConfig {
 /// A kernel on `journal`, with an empty CNI config directory.
 async fn started(journal: Arc<dyn Journal>) -> (tempfile::TempDir, Kernel) {
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("cni")).expect("cni dir");
     let kernel = Kernel::start(journal, config(dir.path()))
         .await
         .expect("start");
@@ -152,7 +151,7 @@ async fn network_turns_ready_when_a_cni_config_appears() {
     let r = kernel.network.call(NetworkStatus).await.expect("status");
     assert!(!r.ready && r.message.contains("no network config"), "{r:?}");
     std::fs::write(
-        dir.path().join("10-pod.conflist"),
+        dir.path().join("cni/10-pod.conflist"),
         r#"{"cniVersion":"1.0.0","name":"pods","plugins":[{"type":"bridge"}]}"#,
     )
     .expect("write");

@@ -1,25 +1,57 @@
-//! The NetworkActor shell: routes messages to the verbs.
+//! The NetworkActor shell: routes messages to the verbs (attach.rs,
+//! detach.rs, status.rs). CNI plugins and namespace work run off the actor;
+//! the actor journals their outcome.
 
-use super::messages::{NetworkReadiness, NetworkStatus};
+use super::cni::Plugins;
+use super::messages::*;
 use super::store::NetworkAllocation;
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::Result;
+use actix::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub type NetworkActor = Shell<Network>;
 
-/// Where the NetworkActor looks for CNI configuration.
+/// Where the NetworkActor finds CNI and keeps namespaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkConfig {
     pub cni_conf_dir: PathBuf,
+    pub cni_bin_dirs: Vec<PathBuf>,
+    /// Where pod network namespaces are pinned.
+    pub netns_dir: PathBuf,
+    /// How long one CNI plugin may run.
+    pub plugin_timeout: Duration,
+}
+
+impl NetworkConfig {
+    /// A configuration with everything under `dir` (tests).
+    pub fn under(dir: &std::path::Path) -> NetworkConfig {
+        NetworkConfig {
+            cni_conf_dir: dir.join("cni"),
+            cni_bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            netns_dir: dir.join("netns"),
+            plugin_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub(super) fn plugins(&self) -> Plugins {
+        Plugins {
+            bin_dirs: self.cni_bin_dirs.clone(),
+            timeout: self.plugin_timeout,
+        }
+    }
 }
 
 pub struct Network {
     pub(super) allocations: Table<NetworkAllocation>,
     pub(super) config: NetworkConfig,
 }
+
+/// How often DELs that failed during a removal are tried again.
+const RETRY_EVERY: Duration = Duration::from_secs(10);
 
 impl Subsystem for Network {
     const NAME: &'static str = "network";
@@ -35,6 +67,14 @@ impl Subsystem for Network {
     fn records(&self) -> usize {
         self.allocations.len()
     }
+
+    fn started(&mut self, ctx: &mut Context<Shell<Self>>) {
+        ctx.run_interval(RETRY_EVERY, |act, ctx| {
+            if let Some(me) = act.state_mut() {
+                me.retry_removed(ctx);
+            }
+        });
+    }
 }
 
 impl Handles<NetworkStatus> for Network {
@@ -42,5 +82,37 @@ impl Handles<NetworkStatus> for Network {
 
     fn handle(&mut self, _msg: NetworkStatus, _cx: Cx<'_, Self>) -> Reply<Self, NetworkReadiness> {
         Reply::Now(Ok(self.readiness()))
+    }
+}
+
+impl Handles<CreateNetns> for Network {
+    type Output = String;
+
+    fn handle(&mut self, msg: CreateNetns, _cx: Cx<'_, Self>) -> Reply<Self, String> {
+        self.create_netns(msg.sandbox_id)
+    }
+}
+
+impl Handles<AttachPod> for Network {
+    type Output = Vec<String>;
+
+    fn handle(&mut self, msg: AttachPod, _cx: Cx<'_, Self>) -> Reply<Self, Vec<String>> {
+        self.attach(msg)
+    }
+}
+
+impl Handles<DetachPod> for Network {
+    type Output = ();
+
+    fn handle(&mut self, msg: DetachPod, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.detach(msg.sandbox_id, false)
+    }
+}
+
+impl Handles<RemovePodNetwork> for Network {
+    type Output = ();
+
+    fn handle(&mut self, msg: RemovePodNetwork, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.detach(msg.sandbox_id, true)
     }
 }

@@ -110,7 +110,7 @@ impl NetworkList {
 }
 
 /// A port a pod publishes on the host (the `portMappings` capability).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PortMapping {
     pub host_port: u16,
     pub container_port: u16,

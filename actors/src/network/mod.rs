@@ -3,7 +3,9 @@
 //! `NetworkReady` condition of CRI `Status`).
 
 mod actor;
+mod attach;
 pub mod cni;
+mod detach;
 pub mod messages;
 pub mod netns;
 mod status;

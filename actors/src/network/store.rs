@@ -3,10 +3,11 @@
 use crate::journal::{Kind, Record};
 use serde::{Deserialize, Serialize};
 
-/// A pod's network namespace and what CNI gave it. Written before the CNI
-/// ADD (intent) and after it (outcome), so recovery can release an
-/// allocation a crash left half made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A pod's network namespace and what CNI gave it. Written before anything
+/// is made (intent: the netns path), after CNI ADD (the result and the
+/// network list it used, for DEL), and removed once the namespace is gone
+/// and DEL succeeded, so recovery can finish or undo half-done work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkAllocation {
     pub sandbox_id: String,
     /// The pinned netns (bind mount under the state directory).
@@ -14,6 +15,26 @@ pub struct NetworkAllocation {
     /// Pod IPs from the CNI result, primary first; empty until ADD succeeded.
     #[serde(default)]
     pub ips: Vec<String>,
+    /// The CNI result of ADD (for CHECK and DEL).
+    #[serde(default)]
+    pub result: serde_json::Value,
+    /// The network list ADD used (DEL uses the same, whatever the
+    /// configuration directory holds by then).
+    #[serde(default)]
+    pub list: serde_json::Value,
+    /// What CNI_ARGS ADD passed (DEL passes the same).
+    #[serde(default)]
+    pub args: Vec<(String, String)>,
+    /// ADD succeeded and DEL has not yet.
+    #[serde(default)]
+    pub attached: bool,
+    /// The pod is removed but DEL kept failing: retried in the background
+    /// until it succeeds, so the IP is released.
+    #[serde(default)]
+    pub removed: bool,
+    /// The port mappings ADD configured (DEL passes them again).
+    #[serde(default)]
+    pub port_mappings: Vec<super::cni::PortMapping>,
 }
 
 impl Record for NetworkAllocation {

@@ -43,6 +43,21 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Images: import from a tarball (no registry needed), list.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Load the images of an OCI image layout tarball or a `docker save`
+    /// archive (plain or gzip-compressed). berthd reads FILE itself, so it
+    /// must be on berthd's host.
+    Import { file: PathBuf },
+    /// A table of every image: ID, tags, size.
+    Ls,
 }
 
 #[derive(Subcommand)]
@@ -99,6 +114,56 @@ fn when(unix_nanos: i64) -> String {
         .map(|d| d.as_nanos() as i64 - unix_nanos)
         .unwrap_or(0);
     format!("{} ago", uptime((ago / 1_000_000).max(0) as u64))
+}
+
+/// Bytes in decimal units, as docker and crictl show image sizes.
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "kB", "MB", "GB", "TB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit + 1 < UNITS.len() {
+        value /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The short form of an image ID: its first 12 hex digits.
+fn short_id(id: &str) -> &str {
+    let hex = id.strip_prefix("sha256:").unwrap_or(id);
+    hex.get(..12).unwrap_or(hex)
+}
+
+fn tags(tags: &[String]) -> String {
+    if tags.is_empty() {
+        "<none>".into()
+    } else {
+        tags.join(",")
+    }
+}
+
+fn image_table(images: &[ImageSummary]) -> String {
+    let mut rows: Vec<(String, String, String)> = images
+        .iter()
+        .map(|i| {
+            (
+                short_id(&i.id).to_string(),
+                tags(&i.repo_tags),
+                human_size(i.size),
+            )
+        })
+        .collect();
+    rows.sort();
+    let width = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(4);
+    let mut out = format!("{:<12}  {:<width$}  {:>9}\n", "IMAGE ID", "TAGS", "SIZE");
+    for (id, tags, size) in rows {
+        out.push_str(&format!("{id:<12}  {tags:<width$}  {size:>9}\n"));
+    }
+    out
 }
 
 async fn client(socket: &std::path::Path) -> Result<AdminClient<Channel>> {
@@ -208,6 +273,31 @@ async fn run(args: Args) -> Result<String> {
                 ));
             }
             out
+        }
+        Command::Image {
+            command: ImageCommand::Import { file },
+        } => {
+            // berthd resolves paths from its own working directory, not
+            // ours: send it an absolute one.
+            let path = std::path::absolute(&file)
+                .map_err(|e| anyhow!("cannot resolve {}: {e}", file.display()))?;
+            let imported = admin
+                .import_image(ImportImageRequest {
+                    path: path.to_string_lossy().into_owned(),
+                })
+                .await?
+                .into_inner();
+            let mut out = String::new();
+            for i in &imported.images {
+                out.push_str(&format!("imported {}  {}\n", i.id, tags(&i.repo_tags)));
+            }
+            out
+        }
+        Command::Image {
+            command: ImageCommand::Ls,
+        } => {
+            let list = admin.list_images(ListImagesRequest {}).await?.into_inner();
+            image_table(&list.images)
         }
     };
     Ok(out)

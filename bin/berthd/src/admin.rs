@@ -1,11 +1,14 @@
 //! berth's admin.v1 service on the admin socket: the actor registry, chaos
-//! controls and the journal's statistics.
+//! controls, the journal's statistics, and image import and listing
+//! (through the ImageActor).
 
 use crate::door::serve;
+use berth_actors::image::messages as msg;
 use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, ControlOp, Kernel};
 use berth_actors::{Error, Result};
 use berth_protocol::admin::admin_server::Admin;
 use berth_protocol::admin::*;
+use std::path::PathBuf;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -52,6 +55,21 @@ impl AdminService {
             .map(info)
             .ok_or_else(|| unknown_actor(name, &self.kernel.actor_names()))
     }
+}
+
+/// berthd reads the file itself, from its own working directory: only an
+/// absolute path means the same file to the caller and to berthd.
+fn import_path(path: &str) -> Result<PathBuf> {
+    if path.is_empty() {
+        return Err(Error::InvalidArgument("import: no path given".into()));
+    }
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "import: {path:?} is a relative path; give berthd an absolute one"
+        )));
+    }
+    Ok(p)
 }
 
 fn info(s: ActorSnapshot) -> ActorInfo {
@@ -145,5 +163,51 @@ impl Admin for AdminService {
         _request: Request<JournalStatsRequest>,
     ) -> Result<Response<JournalStatsResponse>, Status> {
         serve("admin.JournalStats", async { self.journal_stats() }).await
+    }
+
+    async fn import_image(
+        &self,
+        request: Request<ImportImageRequest>,
+    ) -> Result<Response<ImportImageResponse>, Status> {
+        let path = request.into_inner().path;
+        serve("admin.ImportImage", async {
+            let path = import_path(&path)?;
+            let images = self.kernel.image.call(msg::ImportImage { path }).await?;
+            Ok(ImportImageResponse {
+                images: images
+                    .into_iter()
+                    .map(|i| ImportedImage {
+                        id: i.id,
+                        repo_tags: i.repo_tags,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<ListImagesRequest>,
+    ) -> Result<Response<ListImagesResponse>, Status> {
+        serve("admin.ListImages", async {
+            let infos = self
+                .kernel
+                .image
+                .call(msg::ListImages { image: None })
+                .await?;
+            Ok(ListImagesResponse {
+                images: infos
+                    .into_iter()
+                    .map(|i| ImageSummary {
+                        id: i.record.id,
+                        repo_tags: i.record.repo_tags,
+                        repo_digests: i.record.repo_digests,
+                        size: i.record.size,
+                    })
+                    .collect(),
+            })
+        })
+        .await
     }
 }

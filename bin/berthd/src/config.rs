@@ -74,6 +74,8 @@ pub struct Cgroup {
 #[serde(default, deny_unknown_fields)]
 pub struct Cni {
     pub conf_dir: PathBuf,
+    pub bin_dirs: Vec<PathBuf>,
+    pub plugin_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -137,6 +139,8 @@ impl Default for Cni {
     fn default() -> Self {
         Cni {
             conf_dir: "/etc/cni/net.d".into(),
+            bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
+            plugin_timeout_secs: 60,
         }
     }
 }
@@ -200,6 +204,12 @@ impl Config {
                 self.log.level
             )
         })?;
+        if self.cni.bin_dirs.iter().any(|d| !d.is_absolute()) {
+            return Err("cni.bin_dirs: every directory must be an absolute path".into());
+        }
+        if self.cni.plugin_timeout_secs == 0 {
+            return Err("cni.plugin_timeout_secs: must be at least 1".into());
+        }
         if self.image.stall_timeout_secs == 0 {
             return Err("image.stall_timeout_secs: must be at least 1".into());
         }

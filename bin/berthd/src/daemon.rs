@@ -49,6 +49,9 @@ pub async fn run(config: Config) -> Result<()> {
         KernelConfig {
             network: NetworkConfig {
                 cni_conf_dir: config.cni.conf_dir.clone(),
+                cni_bin_dirs: config.cni.bin_dirs.clone(),
+                netns_dir: config.state.join("netns"),
+                plugin_timeout: Duration::from_secs(config.cni.plugin_timeout_secs),
             },
             image: image_config(&config),
             start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),

@@ -1,0 +1,143 @@
+//! CreateNetns and AttachPod: a pod's namespace, then CNI ADD in it. The
+//! namespace is made first and quickly, so that the pause container can
+//! start in it while ADD runs.
+
+use super::actor::{Network, NetworkActor};
+use super::cni::{pod_ips, Attachment, NetworkList};
+use super::messages::AttachPod;
+use super::netns;
+use super::store::NetworkAllocation;
+use crate::kernel::Reply;
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use serde_json::Value;
+
+fn restarting() -> Error {
+    Error::Unavailable("the network actor is restarting; retry".into())
+}
+
+impl Network {
+    pub(super) fn create_netns(&mut self, sandbox_id: String) -> Reply<Self, String> {
+        if let Some(a) = self.allocations.get(&sandbox_id) {
+            if netns::is_pinned(std::path::Path::new(&a.netns_path)) {
+                return Reply::Now(Ok(a.netns_path.clone()));
+            }
+        }
+        let pin = netns::pin_path(&self.config.netns_dir, &sandbox_id);
+        let intent = NetworkAllocation {
+            sandbox_id: sandbox_id.clone(),
+            netns_path: pin.display().to_string(),
+            ips: Vec::new(),
+            result: Value::Null,
+            list: Value::Null,
+            args: Vec::new(),
+            attached: false,
+            removed: false,
+            port_mappings: Vec::new(),
+        };
+        // Journalled before the namespace exists: recovery removes a
+        // namespace nobody finished with.
+        if let Err(e) = self.allocations.put(intent) {
+            return Reply::Now(Err(e.into()));
+        }
+        let work = async move {
+            let p = pin.clone();
+            tokio::task::spawn_blocking(move || netns::create(&p))
+                .await
+                .map_err(|e| Error::Internal(format!("netns task: {e}")))??;
+            Ok(pin.display().to_string())
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<String>, act: &mut NetworkActor, _| {
+                if res.is_err() {
+                    if let Some(me) = act.state_mut() {
+                        let _ = me.allocations.remove(&sandbox_id);
+                    }
+                }
+                res
+            },
+        )))
+    }
+
+    pub(super) fn attach(&mut self, msg: AttachPod) -> Reply<Self, Vec<String>> {
+        let id = msg.pod.sandbox_id.clone();
+        let Some(mut record) = self.allocations.get(&id).cloned() else {
+            return Reply::Now(Err(Error::FailedPrecondition(format!(
+                "pod {id} has no network namespace"
+            ))));
+        };
+        let list = match NetworkList::first_in(&self.config.cni_conf_dir) {
+            Ok(l) => l,
+            Err(why) => {
+                return Reply::Now(Err(Error::FailedPrecondition(format!(
+                    "no CNI network for pod {id}: {why}"
+                ))))
+            }
+        };
+        let args = vec![
+            ("IgnoreUnknown".to_string(), "1".to_string()),
+            ("K8S_POD_NAMESPACE".to_string(), msg.pod.namespace.clone()),
+            ("K8S_POD_NAME".to_string(), msg.pod.name.clone()),
+            ("K8S_POD_INFRA_CONTAINER_ID".to_string(), id.clone()),
+            ("K8S_POD_UID".to_string(), msg.pod.uid.clone()),
+        ];
+        // The list and args are journalled before ADD: whatever ADD leaves
+        // behind, DEL can find it with the same inputs.
+        record.list = list.to_json();
+        record.args = args.clone();
+        record.port_mappings = msg.port_mappings.clone();
+        if let Err(e) = self.allocations.put(record.clone()) {
+            return Reply::Now(Err(e.into()));
+        }
+        let attachment = Attachment {
+            container_id: id.clone(),
+            netns: record.netns_path.clone().into(),
+            ifname: "eth0".into(),
+            args,
+            port_mappings: msg.port_mappings,
+            bandwidth: msg.bandwidth,
+        };
+        let plugins = self.config.plugins();
+        let work = async move {
+            match plugins.add(&list, &attachment).await {
+                Ok(result) => Ok(result),
+                Err(e) => {
+                    // Release whatever part of ADD succeeded (an IP).
+                    let _ = plugins.del(&list, &attachment, &Value::Null).await;
+                    Err(e)
+                }
+            }
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<Value>, act: &mut NetworkActor, _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                let mut record = me.allocations.get(&id).cloned().ok_or_else(|| {
+                    Error::FailedPrecondition(format!("pod {id} was removed during CNI ADD"))
+                })?;
+                let result = res?;
+                record.ips = pod_ips(&result);
+                record.result = result;
+                record.attached = true;
+                let ips = record.ips.clone();
+                me.allocations.put(record)?;
+                Ok(ips)
+            },
+        )))
+    }
+
+    /// The pod's allocation, for status.
+    pub fn allocation(&self, sandbox_id: &str) -> Option<&NetworkAllocation> {
+        self.allocations.get(sandbox_id)
+    }
+
+    pub(super) fn attachment(record: &NetworkAllocation) -> Attachment {
+        Attachment {
+            container_id: record.sandbox_id.clone(),
+            netns: record.netns_path.clone().into(),
+            ifname: "eth0".into(),
+            args: record.args.clone(),
+            port_mappings: record.port_mappings.clone(),
+            bandwidth: None,
+        }
+    }
+}
