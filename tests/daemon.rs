@@ -98,11 +98,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     let d = Daemon::start();
     let mut rt = d.runtime().await;
     let err = rt
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .create_container(CreateContainerRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("RunPodSandbox"), "{err:?}");
+    assert!(err.message().contains("CreateContainer"), "{err:?}");
 
     let err = rt
         .exec_sync(ExecSyncRequest::default())

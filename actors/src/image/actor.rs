@@ -8,7 +8,8 @@ use super::messages::*;
 use super::pull::{self, Pulled};
 use super::reference::ImageName;
 use super::remove::run_collection;
-use super::store::ImageRecord;
+use super::rootfs;
+use super::store::{ImageRecord, RootfsRecord};
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::{Error, Result};
@@ -19,6 +20,7 @@ pub type ImageActor = Shell<Images>;
 
 pub struct Images {
     pub(super) images: Table<ImageRecord>,
+    pub(super) rootfs: Table<RootfsRecord>,
     pub(super) backend: Arc<ImageBackend>,
     /// A collection was refused while pulls were in flight: run it after
     /// the next recorded pull.
@@ -32,6 +34,7 @@ impl Subsystem for Images {
     fn rebuild(backend: &Arc<ImageBackend>, journal: &Arc<dyn Journal>) -> Result<Self> {
         let mut me = Images {
             images: Table::open(journal, Self::NAME)?,
+            rootfs: Table::open(journal, Self::NAME)?,
             backend: backend.clone(),
             gc_due: false,
         };
@@ -294,5 +297,115 @@ impl Handles<ImageFsInfo> for Images {
             .await
             .map_err(|e| Error::Internal(format!("image fs usage: {e}")))
         })))
+    }
+}
+
+impl Handles<PrepareRootfs> for Images {
+    type Output = std::path::PathBuf;
+
+    fn handle(&mut self, msg: PrepareRootfs, _cx: Cx<'_, Self>) -> Reply<Self, std::path::PathBuf> {
+        if let Some(r) = self.rootfs.get(&msg.container_id) {
+            if rootfs::is_mounted(&r.target) {
+                return Reply::Now(Ok(r.target.clone().into()));
+            }
+        }
+        let record = match self.rootfs_record(&msg.container_id, &msg.image, msg.read_only) {
+            Ok(r) => r,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        let snapshots = match self.snapshot_paths(&record) {
+            Ok(s) => s,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        // Journalled before the mount: recovery undoes a mount nobody
+        // finished with.
+        if let Err(e) = self.rootfs.put(record.clone()) {
+            return Reply::Now(Err(e.into()));
+        }
+        let id = msg.container_id;
+        let work = async move {
+            let r = record.clone();
+            tokio::task::spawn_blocking(move || match rootfs::mount_rootfs(&r, &snapshots) {
+                Ok(()) => Ok(std::path::PathBuf::from(&r.target)),
+                Err(e) => {
+                    let _ = rootfs::remove_rootfs(&r);
+                    Err(e)
+                }
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("rootfs task: {e}")))?
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<std::path::PathBuf>, act: &mut ImageActor, _| {
+                if res.is_err() {
+                    if let Some(me) = act.state_mut() {
+                        let _ = me.rootfs.remove(&id);
+                    }
+                }
+                res
+            },
+        )))
+    }
+}
+
+impl Handles<RemoveRootfs> for Images {
+    type Output = ();
+
+    fn handle(&mut self, msg: RemoveRootfs, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        let Some(record) = self.rootfs.get(&msg.container_id).cloned() else {
+            return Reply::Now(Ok(()));
+        };
+        let id = msg.container_id;
+        let work = async move {
+            tokio::task::spawn_blocking(move || rootfs::remove_rootfs(&record))
+                .await
+                .map_err(|e| Error::Internal(format!("rootfs task: {e}")))?
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<()>, act: &mut ImageActor, _| {
+                res?;
+                let me = act.state_mut().ok_or_else(|| {
+                    Error::Unavailable("the image actor is restarting; retry".into())
+                })?;
+                me.rootfs.remove(&id)?;
+                Ok(())
+            },
+        )))
+    }
+}
+
+impl Handles<EnsureSandboxImage> for Images {
+    type Output = SandboxImage;
+
+    fn handle(&mut self, msg: EnsureSandboxImage, _cx: Cx<'_, Self>) -> Reply<Self, SandboxImage> {
+        let backend = self.backend.clone();
+        let work = async move {
+            tokio::task::spawn_blocking(move || {
+                super::sandbox_image::build(&backend, &msg.pause_binary)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("sandbox image task: {e}")))?
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            |built: Result<Pulled>, act: &mut ImageActor, _| {
+                let built = built?;
+                let me = act.state_mut().ok_or_else(|| {
+                    Error::Unavailable("the image actor is restarting; retry".into())
+                })?;
+                let id = me.record_pull(&built)?;
+                let mut record = me
+                    .images
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal("sandbox image vanished".into()))?;
+                if !record.pinned {
+                    // kubelet's image GC leaves pinned images alone.
+                    record.pinned = true;
+                    me.images.put(record)?;
+                }
+                let rootfs = me.backend.snapshots.path(&built.chain_ids[0]);
+                Ok(SandboxImage { id, rootfs })
+            },
+        )))
     }
 }

@@ -19,6 +19,8 @@ use std::time::Duration;
 pub struct ImageConfig {
     /// berth's root: content and snapshots live below it.
     pub root: PathBuf,
+    /// berth's volatile state: root filesystems are mounted below it.
+    pub state: PathBuf,
     /// Per registry host: mirrors, insecure, CA.
     pub registries: BTreeMap<String, HostConfig>,
     /// A pull that receives nothing for this long fails.

@@ -104,3 +104,46 @@ pub struct FsUsage {
     pub inodes_used: u64,
     pub timestamp_unix_nanos: i64,
 }
+
+/// Prepares a container's root filesystem from an image (for the
+/// ContainerActor): answers the mounted path. Idempotent for the same
+/// container.
+#[derive(Debug, Clone)]
+pub struct PrepareRootfs {
+    pub container_id: String,
+    pub image: String,
+    pub read_only: bool,
+}
+
+impl Message for PrepareRootfs {
+    type Result = Result<std::path::PathBuf>;
+}
+
+/// Unmounts and removes a container's root filesystem and its writable
+/// layer. Idempotent.
+#[derive(Debug, Clone)]
+pub struct RemoveRootfs {
+    pub container_id: String,
+}
+
+impl Message for RemoveRootfs {
+    type Result = Result<()>;
+}
+
+/// Makes sure berth's own sandbox image exists (built from the pause
+/// program), recorded and pinned. Answers its ID and the read-only
+/// directory that is its root filesystem.
+#[derive(Debug, Clone)]
+pub struct EnsureSandboxImage {
+    pub pause_binary: std::path::PathBuf,
+}
+
+impl Message for EnsureSandboxImage {
+    type Result = Result<SandboxImage>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxImage {
+    pub id: String,
+    pub rootfs: std::path::PathBuf,
+}

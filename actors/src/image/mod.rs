@@ -16,6 +16,8 @@ mod pull;
 pub mod reference;
 pub mod registry;
 mod remove;
+pub mod rootfs;
+pub mod sandbox_image;
 pub mod snapshots;
 mod status;
 pub mod store;

@@ -39,6 +39,11 @@ impl Images {
             blobs.extend(r.blobs.iter().cloned());
             snapshots.extend(r.chain_ids.iter().cloned());
         }
+        // A container's root filesystem keeps its snapshots, whatever
+        // became of its image.
+        for r in self.rootfs.iter() {
+            snapshots.extend(r.chain_ids.iter().cloned());
+        }
         (blobs, snapshots)
     }
 

@@ -79,3 +79,31 @@ mod tests {
         assert_eq!(user_of(""), (None, String::new()));
     }
 }
+
+/// A container's root filesystem: the overlay of its image's snapshots and
+/// a writable upper layer. Journalled before it is mounted, so recovery can
+/// unmount and remove one nobody finished with; its snapshots are kept
+/// from GC while it exists, even if its image is removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootfsRecord {
+    pub container_id: String,
+    pub image_id: String,
+    /// The image's snapshots, bottom first.
+    pub chain_ids: Vec<Digest>,
+    /// Where the root filesystem is mounted.
+    pub target: String,
+    /// The writable layer and overlayfs's work directory (none when
+    /// read-only).
+    pub upper: String,
+    pub work: String,
+    pub read_only: bool,
+}
+
+impl Record for RootfsRecord {
+    const KIND: Kind = Kind::Rootfs;
+    const VERSION: u32 = 1;
+
+    fn key(&self) -> String {
+        self.container_id.clone()
+    }
+}

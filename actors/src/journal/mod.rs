@@ -52,17 +52,21 @@ pub enum Kind {
     Image,
     NetworkAllocation,
     Shim,
+    /// Containers' root filesystems (overlay mounts), kept by the image
+    /// actor.
+    Rootfs,
     /// The kernel's own records (boots).
     Meta,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Sandbox,
         Kind::Container,
         Kind::Image,
         Kind::NetworkAllocation,
         Kind::Shim,
+        Kind::Rootfs,
         Kind::Meta,
     ];
 
@@ -74,6 +78,7 @@ impl Kind {
             Kind::Image => "image",
             Kind::NetworkAllocation => "network",
             Kind::Shim => "shim",
+            Kind::Rootfs => "rootfs",
             Kind::Meta => "meta",
         }
     }
@@ -83,6 +88,7 @@ impl Kind {
     pub fn owner(self) -> &'static str {
         match self {
             Kind::Meta => "kernel",
+            Kind::Rootfs => "image",
             kind => kind.name(),
         }
     }

@@ -24,8 +24,8 @@ use crate::container::Containers;
 use crate::image::{ImageBackend, ImageConfig, Images};
 use crate::journal::{BootLog, BootRecord, Journal, JournalStats};
 use crate::network::{Network, NetworkConfig};
-use crate::sandbox::Sandboxes;
-use crate::shim::Shims;
+use crate::sandbox::{SandboxConfig, SandboxDeps, Sandboxes};
+use crate::shim::{ShimConfig, Shims};
 use crate::{Error, Result};
 use actix::{Arbiter, Supervisor, System};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 pub struct KernelConfig {
     pub network: NetworkConfig,
     pub image: ImageConfig,
+    pub sandbox: SandboxConfig,
+    pub shim: ShimConfig,
     /// How long start-up waits for an actor to build its state.
     pub start_timeout: Duration,
 }
@@ -88,6 +90,8 @@ impl Kernel {
         let (tx, rx) = futures::channel::oneshot::channel();
         let actors_journal = journal.clone();
         let network_config = config.network.clone();
+        let sandbox_config = config.sandbox.clone();
+        let shim_config = Arc::new(config.shim.clone());
         let thread = std::thread::Builder::new()
             .name("berth-actors".into())
             .spawn(move || {
@@ -96,9 +100,15 @@ impl Kernel {
                     let mut registry = Registry::default();
                     let j = &actors_journal;
                     let network = spawn::<Network>(network_config, j, &mut registry);
-                    let shim = spawn::<Shims>((), j, &mut registry);
+                    let shim = spawn::<Shims>(shim_config, j, &mut registry);
                     let image = spawn::<Images>(image_backend, j, &mut registry);
-                    let sandbox = spawn::<Sandboxes>((), j, &mut registry);
+                    let sandbox_deps = SandboxDeps {
+                        network: network.clone(),
+                        shim: shim.clone(),
+                        image: image.clone(),
+                        config: sandbox_config,
+                    };
+                    let sandbox = spawn::<Sandboxes>(sandbox_deps, j, &mut registry);
                     let container = spawn::<Containers>((), j, &mut registry);
                     let started = Started {
                         network,

@@ -6,8 +6,20 @@ use crate::network::messages::NetworkStatus;
 fn config(dir: &std::path::Path) -> KernelConfig {
     KernelConfig {
         network: NetworkConfig::under(dir),
+        shim: crate::shim::ShimConfig {
+            state: dir.join("state"),
+            shim_binary: dir.join("berth-shim"),
+            runtimes: Default::default(),
+        },
+        sandbox: crate::sandbox::SandboxConfig {
+            state: dir.join("state"),
+            pause_binary: dir.join("berth-pause"),
+            cgroup_parent: "/berth-test".into(),
+            runtime_handlers: Default::default(),
+        },
         image: ImageConfig {
             root: dir.join("root"),
+            state: dir.join("state"),
             registries: Default::default(),
             stall_timeout: Duration::from_secs(5),
             max_concurrent_downloads: 3,

@@ -1,28 +1,111 @@
-//! The SandboxActor shell: routes messages to the verbs.
+//! The SandboxActor shell: routes messages to the verbs (run.rs, stop.rs,
+//! remove.rs, status.rs). The work of a verb (namespaces, CNI, the pause
+//! container) runs off the actor, through the other actors; the actor
+//! journals each state change before it answers.
 
+use super::messages::*;
 use super::store::SandboxRecord;
+use crate::image::Images;
 use crate::journal::{Journal, Table};
-use crate::kernel::{Shell, Subsystem};
+use crate::kernel::{Cx, Handle, Handles, Reply, Shell, Subsystem};
+use crate::network::Network;
+use crate::shim::Shims;
 use crate::Result;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub type SandboxActor = Shell<Sandboxes>;
 
+/// What the SandboxActor needs: its peers and its configuration.
+#[derive(Clone)]
+pub struct SandboxDeps {
+    pub network: Handle<Network>,
+    pub shim: Handle<Shims>,
+    pub image: Handle<Images>,
+    pub config: SandboxConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Volatile state: pod files live under `<state>/sandboxes/`.
+    pub state: PathBuf,
+    /// berth's pause program.
+    pub pause_binary: PathBuf,
+    /// Where pod cgroups go when kubelet names no parent.
+    pub cgroup_parent: String,
+    /// Runtime handlers besides "" and "runc".
+    pub runtime_handlers: BTreeSet<String>,
+}
+
 pub struct Sandboxes {
     pub(super) records: Table<SandboxRecord>,
+    pub(super) deps: SandboxDeps,
+    /// Names reserved by pods being created, and their IDs.
+    pub(super) reserved: BTreeMap<String, String>,
+    /// Pods with a stop or remove under way, so that a second call for the
+    /// same pod waits its turn instead of racing.
+    pub(super) busy: BTreeSet<String>,
 }
 
 impl Subsystem for Sandboxes {
     const NAME: &'static str = "sandbox";
-    type Deps = ();
+    type Deps = SandboxDeps;
 
-    fn rebuild(_deps: &(), journal: &Arc<dyn Journal>) -> Result<Self> {
+    fn rebuild(deps: &SandboxDeps, journal: &Arc<dyn Journal>) -> Result<Self> {
         Ok(Sandboxes {
             records: Table::open(journal, Self::NAME)?,
+            deps: deps.clone(),
+            reserved: BTreeMap::new(),
+            busy: BTreeSet::new(),
         })
     }
 
     fn records(&self) -> usize {
         self.records.len()
+    }
+}
+
+impl Handles<RunPodSandbox> for Sandboxes {
+    type Output = String;
+
+    fn handle(&mut self, msg: RunPodSandbox, _cx: Cx<'_, Self>) -> Reply<Self, String> {
+        self.run(msg)
+    }
+}
+
+impl Handles<StopPodSandbox> for Sandboxes {
+    type Output = ();
+
+    fn handle(&mut self, msg: StopPodSandbox, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.stop(msg.id, false)
+    }
+}
+
+impl Handles<RemovePodSandbox> for Sandboxes {
+    type Output = ();
+
+    fn handle(&mut self, msg: RemovePodSandbox, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.stop(msg.id, true)
+    }
+}
+
+impl Handles<PodSandboxStatus> for Sandboxes {
+    type Output = SandboxRecord;
+
+    fn handle(&mut self, msg: PodSandboxStatus, _cx: Cx<'_, Self>) -> Reply<Self, SandboxRecord> {
+        Reply::Now(self.status(&msg.id))
+    }
+}
+
+impl Handles<ListPodSandbox> for Sandboxes {
+    type Output = Vec<SandboxRecord>;
+
+    fn handle(
+        &mut self,
+        msg: ListPodSandbox,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<SandboxRecord>> {
+        Reply::Now(Ok(self.list(&msg)))
     }
 }

@@ -3,10 +3,16 @@
 mod actor;
 pub mod files;
 pub mod messages;
+mod run;
 pub mod spec;
+mod status;
+mod stop;
 pub mod store;
-// Called by RunPodSandbox, which is being built.
-#[allow(dead_code)]
 mod validate;
 
-pub use actor::{SandboxActor, Sandboxes};
+pub use actor::{SandboxActor, SandboxConfig, SandboxDeps, Sandboxes};
+
+/// Checks a cgroup parent as RunPodSandbox does (for the daemon's config).
+pub fn validate_cgroup_parent(parent: &str) -> crate::Result<()> {
+    validate::cgroup_parent(parent)
+}

@@ -1,28 +1,102 @@
-//! The ShimSupervisor shell: routes messages to the verbs.
+//! The ShimSupervisor shell: routes messages to the verbs (task.rs). Shims
+//! are started and spoken to off the actor; the actor journals which shims
+//! exist and keeps a connection to each.
 
+use super::client::ShimClient;
+use super::messages::*;
 use super::store::ShimRecord;
 use crate::journal::{Journal, Table};
-use crate::kernel::{Shell, Subsystem};
+use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::Result;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub type ShimSupervisor = Shell<Shims>;
 
+/// An OCI runtime a handler names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Runtime {
+    /// The binary (a name looked up in PATH, or a path).
+    pub binary: PathBuf,
+    /// Its `--root` (state of its containers).
+    pub root: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimConfig {
+    /// Bundles go under `<state>/shims/<id>`, sockets under `<state>/s/`.
+    pub state: PathBuf,
+    /// The berth-shim binary.
+    pub shim_binary: PathBuf,
+    /// Runtime handlers: "" is "runc".
+    pub runtimes: BTreeMap<String, Runtime>,
+}
+
+impl ShimConfig {
+    pub(super) fn bundle(&self, id: &str) -> PathBuf {
+        self.state.join("shims").join(id)
+    }
+
+    /// Sockets must fit sun_path (108 bytes): a short name per container.
+    pub(super) fn socket(&self, id: &str) -> PathBuf {
+        let short = &id[..id.len().min(32)];
+        self.state.join("s").join(format!("{short}.sock"))
+    }
+}
+
 pub struct Shims {
     pub(super) records: Table<ShimRecord>,
+    pub(super) config: Arc<ShimConfig>,
+    /// Connections, made when first needed (also after a restart).
+    pub(super) clients: HashMap<String, ShimClient>,
 }
 
 impl Subsystem for Shims {
     const NAME: &'static str = "shim";
-    type Deps = ();
+    type Deps = Arc<ShimConfig>;
 
-    fn rebuild(_deps: &(), journal: &Arc<dyn Journal>) -> Result<Self> {
+    fn rebuild(deps: &Arc<ShimConfig>, journal: &Arc<dyn Journal>) -> Result<Self> {
         Ok(Shims {
             records: Table::open(journal, Self::NAME)?,
+            config: deps.clone(),
+            clients: HashMap::new(),
         })
     }
 
     fn records(&self) -> usize {
         self.records.len()
+    }
+}
+
+impl Handles<StartTask> for Shims {
+    type Output = u32;
+
+    fn handle(&mut self, msg: StartTask, _cx: Cx<'_, Self>) -> Reply<Self, u32> {
+        self.start_task(msg)
+    }
+}
+
+impl Handles<StopTask> for Shims {
+    type Output = Option<Exit>;
+
+    fn handle(&mut self, msg: StopTask, _cx: Cx<'_, Self>) -> Reply<Self, Option<Exit>> {
+        self.stop_task(msg)
+    }
+}
+
+impl Handles<DeleteTask> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: DeleteTask, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.delete_task(msg.id)
+    }
+}
+
+impl Handles<TaskState> for Shims {
+    type Output = TaskInfo;
+
+    fn handle(&mut self, msg: TaskState, _cx: Cx<'_, Self>) -> Reply<Self, TaskInfo> {
+        self.task_state(msg.id)
     }
 }

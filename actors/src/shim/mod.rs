@@ -1,6 +1,10 @@
 //! The ShimSupervisor: one berth-shim process per container, started, watched, reconnected after a restart of berthd.
 
 mod actor;
+pub mod client;
+pub mod launch;
+pub mod messages;
 pub mod store;
+mod task;
 
-pub use actor::{ShimSupervisor, Shims};
+pub use actor::{Runtime, ShimConfig, ShimSupervisor, Shims};

@@ -18,6 +18,10 @@ pub struct Config {
     pub cni: Cni,
     pub daemon: Daemon,
     pub image: Image,
+    pub sandbox: Sandbox,
+    pub shim: Shim,
+    /// OCI runtimes by CRI runtime handler; "" means "runc".
+    pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Per registry host (as named in image references, e.g. `docker.io`,
     /// `registry.k8s.io`, `127.0.0.1:5000`).
     pub registries: BTreeMap<String, Registry>,
@@ -28,6 +32,46 @@ pub struct Config {
 pub struct Image {
     pub stall_timeout_secs: u64,
     pub max_concurrent_downloads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Sandbox {
+    pub pause_binary: Option<PathBuf>,
+    pub cgroup_parent: String,
+}
+
+impl Default for Sandbox {
+    fn default() -> Self {
+        Sandbox {
+            pause_binary: None,
+            cgroup_parent: "/berth".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Shim {
+    pub binary: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeHandler {
+    pub binary: PathBuf,
+    #[serde(default)]
+    pub root: Option<PathBuf>,
+}
+
+fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
+    BTreeMap::from([(
+        "runc".to_string(),
+        RuntimeHandler {
+            binary: "runc".into(),
+            root: None,
+        },
+    )])
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +141,9 @@ impl Default for Config {
             cni: Cni::default(),
             daemon: Daemon::default(),
             image: Image::default(),
+            sandbox: Sandbox::default(),
+            shim: Shim::default(),
+            runtimes: default_runtimes(),
             registries: BTreeMap::new(),
         }
     }
@@ -173,7 +220,11 @@ impl Config {
 
     /// Parses and checks config text; the error names the key and line.
     pub fn parse(text: &str) -> Result<Config, String> {
-        let config: Config = toml::from_str(text).map_err(|e| one_line(text, &e))?;
+        let mut config: Config = toml::from_str(text).map_err(|e| one_line(text, &e))?;
+        // runc is always there, whatever else is configured.
+        for (name, r) in default_runtimes() {
+            config.runtimes.entry(name).or_insert(r);
+        }
         config.check()?;
         Ok(config)
     }
@@ -209,6 +260,41 @@ impl Config {
         }
         if self.cni.plugin_timeout_secs == 0 {
             return Err("cni.plugin_timeout_secs: must be at least 1".into());
+        }
+        for (name, r) in &self.runtimes {
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(format!(
+                    "runtimes.{name:?}: a handler name is letters, digits, - and _"
+                ));
+            }
+            if r.binary.as_os_str().is_empty() {
+                return Err(format!("runtimes.{name}.binary: empty"));
+            }
+            if let Some(root) = &r.root {
+                if !root.is_absolute() {
+                    return Err(format!(
+                        "runtimes.{name}.root: {} is not an absolute path",
+                        root.display()
+                    ));
+                }
+            }
+        }
+        if let Some(p) = &self.sandbox.pause_binary {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "sandbox.pause_binary: {} is not an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        berth_actors::sandbox::validate_cgroup_parent(&self.sandbox.cgroup_parent)
+            .map_err(|e| format!("sandbox.cgroup_parent: {e}"))?;
+        if self.sandbox.cgroup_parent.is_empty() {
+            return Err("sandbox.cgroup_parent: must not be empty".into());
         }
         if self.image.stall_timeout_secs == 0 {
             return Err("image.stall_timeout_secs: must be at least 1".into());

@@ -14,6 +14,8 @@ use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
 use berth_actors::kernel::{Kernel, KernelConfig};
 use berth_actors::network::NetworkConfig;
+use berth_actors::sandbox::SandboxConfig;
+use berth_actors::shim::{Runtime, ShimConfig};
 use berth_protocol::admin::admin_server::AdminServer;
 use berth_protocol::cri::image_service_server::ImageServiceServer;
 use berth_protocol::cri::runtime_service_server::RuntimeServiceServer;
@@ -54,6 +56,27 @@ pub async fn run(config: Config) -> Result<()> {
                 plugin_timeout: Duration::from_secs(config.cni.plugin_timeout_secs),
             },
             image: image_config(&config),
+            sandbox: SandboxConfig {
+                state: config.state.clone(),
+                pause_binary: beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?,
+                cgroup_parent: config.sandbox.cgroup_parent.clone(),
+                runtime_handlers: config.runtimes.keys().cloned().collect(),
+            },
+            shim: ShimConfig {
+                state: config.state.clone(),
+                shim_binary: beside_berthd(config.shim.binary.as_ref(), "berth-shim")?,
+                runtimes: config
+                    .runtimes
+                    .iter()
+                    .map(|(name, r)| {
+                        let runtime = Runtime {
+                            binary: r.binary.clone(),
+                            root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
+                        };
+                        (name.clone(), runtime)
+                    })
+                    .collect(),
+            },
             start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),
         },
     )
@@ -121,9 +144,22 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
+/// A helper binary: as configured, or beside berthd's own.
+fn beside_berthd(
+    configured: Option<&std::path::PathBuf>,
+    name: &str,
+) -> Result<std::path::PathBuf> {
+    if let Some(p) = configured {
+        return Ok(p.clone());
+    }
+    let exe = std::env::current_exe().context("berthd's own path")?;
+    Ok(exe.with_file_name(name))
+}
+
 fn image_config(config: &Config) -> ImageConfig {
     ImageConfig {
         root: config.root.clone(),
+        state: config.state.clone(),
         registries: config
             .registries
             .iter()

@@ -1,11 +1,13 @@
 //! RuntimeService: the runtime's identity, status and configuration, and
 //! (as their issues land) pods and containers.
 
+use super::convert;
 use super::Cri;
 use crate::config::CgroupDriver;
 use crate::door::{serve, unimplemented_rpcs, Feed};
 use berth_actors::kernel::ActorSnapshot;
 use berth_actors::network::messages::{NetworkReadiness, NetworkStatus};
+use berth_actors::sandbox::messages as pod;
 use berth_actors::Error;
 use berth_protocol::cri::runtime_service_server::RuntimeService;
 use berth_protocol::cri::*;
@@ -141,6 +143,116 @@ impl RuntimeService for Cri {
     }
 
     type StreamPodSandboxesStream = Feed<StreamPodSandboxesResponse>;
+
+    async fn run_pod_sandbox(
+        &self,
+        request: Request<RunPodSandboxRequest>,
+    ) -> Result<Response<RunPodSandboxResponse>, Status> {
+        let req = request.into_inner();
+        serve("RunPodSandbox", async {
+            let config = convert::pod_config(req.config)?;
+            tracing::info!(pod = %config.metadata.reserved_name(), "running pod sandbox");
+            let id = self
+                .kernel
+                .sandbox
+                .call(pod::RunPodSandbox {
+                    config,
+                    runtime_handler: req.runtime_handler,
+                })
+                .await?;
+            Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+        })
+        .await
+    }
+
+    async fn stop_pod_sandbox(
+        &self,
+        request: Request<StopPodSandboxRequest>,
+    ) -> Result<Response<StopPodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        serve("StopPodSandbox", async {
+            self.kernel.sandbox.call(pod::StopPodSandbox { id }).await?;
+            Ok(StopPodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn remove_pod_sandbox(
+        &self,
+        request: Request<RemovePodSandboxRequest>,
+    ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        serve("RemovePodSandbox", async {
+            self.kernel
+                .sandbox
+                .call(pod::RemovePodSandbox { id })
+                .await?;
+            Ok(RemovePodSandboxResponse {})
+        })
+        .await
+    }
+
+    async fn pod_sandbox_status(
+        &self,
+        request: Request<PodSandboxStatusRequest>,
+    ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+        let req = request.into_inner();
+        serve("PodSandboxStatus", async {
+            let r = self
+                .kernel
+                .sandbox
+                .call(pod::PodSandboxStatus {
+                    id: req.pod_sandbox_id,
+                })
+                .await?;
+            Ok(PodSandboxStatusResponse {
+                status: Some(convert::sandbox_status(&r)),
+                info: if req.verbose {
+                    convert::sandbox_info(&r)
+                } else {
+                    Default::default()
+                },
+                containers_statuses: Vec::new(),
+                timestamp: berth_actors::journal::unix_nanos(),
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox(
+        &self,
+        request: Request<ListPodSandboxRequest>,
+    ) -> Result<Response<ListPodSandboxResponse>, Status> {
+        let filter = convert::sandbox_filter(request.into_inner().filter);
+        serve("ListPodSandbox", async {
+            let pods = self.kernel.sandbox.call(filter).await?;
+            Ok(ListPodSandboxResponse {
+                items: pods.iter().map(convert::sandbox).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn stream_pod_sandboxes(
+        &self,
+        request: Request<StreamPodSandboxesRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
+        let filter = convert::sandbox_filter(request.into_inner().filter);
+        serve("StreamPodSandboxes", async {
+            let pods = self.kernel.sandbox.call(filter).await?;
+            let chunks: Vec<Result<StreamPodSandboxesResponse, Status>> = pods
+                .chunks(100)
+                .map(|c| {
+                    Ok(StreamPodSandboxesResponse {
+                        pod_sandboxes: c.iter().map(convert::sandbox).collect(),
+                    })
+                })
+                .collect();
+            let feed: Self::StreamPodSandboxesStream = Box::pin(futures::stream::iter(chunks));
+            Ok(feed)
+        })
+        .await
+    }
     type StreamContainersStream = Feed<StreamContainersResponse>;
     type StreamContainerStatsStream = Feed<StreamContainerStatsResponse>;
     type StreamPodSandboxStatsStream = Feed<StreamPodSandboxStatsResponse>;
@@ -148,12 +260,6 @@ impl RuntimeService for Cri {
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
     unimplemented_rpcs! {
-        run_pod_sandbox(RunPodSandboxRequest) -> RunPodSandboxResponse = "RunPodSandbox";
-        stop_pod_sandbox(StopPodSandboxRequest) -> StopPodSandboxResponse = "StopPodSandbox";
-        remove_pod_sandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse = "RemovePodSandbox";
-        pod_sandbox_status(PodSandboxStatusRequest) -> PodSandboxStatusResponse = "PodSandboxStatus";
-        list_pod_sandbox(ListPodSandboxRequest) -> ListPodSandboxResponse = "ListPodSandbox";
-        stream_pod_sandboxes(StreamPodSandboxesRequest) -> Self::StreamPodSandboxesStream = "StreamPodSandboxes";
         create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
         start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
         stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";

@@ -1,0 +1,236 @@
+//! PrepareRootfs and RemoveRootfs: a container's root filesystem is an
+//! overlay mount of its image's snapshots (lower, read-only, shared) and a
+//! writable upper layer of its own, under `<root>/rootfs/<id>/`, mounted at
+//! `<state>/rootfs/<id>`. A read-only root filesystem has no upper layer.
+
+use super::actor::Images;
+use super::snapshots::remove_tree;
+use super::store::RootfsRecord;
+use crate::{Error, Result};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::path::{Path, PathBuf};
+
+fn fail(what: &str, p: &Path, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what} {}: {e}", p.display()))
+}
+
+/// Mounts the record's overlay. Blocking.
+pub fn mount_rootfs(r: &RootfsRecord, snapshots: &[PathBuf]) -> Result<()> {
+    let target = Path::new(&r.target);
+    std::fs::create_dir_all(target).map_err(|e| fail("create", target, e))?;
+    // overlayfs stacks lowerdir left over right: the top layer first.
+    let lowers: Vec<String> = snapshots
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    if r.read_only && lowers.len() == 1 {
+        // overlayfs wants two lower layers when there is no upper one: a
+        // read-only bind mount does the same for one layer.
+        mount(
+            Some(lowers[0].as_str()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind", target, e))?;
+        return mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| fail("remount read-only", target, e));
+    }
+    let mut opts = format!("lowerdir={}", lowers.join(":"));
+    let mut flags = MsFlags::empty();
+    if r.read_only {
+        flags |= MsFlags::MS_RDONLY;
+    } else {
+        for d in [&r.upper, &r.work] {
+            std::fs::create_dir_all(d).map_err(|e| fail("create", Path::new(d), e))?;
+        }
+        opts.push_str(&format!(",upperdir={},workdir={}", r.upper, r.work));
+    }
+    // The kernel takes at most a page of mount options.
+    if opts.len() >= 4000 {
+        return Err(Error::FailedPrecondition(format!(
+            "image {} has too many layers ({}) for one overlay mount",
+            r.image_id,
+            lowers.len()
+        )));
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        flags,
+        Some(opts.as_str()),
+    )
+    .map_err(|e| fail("mount overlay on", target, e))
+}
+
+/// Unmounts and removes a root filesystem; what is gone is fine. Blocking.
+pub fn remove_rootfs(r: &RootfsRecord) -> Result<()> {
+    let target = Path::new(&r.target);
+    match umount2(target, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+        Err(e) => return Err(fail("unmount", target, e)),
+    }
+    remove_tree(target);
+    if let Some(dir) = Path::new(&r.upper).parent() {
+        remove_tree(dir);
+    }
+    Ok(())
+}
+
+impl Images {
+    /// The record for a new root filesystem of `container_id` from `image`.
+    pub(super) fn rootfs_record(
+        &self,
+        container_id: &str,
+        image: &str,
+        read_only: bool,
+    ) -> Result<RootfsRecord> {
+        if container_id.is_empty()
+            || container_id.contains(['/', '\0'])
+            || container_id.starts_with('.')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "container id {container_id:?} cannot name a directory"
+            )));
+        }
+        let img = self
+            .find(image)?
+            .ok_or_else(|| Error::NotFound(format!("image {image:?} is not present")))?;
+        if img.chain_ids.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} has no layers",
+                img.id
+            )));
+        }
+        let root = &self.backend.config.root;
+        let own = root.join("rootfs").join(container_id);
+        Ok(RootfsRecord {
+            container_id: container_id.to_string(),
+            image_id: img.id.clone(),
+            chain_ids: img.chain_ids.clone(),
+            target: self
+                .backend
+                .config
+                .state
+                .join("rootfs")
+                .join(container_id)
+                .display()
+                .to_string(),
+            upper: own.join("upper").display().to_string(),
+            work: own.join("work").display().to_string(),
+            read_only,
+        })
+    }
+
+    pub(super) fn snapshot_paths(&self, r: &RootfsRecord) -> Result<Vec<PathBuf>> {
+        r.chain_ids
+            .iter()
+            .map(|c| {
+                let p = self.backend.snapshots.path(c);
+                if p.is_dir() {
+                    Ok(p)
+                } else {
+                    Err(Error::FailedPrecondition(format!(
+                        "snapshot {c} of image {} is missing",
+                        r.image_id
+                    )))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Whether `target` is a mount point now.
+pub fn is_mounted(target: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(target)))
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+    fn record(dir: &Path, id: &str, read_only: bool) -> RootfsRecord {
+        RootfsRecord {
+            container_id: id.into(),
+            image_id: "sha256:x".into(),
+            chain_ids: vec![],
+            target: dir.join("state/rootfs").join(id).display().to_string(),
+            upper: dir
+                .join("root/rootfs")
+                .join(id)
+                .join("upper")
+                .display()
+                .to_string(),
+            work: dir
+                .join("root/rootfs")
+                .join(id)
+                .join("work")
+                .display()
+                .to_string(),
+            read_only,
+        }
+    }
+
+    #[test]
+    fn a_writable_overlay_sees_every_layer_and_writes_only_its_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (lower, top) = (dir.path().join("l0"), dir.path().join("l1"));
+        std::fs::create_dir_all(lower.join("etc")).expect("mkdir");
+        std::fs::write(lower.join("etc/a"), "a").expect("write");
+        std::fs::write(lower.join("etc/gone"), "x").expect("write");
+        std::fs::create_dir_all(top.join("etc")).expect("mkdir");
+        std::fs::write(top.join("etc/b"), "b").expect("write");
+        mknod(
+            &top.join("etc/gone"),
+            SFlag::S_IFCHR,
+            Mode::empty(),
+            makedev(0, 0),
+        )
+        .expect("whiteout");
+
+        let r = record(dir.path(), "c1", false);
+        mount_rootfs(&r, &[lower.clone(), top.clone()]).expect("mount (needs root)");
+        let t = Path::new(&r.target);
+        let seen = (
+            std::fs::read_to_string(t.join("etc/a")).ok(),
+            std::fs::read_to_string(t.join("etc/b")).ok(),
+            t.join("etc/gone").exists(),
+            std::fs::write(t.join("etc/new"), "n").is_ok(),
+        );
+        assert!(is_mounted(&r.target));
+        remove_rootfs(&r).expect("remove");
+        assert_eq!(seen, (Some("a".into()), Some("b".into()), false, true));
+        assert!(!lower.join("etc/new").exists() && !top.join("etc/new").exists());
+        assert!(!t.exists() && !Path::new(&r.upper).exists());
+        remove_rootfs(&r).expect("twice");
+    }
+
+    #[test]
+    fn a_read_only_single_layer_rootfs_refuses_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let only = dir.path().join("l0");
+        std::fs::create_dir_all(&only).expect("mkdir");
+        std::fs::write(only.join("f"), "f").expect("write");
+        let r = record(dir.path(), "c2", true);
+        mount_rootfs(&r, std::slice::from_ref(&only)).expect("mount");
+        let t = Path::new(&r.target);
+        let wrote = std::fs::write(t.join("g"), "g");
+        let read = std::fs::read_to_string(t.join("f")).ok();
+        remove_rootfs(&r).expect("remove");
+        assert!(wrote.is_err(), "read-only");
+        assert_eq!(read, Some("f".into()));
+        assert!(only.join("f").exists(), "the snapshot itself is untouched");
+    }
+}

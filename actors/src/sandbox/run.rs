@@ -1,0 +1,278 @@
+//! RunPodSandbox: validate, reserve the name, journal the intent, then make
+//! the pod: sandbox image, network namespace, pod files, and at once the CNI
+//! ADD and the pause container (neither waits for the other). Every step
+//! registers its undo; a failure anywhere rolls back all that was done and
+//! answers the error, leaving nothing behind.
+
+use super::actor::{SandboxActor, SandboxDeps, Sandboxes};
+use super::files::PodFiles;
+use super::messages::{NamespaceMode, PodConfig, RunPodSandbox};
+use super::spec::PauseSpec;
+use super::store::{SandboxRecord, SandboxState};
+use super::validate;
+use crate::image::messages::EnsureSandboxImage;
+use crate::kernel::Reply;
+use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
+use crate::shim::messages::{DeleteTask, StartTask};
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use std::io::Read;
+
+/// A new random sandbox ID: 64 hex digits, like other CRI runtimes'.
+pub fn new_id() -> Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::Internal(format!("random id: {e}")))?;
+    Ok(hex::encode(bytes))
+}
+
+/// What a made pod is.
+struct Made {
+    netns: String,
+    ips: Vec<String>,
+    pid: u32,
+}
+
+/// The undo of every step done so far, run in reverse on failure.
+struct Undo {
+    deps: SandboxDeps,
+    id: String,
+    task: bool,
+    network: bool,
+    files: Option<PodFiles>,
+}
+
+impl Undo {
+    async fn run(self) {
+        if self.task {
+            if let Err(e) = self
+                .deps
+                .shim
+                .call(DeleteTask {
+                    id: self.id.clone(),
+                })
+                .await
+            {
+                tracing::warn!(sandbox = %self.id, error = %e, "rollback: pause task not deleted");
+            }
+        }
+        if self.network {
+            let msg = RemovePodNetwork {
+                sandbox_id: self.id.clone(),
+            };
+            if let Err(e) = self.deps.network.call(msg).await {
+                tracing::warn!(sandbox = %self.id, error = %e, "rollback: network not removed");
+            }
+        }
+        if let Some(files) = self.files {
+            let removed = tokio::task::spawn_blocking(move || files.remove()).await;
+            if !matches!(removed, Ok(Ok(()))) {
+                tracing::warn!(sandbox = %self.id, "rollback: pod files not removed");
+            }
+        }
+    }
+}
+
+fn hostname_of(config: &PodConfig, host_network: bool) -> String {
+    if host_network || config.hostname.is_empty() {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|_| host_network)
+            .unwrap_or_else(|| config.metadata.name.clone())
+    } else {
+        config.hostname.clone()
+    }
+}
+
+async fn make(
+    deps: SandboxDeps,
+    undo: &mut Undo,
+    id: &str,
+    config: &PodConfig,
+    handler: &str,
+    cgroups_path: &str,
+) -> Result<Made> {
+    let ns = &config.security.namespaces;
+    let host_network = ns.network == NamespaceMode::Node;
+    let image = deps
+        .image
+        .call(EnsureSandboxImage {
+            pause_binary: deps.config.pause_binary.clone(),
+        })
+        .await?;
+    let netns = if host_network {
+        None
+    } else {
+        // The network's own journal holds the intent: undo either way.
+        undo.network = true;
+        Some(
+            deps.network
+                .call(CreateNetns {
+                    sandbox_id: id.into(),
+                })
+                .await?,
+        )
+    };
+    let files = PodFiles::new(&deps.config.state, id);
+    undo.files = Some(files.clone());
+    let hostname = hostname_of(config, host_network);
+    let (c, h, host_ipc) = (
+        config.clone(),
+        hostname.clone(),
+        ns.ipc == NamespaceMode::Node,
+    );
+    let f = files.clone();
+    tokio::task::spawn_blocking(move || f.create(&c, &h, host_ipc))
+        .await
+        .map_err(|e| Error::Internal(format!("pod files task: {e}")))??;
+    let spec = PauseSpec {
+        config,
+        rootfs: &image.rootfs,
+        hostname: &hostname,
+        netns: netns.as_deref().map(std::path::Path::new),
+        cgroups_path: cgroups_path.to_string(),
+    }
+    .build()?;
+
+    undo.task = true;
+    let start = deps.shim.call(StartTask {
+        id: id.into(),
+        spec,
+        log_path: None,
+        runtime_handler: handler.into(),
+    });
+    let attach = async {
+        if netns.is_none() {
+            return Ok(Vec::new());
+        }
+        deps.network
+            .call(AttachPod {
+                pod: PodIdentity {
+                    sandbox_id: id.into(),
+                    name: config.metadata.name.clone(),
+                    namespace: config.metadata.namespace.clone(),
+                    uid: config.metadata.uid.clone(),
+                },
+                port_mappings: config.port_mappings.clone(),
+                bandwidth: None,
+            })
+            .await
+    };
+    // CNI ADD and the pause container at once: neither needs the other.
+    let (pid, ips) = futures::join!(start, attach);
+    Ok(Made {
+        netns: netns.unwrap_or_default(),
+        ips: ips?,
+        pid: pid?,
+    })
+}
+
+impl Sandboxes {
+    pub(super) fn run(&mut self, msg: RunPodSandbox) -> Reply<Self, String> {
+        match self.admit(msg) {
+            Err(e) => Reply::Now(Err(e)),
+            Ok((id, name, config, handler, cgroups_path)) => {
+                let deps = self.deps.clone();
+                let work = {
+                    let id = id.clone();
+                    async move {
+                        let mut undo = Undo {
+                            deps: deps.clone(),
+                            id: id.clone(),
+                            task: false,
+                            network: false,
+                            files: None,
+                        };
+                        let made =
+                            make(deps, &mut undo, &id, &config, &handler, &cgroups_path).await;
+                        if made.is_err() {
+                            undo.run().await;
+                        }
+                        made
+                    }
+                };
+                Reply::Later(Box::pin(wrap_future(work).map(
+                    move |made: Result<Made>, act: &mut SandboxActor, _| {
+                        let me = act.state_mut().ok_or_else(|| {
+                            Error::Unavailable("the sandbox actor is restarting; retry".into())
+                        })?;
+                        me.reserved.remove(&name);
+                        let made = match made {
+                            Ok(m) => m,
+                            Err(e) => {
+                                let _ = me.records.remove(&id);
+                                return Err(e);
+                            }
+                        };
+                        let mut record = me.records.get(&id).cloned().ok_or_else(|| {
+                            Error::Internal(format!("pod {id} vanished while being made"))
+                        })?;
+                        record.state = SandboxState::Ready;
+                        record.netns_path = made.netns;
+                        record.ips = made.ips;
+                        record.pid = made.pid;
+                        me.records.put(record)?;
+                        tracing::info!(sandbox = %id, pod = %name, "pod sandbox ready");
+                        Ok(id)
+                    },
+                )))
+            }
+        }
+    }
+
+    /// Checks the request, reserves the name and journals the intent.
+    #[allow(clippy::type_complexity)]
+    fn admit(&mut self, msg: RunPodSandbox) -> Result<(String, String, PodConfig, String, String)> {
+        validate::pod(&msg.config)?;
+        let handler = msg.runtime_handler;
+        if !(handler.is_empty()
+            || handler == "runc"
+            || self.deps.config.runtime_handlers.contains(&handler))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "runtime handler {handler:?} is not configured (known: \"\", \"runc\"{})",
+                self.deps
+                    .config
+                    .runtime_handlers
+                    .iter()
+                    .map(|h| format!(", {h:?}"))
+                    .collect::<String>()
+            )));
+        }
+        let name = msg.config.metadata.reserved_name();
+        let holder = self.reserved.get(&name).cloned().or_else(|| {
+            self.records
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.id.clone())
+        });
+        if let Some(holder) = holder {
+            return Err(Error::AlreadyExists(format!(
+                "pod sandbox name {name:?} is reserved for {holder}"
+            )));
+        }
+        let id = new_id()?;
+        let parent = if msg.config.cgroup_parent.is_empty() {
+            self.deps.config.cgroup_parent.clone()
+        } else {
+            msg.config.cgroup_parent.clone()
+        };
+        let cgroups_path = format!("{}/{id}", parent.trim_end_matches('/'));
+        self.records.put(SandboxRecord {
+            id: id.clone(),
+            name: name.clone(),
+            created_unix_nanos: crate::journal::unix_nanos(),
+            config: msg.config.clone(),
+            runtime_handler: handler.clone(),
+            state: SandboxState::Creating,
+            netns_path: String::new(),
+            ips: Vec::new(),
+            pid: 0,
+            cgroups_path: cgroups_path.clone(),
+        })?;
+        self.reserved.insert(name.clone(), id.clone());
+        Ok((id, name, msg.config, handler, cgroups_path))
+    }
+}

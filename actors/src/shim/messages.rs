@@ -1,0 +1,73 @@
+//! Messages the ShimSupervisor answers: tasks (a container's process under
+//! its own berth-shim) by container ID.
+
+use crate::Result;
+use actix::Message;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Writes the bundle (`config.json` from `spec`), starts the container's
+/// shim, creates and starts the task. Answers the task's PID. On failure
+/// nothing is left: no shim, no bundle, no runtime state.
+#[derive(Debug, Clone)]
+pub struct StartTask {
+    pub id: String,
+    pub spec: oci_spec::runtime::Spec,
+    /// The CRI log file the shim writes; None discards the output.
+    pub log_path: Option<PathBuf>,
+    /// The runtime handler ("" and "runc" are runc).
+    pub runtime_handler: String,
+}
+
+impl Message for StartTask {
+    type Result = Result<u32>;
+}
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub status: u32,
+    pub exited_unix_nanos: i64,
+}
+
+/// Sends `signal`, and SIGKILL if the task has not exited after `timeout`.
+/// Answers how it ended. A task that already exited (or an unknown one)
+/// answers what is known.
+#[derive(Debug, Clone)]
+pub struct StopTask {
+    pub id: String,
+    pub signal: i32,
+    pub timeout: Duration,
+}
+
+impl Message for StopTask {
+    type Result = Result<Option<Exit>>;
+}
+
+/// Deletes the task (it must have exited; a running one is killed first),
+/// ends its shim and removes the bundle. Idempotent.
+#[derive(Debug, Clone)]
+pub struct DeleteTask {
+    pub id: String,
+}
+
+impl Message for DeleteTask {
+    type Result = Result<()>;
+}
+
+/// What the shim says of a task now.
+#[derive(Debug, Clone)]
+pub struct TaskState {
+    pub id: String,
+}
+
+impl Message for TaskState {
+    type Result = Result<TaskInfo>;
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub pid: u32,
+    pub running: bool,
+    pub exit: Option<Exit>,
+}

@@ -1,0 +1,303 @@
+//! Tasks under shims: start (bundle, shim, create, start), stop (signal,
+//! then SIGKILL after the timeout), delete (task, shim, bundle) and state.
+//! When a shim cannot be reached, what it left on disk (its exit record)
+//! still answers.
+
+use super::actor::{ShimSupervisor, Shims};
+use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
+use super::launch::{self, LaunchOpts};
+use super::messages::*;
+use super::store::ShimRecord;
+use crate::kernel::Reply;
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+/// How long a shim may take to start and answer a call.
+const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn exit(e: ExitInfo) -> Exit {
+    Exit {
+        status: e.status,
+        exited_unix_nanos: e
+            .exited_at
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0),
+    }
+}
+
+fn restarting() -> Error {
+    Error::Unavailable("the shim supervisor is restarting; retry".into())
+}
+
+/// Ends a shim that will not shut down by itself.
+fn kill_shim(bundle: &Path) {
+    if let Ok(pid) = launch::read_shim_pid(bundle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Whether a process is there and not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// Removes a bundle; what is gone is fine.
+fn remove_bundle(bundle: &Path, socket: &Path) {
+    let _ = std::fs::remove_file(socket);
+    if let Err(e) = std::fs::remove_dir_all(bundle) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove bundle");
+        }
+    }
+}
+
+impl Shims {
+    /// A connection to the container's shim, if berth knows one.
+    fn client(&self, id: &str) -> Option<(Option<ShimClient>, ShimRecord)> {
+        let record = self.records.get(id)?.clone();
+        Some((self.clients.get(id).cloned(), record))
+    }
+
+    pub(super) fn start_task(&mut self, msg: StartTask) -> Reply<Self, u32> {
+        let id = msg.id.clone();
+        if self.records.get(&id).is_some() {
+            return Reply::Now(Err(Error::AlreadyExists(format!(
+                "task {id} already has a shim"
+            ))));
+        }
+        let handler = if msg.runtime_handler.is_empty() {
+            "runc"
+        } else {
+            msg.runtime_handler.as_str()
+        };
+        let Some(runtime) = self.config.runtimes.get(handler).cloned() else {
+            return Reply::Now(Err(Error::InvalidArgument(format!(
+                "runtime handler {handler:?} is not configured"
+            ))));
+        };
+        let bundle = self.config.bundle(&id);
+        let socket = self.config.socket(&id);
+        let record = ShimRecord {
+            container_id: id.clone(),
+            pid: 0,
+            address: socket.display().to_string(),
+            bundle: bundle.display().to_string(),
+            runtime_handler: handler.to_string(),
+        };
+        // Journalled before the shim exists: recovery finds and ends a
+        // shim whose start nobody finished.
+        if let Err(e) = self.records.put(record) {
+            return Reply::Now(Err(e.into()));
+        }
+        let opts = LaunchOpts {
+            shim_binary: self.config.shim_binary.clone(),
+            id: id.clone(),
+            bundle: bundle.clone(),
+            socket: socket.clone(),
+            runtime: runtime.binary,
+            runtime_root: runtime.root,
+            events: None,
+            timeout: SHIM_TIMEOUT,
+        };
+        let spec = msg.spec;
+        let log = msg.log_path;
+        let work = async move {
+            let b = bundle.clone();
+            let s = socket.clone();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                std::fs::create_dir_all(&b)
+                    .map_err(|e| Error::Internal(format!("create bundle {}: {e}", b.display())))?;
+                if let Some(dir) = s.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
+                }
+                spec.save(b.join("config.json"))
+                    .map_err(|e| Error::Internal(format!("write {}/config.json: {e}", b.display())))
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
+            let started = async {
+                let launched = launch::launch(&opts).await?;
+                let client = ShimClient::connect(&opts.id, &launched.socket).await?;
+                let create = CreateOpts {
+                    bundle: bundle.clone(),
+                    stdout: log.clone(),
+                    stderr: None,
+                };
+                client.create(&create).await?;
+                let pid = client.start(None).await?;
+                Ok::<_, Error>((launched.pid, pid, client))
+            }
+            .await;
+            if started.is_err() {
+                // Nothing of a failed start stays: task, shim, bundle.
+                if let Ok(client) = ShimClient::connect(&opts.id, &socket).await {
+                    let _ = client.kill(None, libc::SIGKILL as u32, true).await;
+                    let _ = client.delete(None).await;
+                    let _ = client.shutdown(true).await;
+                }
+                kill_shim(&bundle);
+                let (b, s) = (bundle.clone(), socket.clone());
+                let _ = tokio::task::spawn_blocking(move || remove_bundle(&b, &s)).await;
+            }
+            started
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |started: Result<(u32, u32, ShimClient)>, act: &mut ShimSupervisor, _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                match started {
+                    Err(e) => {
+                        let _ = me.records.remove(&id);
+                        Err(e)
+                    }
+                    Ok((shim_pid, task_pid, client)) => {
+                        if let Some(mut r) = me.records.get(&id).cloned() {
+                            r.pid = shim_pid;
+                            me.records.put(r)?;
+                        }
+                        me.clients.insert(id, client);
+                        Ok(task_pid)
+                    }
+                }
+            },
+        )))
+    }
+
+    pub(super) fn stop_task(&mut self, msg: StopTask) -> Reply<Self, Option<Exit>> {
+        let Some((client, record)) = self.client(&msg.id) else {
+            return Reply::Now(Ok(None));
+        };
+        let id = msg.id.clone();
+        let work = async move {
+            let bundle = PathBuf::from(&record.bundle);
+            let client = match client {
+                Some(c) => c,
+                None => match ShimClient::connect(&id, Path::new(&record.address)).await {
+                    Ok(c) => c,
+                    // The shim is gone: its exit record answers.
+                    Err(_) => return Ok((None, launch::read_exit(&bundle)?.map(exit))),
+                },
+            };
+            let state = client.state(None).await?;
+            if state.status == TaskStatus::Stopped {
+                return Ok((Some(client), state.exit.map(exit)));
+            }
+            let signal = u32::try_from(msg.signal).unwrap_or(libc::SIGTERM as u32);
+            let _ = client.kill(None, signal, false).await;
+            let ended = match client.wait(None, Some(msg.timeout)).await {
+                Ok(e) => e,
+                Err(_) => {
+                    let _ = client.kill(None, libc::SIGKILL as u32, true).await;
+                    client.wait(None, Some(SHIM_TIMEOUT)).await?
+                }
+            };
+            Ok((Some(client), Some(exit(ended))))
+        };
+        let id = msg.id;
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<(Option<ShimClient>, Option<Exit>)>, act: &mut ShimSupervisor, _| {
+                let (client, ended) = res?;
+                if let (Some(c), Some(me)) = (client, act.state_mut()) {
+                    me.clients.insert(id, c);
+                }
+                Ok(ended)
+            },
+        )))
+    }
+
+    pub(super) fn delete_task(&mut self, id: String) -> Reply<Self, ()> {
+        let Some((client, record)) = self.client(&id) else {
+            return Reply::Now(Ok(()));
+        };
+        let task = id.clone();
+        let work = async move {
+            let bundle = PathBuf::from(&record.bundle);
+            let socket = PathBuf::from(&record.address);
+            let client = match client {
+                Some(c) => Some(c),
+                None => ShimClient::connect(&task, &socket).await.ok(),
+            };
+            if let Some(c) = client {
+                // A task still running is killed first: delete wants it
+                // stopped.
+                if let Ok(s) = c.state(None).await {
+                    if s.status != TaskStatus::Stopped {
+                        let _ = c.kill(None, libc::SIGKILL as u32, true).await;
+                        let _ = c.wait(None, Some(SHIM_TIMEOUT)).await;
+                    }
+                }
+                match c.delete(None).await {
+                    Ok(_) | Err(Error::NotFound(_)) => {}
+                    Err(e) => return Err(e),
+                }
+                let _ = c.shutdown(true).await;
+            }
+            // Give the shim a moment to go by itself, then make sure.
+            let shim = launch::read_shim_pid(&bundle).ok();
+            for round in 0..100 {
+                if !shim.is_some_and(alive) {
+                    break;
+                }
+                if round == 50 {
+                    kill_shim(&bundle);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
+                .await
+                .map_err(|e| Error::Internal(format!("bundle task: {e}")))?;
+            Ok(())
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<()>, act: &mut ShimSupervisor, _| {
+                res?;
+                let me = act.state_mut().ok_or_else(restarting)?;
+                me.clients.remove(&id);
+                me.records.remove(&id)?;
+                Ok(())
+            },
+        )))
+    }
+
+    pub(super) fn task_state(&mut self, id: String) -> Reply<Self, TaskInfo> {
+        let Some((client, record)) = self.client(&id) else {
+            return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
+        };
+        let work = async move {
+            let bundle = PathBuf::from(&record.bundle);
+            let client = match client {
+                Some(c) => Some(c),
+                None => ShimClient::connect(&id, Path::new(&record.address))
+                    .await
+                    .ok(),
+            };
+            let Some(c) = client else {
+                let ended = launch::read_exit(&bundle)?.map(exit);
+                return Ok(TaskInfo {
+                    pid: 0,
+                    running: false,
+                    exit: ended,
+                });
+            };
+            let s = c.state(None).await?;
+            Ok(TaskInfo {
+                pid: s.pid,
+                running: matches!(s.status, TaskStatus::Running | TaskStatus::Created),
+                exit: s.exit.map(exit),
+            })
+        };
+        Reply::Later(Box::pin(wrap_future(work)))
+    }
+}

@@ -1,0 +1,324 @@
+//! The container's stdout and stderr, copied into its CRI log.
+//!
+//! Each line becomes `<RFC3339Nano> <stdout|stderr> <F|P> <text>\n`: `F` for
+//! a whole line, `P` for a piece (a line longer than [`LINE_MAX`] is cut
+//! into pieces; output that ends without a newline is a piece). One thread
+//! polls both pipes; every batch of lines is one `write` to an `O_APPEND`
+//! file under the file's lock, so a reopen for log rotation (SIGUSR1) falls
+//! between lines, never inside one.
+
+use crate::timefmt;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The longest line written whole; longer ones are cut into `P` pieces.
+pub const LINE_MAX: usize = 16 * 1024;
+
+/// A CRI log file that can be reopened at the same path.
+pub struct LogFile {
+    path: PathBuf,
+    file: File,
+    /// The last write error, so a full disk is reported once, not per line.
+    failing: bool,
+}
+
+pub type SharedLog = Arc<Mutex<LogFile>>;
+
+fn open_log(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(path)
+}
+
+impl LogFile {
+    pub fn open(path: &Path) -> std::io::Result<SharedLog> {
+        Ok(Arc::new(Mutex::new(LogFile {
+            path: path.to_path_buf(),
+            file: open_log(path)?,
+            failing: false,
+        })))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts writing to a fresh file at the same path (the old one was
+    /// renamed away by whoever rotates logs).
+    pub fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = open_log(&self.path)?;
+        self.failing = false;
+        Ok(())
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        match self.file.write_all(bytes) {
+            Ok(()) => self.failing = false,
+            Err(e) => {
+                if !self.failing {
+                    log::warn!("container log {}: lines lost: {e}", self.path.display());
+                }
+                self.failing = true;
+            }
+        }
+    }
+}
+
+fn lock(log: &SharedLog) -> std::sync::MutexGuard<'_, LogFile> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Set once the copier has seen both pipes end.
+#[derive(Default)]
+pub struct Drained {
+    done: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Drained {
+    fn set(&self) {
+        *self.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until the output is drained or `limit` passes; true if drained.
+    pub fn wait(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut done = self.done.lock().unwrap_or_else(|p| p.into_inner());
+        while !*done {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            done = match self.cond.wait_timeout(done, deadline - now) {
+                Ok((d, _)) => d,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+/// One of the container's output streams.
+pub struct Stream {
+    pub pipe: OwnedFd,
+    pub log: SharedLog,
+    pub tag: &'static str,
+}
+
+struct Open {
+    pipe: File,
+    log: SharedLog,
+    tag: &'static str,
+    buf: Vec<u8>,
+}
+
+/// Starts the thread that copies `streams` into their logs until every
+/// pipe is closed.
+pub fn spawn_copier(streams: Vec<Stream>) -> std::io::Result<Arc<Drained>> {
+    let drained = Arc::new(Drained::default());
+    let done = drained.clone();
+    let open: Vec<Open> = streams
+        .into_iter()
+        .map(|s| Open {
+            pipe: File::from(s.pipe),
+            log: s.log,
+            tag: s.tag,
+            buf: Vec::with_capacity(LINE_MAX),
+        })
+        .collect();
+    std::thread::Builder::new()
+        .name("log-copier".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            copy(open);
+            done.set();
+        })?;
+    Ok(drained)
+}
+
+fn copy(mut open: Vec<Open>) {
+    let mut chunk = vec![0u8; LINE_MAX];
+    let mut out = Vec::with_capacity(LINE_MAX + 64);
+    while !open.is_empty() {
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .map(|o| PollFd::new(o.pipe.as_fd(), PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                log::warn!("poll on the container's output: {e}; output is no longer logged");
+                return;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        let mut closed = Vec::new();
+        for (i, o) in open.iter_mut().enumerate() {
+            if !ready[i] {
+                continue;
+            }
+            let room = LINE_MAX - o.buf.len();
+            let n = match o.pipe.read(&mut chunk[..room]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("reading the container's {}: {e}", o.tag);
+                    0
+                }
+            };
+            out.clear();
+            let now = SystemTime::now();
+            if n == 0 {
+                // End of output: what is left had no newline.
+                if !o.buf.is_empty() {
+                    format_line(&mut out, now, o.tag, false, &o.buf);
+                    o.buf.clear();
+                }
+                closed.push(i);
+            } else {
+                o.buf.extend_from_slice(&chunk[..n]);
+                take_lines(&mut o.buf, &mut out, now, o.tag);
+            }
+            if !out.is_empty() {
+                lock(&o.log).write(&out);
+            }
+        }
+        for i in closed.into_iter().rev() {
+            open.remove(i);
+        }
+    }
+}
+
+/// Moves every whole line out of `buf` into `out` as CRI log lines, and a
+/// full buffer without a newline as a piece.
+fn take_lines(buf: &mut Vec<u8>, out: &mut Vec<u8>, now: SystemTime, tag: &str) {
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        format_line(out, now, tag, true, &buf[start..start + nl]);
+        start += nl + 1;
+    }
+    if start == 0 && buf.len() == LINE_MAX {
+        format_line(out, now, tag, false, buf);
+        start = buf.len();
+    }
+    buf.drain(..start);
+}
+
+fn format_line(out: &mut Vec<u8>, now: SystemTime, tag: &str, full: bool, text: &[u8]) {
+    timefmt::write_rfc3339_nano(out, now);
+    out.push(b' ');
+    out.extend_from_slice(tag.as_bytes());
+    out.extend_from_slice(if full { b" F " } else { b" P " });
+    out.extend_from_slice(text);
+    out.push(b'\n');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn lines(input: &[&[u8]], tag: &str) -> Vec<String> {
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        // Fed as the copier reads: never more than the buffer has room for.
+        for chunk in input {
+            let mut rest: &[u8] = chunk;
+            while !rest.is_empty() {
+                let n = (LINE_MAX - buf.len()).min(rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                take_lines(&mut buf, &mut out, UNIX_EPOCH, tag);
+            }
+        }
+        if !buf.is_empty() {
+            format_line(&mut out, UNIX_EPOCH, tag, false, &buf);
+        }
+        String::from_utf8(out)
+            .expect("utf8")
+            .lines()
+            .map(|l| {
+                l.trim_start_matches("1970-01-01T00:00:00.000000000Z ")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_lines_and_a_tail() {
+        assert_eq!(
+            lines(&[b"hello\nwor", b"ld\n\nno-newline"], "stdout"),
+            vec![
+                "stdout F hello",
+                "stdout F world",
+                "stdout F ",
+                "stdout P no-newline"
+            ]
+        );
+    }
+
+    #[test]
+    fn long_lines_are_cut_into_pieces() {
+        let long = vec![b'a'; LINE_MAX * 2 + 10];
+        let mut input = long.clone();
+        input.push(b'\n');
+        let got = lines(&[&input], "stderr");
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], format!("stderr P {}", "a".repeat(LINE_MAX)));
+        assert_eq!(got[1], format!("stderr P {}", "a".repeat(LINE_MAX)));
+        assert_eq!(got[2], "stderr F aaaaaaaaaa");
+    }
+
+    #[test]
+    fn copier_writes_both_streams_and_reopens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.log");
+        let log = LogFile::open(&path).expect("open log");
+        let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
+        let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
+        let drained = spawn_copier(vec![
+            Stream {
+                pipe: out_r,
+                log: log.clone(),
+                tag: "stdout",
+            },
+            Stream {
+                pipe: err_r,
+                log: log.clone(),
+                tag: "stderr",
+            },
+        ])
+        .expect("copier");
+        let mut out_w = File::from(out_w);
+        let mut err_w = File::from(err_w);
+        out_w.write_all(b"one\n").expect("write");
+        err_w.write_all(b"two\n").expect("write");
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::rename(&path, dir.path().join("c.log.1")).expect("rotate");
+        lock(&log).reopen().expect("reopen");
+        out_w.write_all(b"three").expect("write");
+        drop(out_w);
+        drop(err_w);
+        assert!(drained.wait(Duration::from_secs(5)));
+        let old = std::fs::read_to_string(dir.path().join("c.log.1")).expect("old");
+        let new = std::fs::read_to_string(&path).expect("new");
+        assert!(old.contains(" stdout F one\n"), "{old}");
+        assert!(old.contains(" stderr F two\n"), "{old}");
+        assert!(new.ends_with(" stdout P three\n"), "{new}");
+        assert_eq!(new.lines().count(), 1);
+    }
+}

@@ -1,0 +1,996 @@
+//! The `containerd.task.v3.Task` service for one container.
+//!
+//! State lives in [`Shared`]: the container's init process and its exec'd
+//! processes, each created, running or stopped. Verbs that run runc hold
+//! the `ops` lock, so two of them never race on the container, while
+//! `state`, `wait` and `kill` stay answerable during a slow runc call. The
+//! reaper's callbacks move processes to stopped; `wait` sleeps on a condvar
+//! until they do.
+//!
+//! Lock order: `ops`, then `tasks`, then a log file; the reaper's lock is
+//! never taken with `tasks` held, because a reaper callback takes `tasks`.
+
+use crate::events::{timestamp, Publisher};
+use crate::exitfile;
+use crate::io::{self, Drained, LogFile, SharedLog, Stream};
+use crate::reaper::{Exit, Reaper};
+use crate::runc::{self, Io, Runc};
+use containerd_shim_protos::api::{
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, Status, UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::ttrpc::{self, Code, TtrpcContext};
+use containerd_shim_protos::Task;
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+type TResult<T> = ttrpc::Result<T>;
+
+/// How long an exit waits for the container's output to drain before it is
+/// reported anyway (a process outside the container's pid namespace may
+/// hold the pipes open).
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
+
+/// How long `delete` of a created (never started) container waits for the
+/// killed process to be reaped.
+const DELETE_REAP_LIMIT: Duration = Duration::from_secs(2);
+
+/// How often a blocked `wait` checks that its caller is still connected.
+const WAIT_POLL: Duration = Duration::from_secs(1);
+
+pub const VERSION: &str = concat!("berth-shim ", env!("CARGO_PKG_VERSION"));
+
+fn status(code: Code, msg: impl ToString) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(code, msg))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Created,
+    Running,
+    Stopped(Exit),
+}
+
+struct Proc {
+    /// 0 until the process exists (an exec before `start`).
+    pid: u32,
+    phase: Phase,
+    stdout: String,
+    stderr: String,
+    /// An exec's process spec (JSON), until it is started.
+    spec: Vec<u8>,
+    /// The init's log files, reopened on SIGUSR1.
+    logs: Vec<SharedLog>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    init: Option<Proc>,
+    execs: HashMap<String, Proc>,
+}
+
+impl Tasks {
+    fn get(&self, exec_id: &str) -> Option<&Proc> {
+        if exec_id.is_empty() {
+            self.init.as_ref()
+        } else {
+            self.execs.get(exec_id)
+        }
+    }
+
+    fn get_mut(&mut self, exec_id: &str) -> Option<&mut Proc> {
+        if exec_id.is_empty() {
+            self.init.as_mut()
+        } else {
+            self.execs.get_mut(exec_id)
+        }
+    }
+}
+
+/// Everything the service and the reaper's callbacks share.
+pub struct Shared {
+    id: String,
+    bundle: PathBuf,
+    socket: PathBuf,
+    runc: Runc,
+    reaper: Arc<Reaper>,
+    events: Option<Publisher>,
+    tasks: Mutex<Tasks>,
+    changed: Condvar,
+    ops: Mutex<()>,
+}
+
+/// What the shim is started with.
+pub struct Config {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub socket: PathBuf,
+    pub runtime: PathBuf,
+    pub runtime_root: PathBuf,
+    pub events: Option<PathBuf>,
+}
+
+impl Shared {
+    pub fn new(config: Config, reaper: Arc<Reaper>) -> Arc<Shared> {
+        let runc = Runc::new(
+            config.runtime,
+            config.runtime_root,
+            config.bundle.join("runc.log"),
+            reaper.clone(),
+        );
+        Arc::new(Shared {
+            id: config.id,
+            bundle: config.bundle,
+            socket: config.socket,
+            runc,
+            reaper,
+            events: config.events.map(Publisher::new),
+            tasks: Mutex::default(),
+            changed: Condvar::new(),
+            ops: Mutex::default(),
+        })
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, Tasks> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ops(&self) -> MutexGuard<'_, ()> {
+        self.ops.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How errors name the process: the container, or one exec in it.
+    fn name(&self, exec_id: &str) -> String {
+        if exec_id.is_empty() {
+            format!("container {}", self.id)
+        } else {
+            format!("exec {exec_id} in container {}", self.id)
+        }
+    }
+
+    fn check_id(&self, id: &str) -> TResult<()> {
+        if id == self.id {
+            Ok(())
+        } else {
+            Err(status(
+                Code::NOT_FOUND,
+                format!("container {id} not found: this shim serves {}", self.id),
+            ))
+        }
+    }
+
+    fn not_found(&self, exec_id: &str) -> ttrpc::Error {
+        status(Code::NOT_FOUND, format!("{} not found", self.name(exec_id)))
+    }
+
+    fn runc_failed(&self, e: runc::RuncError) -> ttrpc::Error {
+        status(Code::INTERNAL, format!("container {}: {e}", self.id))
+    }
+
+    /// Sends SIGUSR1's reopen to every log file of the container.
+    pub fn reopen_logs(&self) {
+        let tasks = self.tasks();
+        let Some(init) = &tasks.init else { return };
+        for log in &init.logs {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            match log.reopen() {
+                Ok(()) => log::info!("reopened the log {}", log.path().display()),
+                Err(e) => log::warn!(
+                    "cannot reopen the log {}: {e}; still writing to the old file",
+                    log.path().display()
+                ),
+            }
+        }
+    }
+
+    /// The init exited: on disk first, then (once its output is drained)
+    /// to waiters and berthd.
+    fn init_exited(self: &Arc<Self>, pid: u32, exit: Exit, drained: Option<Arc<Drained>>) {
+        if let Err(e) = exitfile::write(&self.bundle, &exit) {
+            log::error!(
+                "cannot record the exit of container {} in {}: {e}",
+                self.id,
+                self.bundle.join(exitfile::FILE).display()
+            );
+        }
+        log::info!(
+            "container {} (pid {pid}) exited with status {}",
+            self.id,
+            exit.status
+        );
+        let Some(drained) = drained else {
+            self.process_exited("", pid, exit);
+            return;
+        };
+        let me = self.clone();
+        // Waiting for the drain must not hold up the reaper, so it happens
+        // on a thread of its own.
+        let spawned = std::thread::Builder::new()
+            .name("exit".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                if !drained.wait(DRAIN_LIMIT) {
+                    log::warn!(
+                        "container {}: output still open {}s after its exit; reporting the exit",
+                        me.id,
+                        DRAIN_LIMIT.as_secs()
+                    );
+                }
+                me.process_exited("", pid, exit);
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start a thread to drain the output: {e}");
+            self.process_exited("", pid, exit);
+        }
+    }
+
+    /// Marks the process stopped, wakes its waiters and tells berthd.
+    fn process_exited(&self, exec_id: &str, pid: u32, exit: Exit) {
+        {
+            let mut tasks = self.tasks();
+            if let Some(p) = tasks.get_mut(exec_id) {
+                if p.pid == pid {
+                    p.phase = Phase::Stopped(exit);
+                }
+            }
+        }
+        self.changed.notify_all();
+        if let Some(events) = &self.events {
+            let id = if exec_id.is_empty() {
+                &self.id
+            } else {
+                exec_id
+            };
+            events.task_exit(&self.id, id, pid, &exit);
+        }
+    }
+
+    /// Opens the container's log files and the pipes its stdout and stderr
+    /// write to. An empty stderr path means the stdout path; an empty path
+    /// for both means the output is discarded.
+    fn container_stdio(&self, stdout: &str, stderr: &str) -> TResult<ContainerStdio> {
+        let stderr = if stderr.is_empty() { stdout } else { stderr };
+        let mut got = ContainerStdio {
+            stdout: Stdio::null(),
+            stderr: Stdio::null(),
+            streams: Vec::new(),
+            logs: Vec::new(),
+        };
+        let mut paths: Vec<&str> = Vec::new();
+        for (path, tag) in [(stdout, "stdout"), (stderr, "stderr")] {
+            if path.is_empty() {
+                continue;
+            }
+            if !Path::new(path).is_absolute() {
+                return Err(status(
+                    Code::INVALID_ARGUMENT,
+                    format!(
+                        "container {}: the log path {path:?} must be absolute",
+                        self.id
+                    ),
+                ));
+            }
+            let log = match paths.iter().position(|p| *p == path) {
+                Some(i) => got.logs[i].clone(),
+                None => {
+                    let log = LogFile::open(Path::new(path)).map_err(|e| {
+                        status(
+                            Code::FAILED_PRECONDITION,
+                            format!("container {}: cannot open the log {path}: {e}", self.id),
+                        )
+                    })?;
+                    paths.push(path);
+                    got.logs.push(log.clone());
+                    log
+                }
+            };
+            let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| status(Code::INTERNAL, format!("cannot make a pipe: {e}")))?;
+            got.streams.push(Stream {
+                pipe: read,
+                log,
+                tag,
+            });
+            if tag == "stdout" {
+                got.stdout = Stdio::from(write);
+            } else {
+                got.stderr = Stdio::from(write);
+            }
+        }
+        Ok(got)
+    }
+
+    /// Opens the files an exec's output goes to, raw.
+    fn exec_stdio(&self, exec_id: &str, stdout: &str, stderr: &str) -> TResult<(Stdio, Stdio)> {
+        let open = |path: &str| -> TResult<Option<File>> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map(Some)
+                .map_err(|e| {
+                    status(
+                        Code::FAILED_PRECONDITION,
+                        format!("{}: cannot open {path}: {e}", self.name(exec_id)),
+                    )
+                })
+        };
+        let out = open(stdout)?;
+        let err = if stderr == stdout {
+            match &out {
+                Some(f) => Some(f.try_clone().map_err(|e| {
+                    status(Code::INTERNAL, format!("cannot duplicate a file: {e}"))
+                })?),
+                None => None,
+            }
+        } else {
+            open(stderr)?
+        };
+        let to_stdio = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
+        Ok((to_stdio(out), to_stdio(err)))
+    }
+
+    fn start_init(self: &Arc<Self>) -> TResult<u32> {
+        let _op = self.ops();
+        let pid = {
+            let tasks = self.tasks();
+            let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
+            match init.phase {
+                Phase::Created => init.pid,
+                Phase::Running => {
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {} is already running", self.id),
+                    ))
+                }
+                Phase::Stopped(_) => {
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {} has exited", self.id),
+                    ))
+                }
+            }
+        };
+        self.runc
+            .run(&["start", &self.id], Io::Capture { stdin: None })
+            .map_err(|e| self.runc_failed(e))?;
+        let mut tasks = self.tasks();
+        if let Some(init) = tasks.init.as_mut() {
+            // It may have exited already; that is not undone.
+            if init.phase == Phase::Created {
+                init.phase = Phase::Running;
+            }
+        }
+        log::info!("container {} started (pid {pid})", self.id);
+        Ok(pid)
+    }
+
+    fn start_exec(self: &Arc<Self>, exec_id: &str) -> TResult<u32> {
+        let _op = self.ops();
+        let (spec, stdout, stderr) = {
+            let tasks = self.tasks();
+            self.require_running(&tasks)?;
+            let exec = tasks
+                .execs
+                .get(exec_id)
+                .ok_or_else(|| self.not_found(exec_id))?;
+            if exec.phase != Phase::Created || exec.pid != 0 {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("{} was already started", self.name(exec_id)),
+                ));
+            }
+            (exec.spec.clone(), exec.stdout.clone(), exec.stderr.clone())
+        };
+        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
+        let cleanup = || {
+            let _ = std::fs::remove_file(&spec_file);
+            let _ = std::fs::remove_file(&pid_file);
+        };
+        cleanup();
+        write_private(&spec_file, &spec).map_err(|e| {
+            status(
+                Code::INTERNAL,
+                format!("{}: cannot write its process spec: {e}", self.name(exec_id)),
+            )
+        })?;
+        let (out, err) = self.exec_stdio(exec_id, &stdout, &stderr)?;
+        let since = self.reaper.mark();
+        let args: [&OsStr; 7] = [
+            "exec".as_ref(),
+            "--process".as_ref(),
+            spec_file.as_os_str(),
+            "--detach".as_ref(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            self.id.as_ref(),
+        ];
+        let ran = self.runc.run(
+            &args,
+            Io::Pass {
+                stdout: out,
+                stderr: err,
+            },
+        );
+        let pid = ran
+            .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id))))
+            .and_then(|_| read_pid(&pid_file));
+        cleanup();
+        let pid = pid?;
+        {
+            let mut tasks = self.tasks();
+            if let Some(exec) = tasks.execs.get_mut(exec_id) {
+                exec.pid = pid;
+                exec.phase = Phase::Running;
+                exec.spec = Vec::new();
+            }
+        }
+        let me = self.clone();
+        let id = exec_id.to_string();
+        self.reaper.watch(
+            pid as i32,
+            since,
+            Box::new(move |exit| me.process_exited(&id, pid, exit)),
+        );
+        Ok(pid)
+    }
+
+    fn require_running(&self, tasks: &Tasks) -> TResult<()> {
+        match tasks.init.as_ref().map(|p| p.phase) {
+            Some(Phase::Running) => Ok(()),
+            Some(_) => Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is not running", self.id),
+            )),
+            None => Err(self.not_found("")),
+        }
+    }
+
+    fn delete_init(&self) -> TResult<DeleteResponse> {
+        let _op = self.ops();
+        let phase = {
+            let tasks = self.tasks();
+            let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
+            init.phase
+        };
+        if phase == Phase::Running {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is running; kill it first", self.id),
+            ));
+        }
+        self.runc
+            .run(
+                &["delete", "--force", &self.id],
+                Io::Capture { stdin: None },
+            )
+            .map_err(|e| self.runc_failed(e))?;
+        let mut tasks = self.tasks();
+        if phase == Phase::Created {
+            // runc killed the waiting process; its exit is on the way.
+            let (t, _) = self
+                .changed
+                .wait_timeout_while(tasks, DELETE_REAP_LIMIT, |t| {
+                    matches!(t.init.as_ref().map(|p| p.phase), Some(Phase::Created))
+                })
+                .unwrap_or_else(|p| p.into_inner());
+            tasks = t;
+        }
+        let init = tasks.init.take().ok_or_else(|| self.not_found(""))?;
+        tasks.execs.clear();
+        drop(tasks);
+        self.changed.notify_all();
+        let _ = std::fs::remove_file(self.bundle.join("init.pid"));
+        log::info!("container {} deleted", self.id);
+        Ok(delete_response(&init))
+    }
+
+    fn delete_exec(&self, exec_id: &str) -> TResult<DeleteResponse> {
+        let mut tasks = self.tasks();
+        let exec = tasks
+            .execs
+            .get(exec_id)
+            .ok_or_else(|| self.not_found(exec_id))?;
+        if exec.phase == Phase::Running {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("{} is running; kill it first", self.name(exec_id)),
+            ));
+        }
+        let exec = tasks
+            .execs
+            .remove(exec_id)
+            .ok_or_else(|| self.not_found(exec_id))?;
+        drop(tasks);
+        self.changed.notify_all();
+        Ok(delete_response(&exec))
+    }
+
+    fn exit_after_reply(&self) {
+        let _ = std::fs::remove_file(&self.socket);
+        log::info!("shutting down");
+        // The reply is written by ttrpc's own thread after this returns; a
+        // moment lets it reach the caller (a caller that misses it sees the
+        // connection close, which means the same).
+        let spawned = std::thread::Builder::new()
+            .name("shutdown".into())
+            .stack_size(32 * 1024)
+            .spawn(|| {
+                std::thread::sleep(Duration::from_millis(50));
+                std::process::exit(0);
+            });
+        if spawned.is_err() {
+            std::process::exit(0);
+        }
+    }
+}
+
+struct ContainerStdio {
+    stdout: Stdio,
+    stderr: Stdio,
+    streams: Vec<Stream>,
+    logs: Vec<SharedLog>,
+}
+
+fn delete_response(p: &Proc) -> DeleteResponse {
+    let mut resp = DeleteResponse::new();
+    resp.pid = p.pid;
+    let exit = match p.phase {
+        Phase::Stopped(exit) => exit,
+        // Never ran, or was not reaped in time: no status of its own.
+        _ => Exit {
+            status: 255,
+            at: SystemTime::now(),
+        },
+    };
+    resp.exit_status = exit.status;
+    resp.exited_at = MessageField::some(timestamp(exit.at));
+    resp
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+fn read_pid(path: &Path) -> TResult<u32> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        status(
+            Code::INTERNAL,
+            format!("runc left no pid file {}: {e}", path.display()),
+        )
+    })?;
+    text.trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            status(
+                Code::INTERNAL,
+                format!("pid file {} holds {text:?}", path.display()),
+            )
+        })
+}
+
+/// The ttrpc face of [`Shared`].
+pub struct Service(pub Arc<Shared>);
+
+impl Task for Service {
+    fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> TResult<StateResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let tasks = s.tasks();
+        let p = tasks
+            .get(&req.exec_id)
+            .ok_or_else(|| s.not_found(&req.exec_id))?;
+        let mut resp = StateResponse::new();
+        resp.id = s.id.clone();
+        resp.bundle = s.bundle.to_string_lossy().into_owned();
+        resp.pid = p.pid;
+        resp.stdout = p.stdout.clone();
+        resp.stderr = p.stderr.clone();
+        resp.exec_id = req.exec_id.clone();
+        resp.status = match p.phase {
+            Phase::Created => Status::CREATED,
+            Phase::Running => Status::RUNNING,
+            Phase::Stopped(exit) => {
+                resp.exit_status = exit.status;
+                resp.exited_at = MessageField::some(timestamp(exit.at));
+                Status::STOPPED
+            }
+        }
+        .into();
+        Ok(resp)
+    }
+
+    fn create(&self, _ctx: &TtrpcContext, req: CreateTaskRequest) -> TResult<CreateTaskResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let refuse = |what: &str| {
+            Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container {}: {what}", s.id),
+            ))
+        };
+        if req.terminal {
+            return refuse("tty not supported yet");
+        }
+        if !req.stdin.is_empty() {
+            return refuse("stdin not supported yet");
+        }
+        if !req.rootfs.is_empty() {
+            return refuse("rootfs mounts are not supported: the bundle's rootfs must be ready");
+        }
+        if !req.checkpoint.is_empty() {
+            return refuse("restoring a checkpoint is not supported");
+        }
+        if !req.bundle.is_empty() && Path::new(&req.bundle) != s.bundle {
+            return refuse(&format!(
+                "the bundle is {}, not {}",
+                s.bundle.display(),
+                req.bundle
+            ));
+        }
+        let _op = s.ops();
+        if s.tasks().init.is_some() {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", s.id),
+            ));
+        }
+        let stdio = s.container_stdio(&req.stdout, &req.stderr)?;
+        let drained =
+            if stdio.streams.is_empty() {
+                None
+            } else {
+                Some(io::spawn_copier(stdio.streams).map_err(|e| {
+                    status(Code::INTERNAL, format!("cannot start the log copier: {e}"))
+                })?)
+            };
+        let pid_file = s.bundle.join("init.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let since = s.reaper.mark();
+        let args: [&OsStr; 6] = [
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            s.bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+            s.id.as_ref(),
+        ];
+        s.runc
+            .run(
+                &args,
+                Io::Pass {
+                    stdout: stdio.stdout,
+                    stderr: stdio.stderr,
+                },
+            )
+            .map_err(|e| s.runc_failed(e))?;
+        let pid = read_pid(&pid_file)?;
+        s.tasks().init = Some(Proc {
+            pid,
+            phase: Phase::Created,
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            spec: Vec::new(),
+            logs: stdio.logs,
+        });
+        let me = s.clone();
+        s.reaper.watch(
+            pid as i32,
+            since,
+            Box::new(move |exit| me.init_exited(pid, exit, drained)),
+        );
+        log::info!("container {} created (pid {pid})", s.id);
+        let mut resp = CreateTaskResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TResult<StartResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            s.start_init()?
+        } else {
+            s.start_exec(&req.exec_id)?
+        };
+        let mut resp = StartResponse::new();
+        resp.pid = pid;
+        Ok(resp)
+    }
+
+    fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> TResult<DeleteResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        if req.exec_id.is_empty() {
+            s.delete_init()
+        } else {
+            s.delete_exec(&req.exec_id)
+        }
+    }
+
+    fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let phase = s.tasks().init.as_ref().map(|p| p.phase);
+        let pids = match phase {
+            None => return Err(s.not_found("")),
+            Some(Phase::Stopped(_)) => Vec::new(),
+            Some(_) => {
+                let out = s
+                    .runc
+                    .run(
+                        &["ps", "--format", "json", &s.id],
+                        Io::Capture { stdin: None },
+                    )
+                    .map_err(|e| s.runc_failed(e))?;
+                runc::parse_pids(&out).map_err(|e| status(Code::INTERNAL, e))?
+            }
+        };
+        let mut resp = PidsResponse::new();
+        resp.processes = pids
+            .into_iter()
+            .map(|pid| {
+                let mut info = ProcessInfo::new();
+                info.pid = pid;
+                info
+            })
+            .collect();
+        Ok(resp)
+    }
+
+    fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TResult<Empty> {
+        Err(status(Code::UNIMPLEMENTED, "pause is not implemented"))
+    }
+
+    fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> TResult<Empty> {
+        Err(status(Code::UNIMPLEMENTED, "resume is not implemented"))
+    }
+
+    fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TResult<Empty> {
+        Err(status(Code::UNIMPLEMENTED, "checkpoint is not implemented"))
+    }
+
+    fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        if req.signal == 0 || req.signal > 64 {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("{}: no signal {}", s.name(&req.exec_id), req.signal),
+            ));
+        }
+        let finished = || {
+            status(
+                Code::NOT_FOUND,
+                format!("{}: process already finished", s.name(&req.exec_id)),
+            )
+        };
+        let (pid, phase) = {
+            let tasks = s.tasks();
+            let p = tasks
+                .get(&req.exec_id)
+                .ok_or_else(|| s.not_found(&req.exec_id))?;
+            (p.pid, p.phase)
+        };
+        if let Phase::Stopped(_) = phase {
+            return Err(finished());
+        }
+        if req.exec_id.is_empty() {
+            let signal = req.signal.to_string();
+            let mut args = vec!["kill"];
+            if req.all {
+                args.push("--all");
+            }
+            args.extend([s.id.as_str(), signal.as_str()]);
+            if let Err(e) = s.runc.run(&args, Io::Capture { stdin: None }) {
+                // It may have exited while runc looked for it.
+                let stopped = matches!(
+                    s.tasks().init.as_ref().map(|p| p.phase),
+                    Some(Phase::Stopped(_)) | None
+                );
+                return Err(if stopped {
+                    finished()
+                } else {
+                    s.runc_failed(e)
+                });
+            }
+            return Ok(Empty::new());
+        }
+        if phase == Phase::Created {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("{} was not started", s.name(&req.exec_id)),
+            ));
+        }
+        let signal = nix::sys::signal::Signal::try_from(req.signal as i32).map_err(|_| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("signal {} cannot be sent to an exec", req.signal),
+            )
+        })?;
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal) {
+            Ok(()) => Ok(Empty::new()),
+            Err(nix::errno::Errno::ESRCH) => Err(finished()),
+            Err(e) => Err(status(
+                Code::INTERNAL,
+                format!("{}: kill: {e}", s.name(&req.exec_id)),
+            )),
+        }
+    }
+
+    fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let refuse = |what: String| Err(status(Code::INVALID_ARGUMENT, what));
+        if let Err(e) = crate::args::check_id(&req.exec_id) {
+            return refuse(format!("container {}: exec {e}", s.id));
+        }
+        let name = s.name(&req.exec_id);
+        if req.terminal {
+            return refuse(format!("{name}: tty not supported yet"));
+        }
+        if !req.stdin.is_empty() {
+            return refuse(format!("{name}: stdin not supported yet"));
+        }
+        for path in [&req.stdout, &req.stderr] {
+            if !path.is_empty() && !Path::new(path).is_absolute() {
+                return refuse(format!("{name}: the output path {path:?} must be absolute"));
+            }
+        }
+        let Some(spec) = req.spec.as_ref().filter(|a| !a.value.is_empty()) else {
+            return refuse(format!("{name}: no process spec"));
+        };
+        let mut tasks = s.tasks();
+        s.require_running(&tasks)?;
+        if tasks.execs.contains_key(&req.exec_id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("{name} already exists"),
+            ));
+        }
+        tasks.execs.insert(
+            req.exec_id.clone(),
+            Proc {
+                pid: 0,
+                phase: Phase::Created,
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                spec: spec.value.clone(),
+                logs: Vec::new(),
+            },
+        );
+        Ok(Empty::new())
+    }
+
+    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TResult<Empty> {
+        Err(status(Code::UNIMPLEMENTED, "tty not supported yet"))
+    }
+
+    fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        // No stdin is ever held open, so there is nothing to close.
+        match s.tasks().get(&req.exec_id) {
+            Some(_) => Ok(Empty::new()),
+            None => Err(s.not_found(&req.exec_id)),
+        }
+    }
+
+    fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let Some(resources) = req.resources.as_ref().filter(|a| !a.value.is_empty()) else {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container {}: update without resources", s.id),
+            ));
+        };
+        let _op = s.ops();
+        {
+            let tasks = s.tasks();
+            match tasks.init.as_ref().map(|p| p.phase) {
+                None => return Err(s.not_found("")),
+                Some(Phase::Stopped(_)) => {
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {} has exited", s.id),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        s.runc
+            .run(
+                &["update", "--resources", "-", &s.id],
+                Io::Capture {
+                    stdin: Some(resources.value.clone()),
+                },
+            )
+            .map_err(|e| s.runc_failed(e))?;
+        Ok(Empty::new())
+    }
+
+    fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> TResult<WaitResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let mut tasks = s.tasks();
+        loop {
+            let p = tasks
+                .get(&req.exec_id)
+                .ok_or_else(|| s.not_found(&req.exec_id))?;
+            if let Phase::Stopped(exit) = p.phase {
+                let mut resp = WaitResponse::new();
+                resp.exit_status = exit.status;
+                resp.exited_at = MessageField::some(timestamp(exit.at));
+                return Ok(resp);
+            }
+            // A caller that went away frees this thread.
+            if ctx.cancel_rx.try_recv().is_err_and(|e| e.is_disconnected()) {
+                return Err(status(Code::CANCELLED, "the caller is gone"));
+            }
+            tasks = s
+                .changed
+                .wait_timeout(tasks, WAIT_POLL)
+                .map(|(t, _)| t)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TResult<StatsResponse> {
+        Err(status(Code::UNIMPLEMENTED, "stats: not implemented"))
+    }
+
+    fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TResult<ConnectResponse> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let mut resp = ConnectResponse::new();
+        resp.shim_pid = std::process::id();
+        resp.task_pid = s.tasks().init.as_ref().map(|p| p.pid).unwrap_or(0);
+        resp.version = VERSION.to_string();
+        Ok(resp)
+    }
+
+    fn shutdown(&self, _ctx: &TtrpcContext, req: ShutdownRequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let live = matches!(
+            s.tasks().init.as_ref().map(|p| p.phase),
+            Some(Phase::Created | Phase::Running)
+        );
+        if live && !req.now {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!(
+                    "container {} is still there; kill and delete it before shutting its shim down",
+                    s.id
+                ),
+            ));
+        }
+        s.exit_after_reply();
+        Ok(Empty::new())
+    }
+}
