@@ -418,3 +418,84 @@ async fn the_pause_process_survives_kill_9_of_berthd() {
     stop_and_remove(&mut rt, &id).await;
     assert!(gone(pid).await);
 }
+
+#[tokio::test]
+async fn a_port_mapping_is_reachable_on_the_host_port() {
+    let n = node();
+    let mut rt = n.d.runtime().await;
+    let mut c = config("ports");
+    let host_port = 20000 + (std::process::id() % 20000) as i32;
+    c.port_mappings = vec![PortMapping {
+        protocol: Protocol::Tcp as i32,
+        container_port: 8080,
+        host_port,
+        host_ip: String::new(),
+    }];
+    let id = run(&mut rt, c).await.expect("run");
+    let s = status(&mut rt, &id).await.expect("status");
+    let netns = info(&s)["netns"].as_str().expect("netns").to_string();
+    // A server inside the pod's network namespace.
+    let mut server = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args([
+            "/bin/busybox",
+            "nc",
+            "-l",
+            "-p",
+            "8080",
+            "-e",
+            "/bin/busybox",
+            "echo",
+            "hello from the pod",
+        ])
+        .spawn()
+        .expect("server in the pod");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The bridge's own address is local to the host: DNAT to the pod.
+    let gateway = n.subnet.replace("0/24", "1");
+    let reply = std::process::Command::new("/bin/busybox")
+        .args(["nc", "-w", "3", &gateway, &host_port.to_string()])
+        .output()
+        .expect("client");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(
+        String::from_utf8_lossy(&reply.stdout).trim(),
+        "hello from the pod"
+    );
+    stop_and_remove(&mut rt, &id).await;
+    let rules = std::process::Command::new("iptables-save")
+        .output()
+        .expect("iptables-save");
+    assert!(
+        !String::from_utf8_lossy(&rules.stdout).contains(&format!("--dport {host_port}")),
+        "port mapping rules removed"
+    );
+}
+
+#[tokio::test]
+async fn the_sandbox_image_is_berths_own_pinned_and_shm_is_per_pod() {
+    let n = node();
+    let mut rt = n.d.runtime().await;
+    let id = run(&mut rt, config("shm")).await.expect("run");
+    let shm = n.d.dir.path().join("run/sandboxes").join(&id).join("shm");
+    assert!(mounted(&shm.display().to_string()), "a tmpfs for /dev/shm");
+    let mut images = n.d.images().await;
+    let list = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("images")
+        .into_inner()
+        .images;
+    let pause = list
+        .iter()
+        .find(|i| {
+            i.repo_tags
+                .iter()
+                .any(|t| t.starts_with("berth.local/pause:"))
+        })
+        .expect("the sandbox image is listed");
+    assert!(pause.pinned, "kubelet's GC leaves it alone");
+    stop_and_remove(&mut rt, &id).await;
+    assert!(!mounted(&shm.display().to_string()), "shm unmounted");
+}

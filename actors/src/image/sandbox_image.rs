@@ -35,8 +35,9 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The layer: `/pause` and its libraries, as a tar with fixed metadata.
-fn layer(binary: &Path) -> Result<Vec<u8>> {
+/// The layer: `/pause` and its libraries, as a tar with fixed metadata
+/// (also used by the benchmarks to give a peer runtime the same pause).
+pub fn layer(binary: &Path) -> Result<Vec<u8>> {
     let mut files = vec![(PathBuf::from("pause"), binary.to_path_buf(), 0o755)];
     for lib in libraries(binary)? {
         let inside = lib.strip_prefix("/").unwrap_or(&lib).to_path_buf();

@@ -215,6 +215,7 @@ impl Plugins {
                 .await
                 .map_err(|e| Error::Internal(format!("CNI plugin {kind} stdin: {e}")))?;
         }
+        let started = std::time::Instant::now();
         let out = tokio::time::timeout(self.timeout, child.wait_with_output())
             .await
             .map_err(|_| {
@@ -224,6 +225,14 @@ impl Plugins {
                 ))
             })?
             .map_err(|e| Error::Internal(format!("CNI plugin {kind}: {e}")))?;
+        tracing::debug!(
+            plugin = kind,
+            command,
+            container = %a.container_id,
+            micros = started.elapsed().as_micros() as u64,
+            ok = out.status.success(),
+            "CNI plugin ran"
+        );
         if !out.status.success() {
             // Plugins report errors as JSON on stdout.
             let why = serde_json::from_slice::<Value>(&out.stdout)

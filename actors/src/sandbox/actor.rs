@@ -46,6 +46,9 @@ pub struct Sandboxes {
     /// Pods with a stop or remove under way, so that a second call for the
     /// same pod waits its turn instead of racing.
     pub(super) busy: BTreeSet<String>,
+    /// The sandbox image, once the image actor made it (asked again after
+    /// a restart of this actor).
+    pub(super) sandbox_image: Option<crate::image::messages::SandboxImage>,
 }
 
 impl Subsystem for Sandboxes {
@@ -58,6 +61,7 @@ impl Subsystem for Sandboxes {
             deps: deps.clone(),
             reserved: BTreeMap::new(),
             busy: BTreeSet::new(),
+            sandbox_image: None,
         })
     }
 

@@ -10,7 +10,7 @@ use super::messages::{NamespaceMode, PodConfig, RunPodSandbox};
 use super::spec::PauseSpec;
 use super::store::{SandboxRecord, SandboxState};
 use super::validate;
-use crate::image::messages::EnsureSandboxImage;
+use crate::image::messages::{EnsureSandboxImage, SandboxImage};
 use crate::kernel::Reply;
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
 use crate::shim::messages::{DeleteTask, StartTask};
@@ -32,6 +32,7 @@ struct Made {
     netns: String,
     ips: Vec<String>,
     pid: u32,
+    image: SandboxImage,
 }
 
 /// The undo of every step done so far, run in reverse on failure.
@@ -74,6 +75,50 @@ impl Undo {
     }
 }
 
+/// A Kubernetes quantity ("10M", "1Gi", "500k", "2e6") in units.
+fn quantity(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| c.is_ascii_alphabetic() && c != 'e')
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let factor: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n > 0.0).then_some((n * factor) as u64)
+}
+
+/// Traffic shaping kubelet asks for through the pod's annotations, in bits
+/// per second, for the CNI `bandwidth` capability.
+fn bandwidth(config: &PodConfig) -> Result<Option<crate::network::cni::Bandwidth>> {
+    let get = |key: &str| -> Result<u64> {
+        match config.annotations.get(key) {
+            None => Ok(0),
+            Some(v) => quantity(v).ok_or_else(|| {
+                Error::InvalidArgument(format!("annotation {key}: {v:?} is not a quantity"))
+            }),
+        }
+    };
+    let ingress = get("kubernetes.io/ingress-bandwidth")?;
+    let egress = get("kubernetes.io/egress-bandwidth")?;
+    Ok(
+        (ingress > 0 || egress > 0).then_some(crate::network::cni::Bandwidth {
+            ingress_rate: ingress,
+            egress_rate: egress,
+        }),
+    )
+}
+
 fn hostname_of(config: &PodConfig, host_network: bool) -> String {
     if host_network || config.hostname.is_empty() {
         nix::unistd::gethostname()
@@ -93,15 +138,20 @@ async fn make(
     config: &PodConfig,
     handler: &str,
     cgroups_path: &str,
+    cached_image: Option<SandboxImage>,
 ) -> Result<Made> {
     let ns = &config.security.namespaces;
     let host_network = ns.network == NamespaceMode::Node;
-    let image = deps
-        .image
-        .call(EnsureSandboxImage {
-            pause_binary: deps.config.pause_binary.clone(),
-        })
-        .await?;
+    let image = match cached_image {
+        Some(i) => i,
+        None => {
+            deps.image
+                .call(EnsureSandboxImage {
+                    pause_binary: deps.config.pause_binary.clone(),
+                })
+                .await?
+        }
+    };
     let netns = if host_network {
         None
     } else {
@@ -156,7 +206,7 @@ async fn make(
                     uid: config.metadata.uid.clone(),
                 },
                 port_mappings: config.port_mappings.clone(),
-                bandwidth: None,
+                bandwidth: bandwidth(config)?,
             })
             .await
     };
@@ -166,6 +216,7 @@ async fn make(
         netns: netns.unwrap_or_default(),
         ips: ips?,
         pid: pid?,
+        image,
     })
 }
 
@@ -175,6 +226,7 @@ impl Sandboxes {
             Err(e) => Reply::Now(Err(e)),
             Ok((id, name, config, handler, cgroups_path)) => {
                 let deps = self.deps.clone();
+                let cached = self.sandbox_image.clone();
                 let work = {
                     let id = id.clone();
                     async move {
@@ -185,8 +237,16 @@ impl Sandboxes {
                             network: false,
                             files: None,
                         };
-                        let made =
-                            make(deps, &mut undo, &id, &config, &handler, &cgroups_path).await;
+                        let made = make(
+                            deps,
+                            &mut undo,
+                            &id,
+                            &config,
+                            &handler,
+                            &cgroups_path,
+                            cached,
+                        )
+                        .await;
                         if made.is_err() {
                             undo.run().await;
                         }
@@ -206,6 +266,7 @@ impl Sandboxes {
                                 return Err(e);
                             }
                         };
+                        me.sandbox_image.get_or_insert(made.image.clone());
                         let mut record = me.records.get(&id).cloned().ok_or_else(|| {
                             Error::Internal(format!("pod {id} vanished while being made"))
                         })?;
@@ -226,6 +287,7 @@ impl Sandboxes {
     #[allow(clippy::type_complexity)]
     fn admit(&mut self, msg: RunPodSandbox) -> Result<(String, String, PodConfig, String, String)> {
         validate::pod(&msg.config)?;
+        bandwidth(&msg.config)?;
         let handler = msg.runtime_handler;
         if !(handler.is_empty()
             || handler == "runc"
@@ -274,5 +336,20 @@ impl Sandboxes {
         })?;
         self.reserved.insert(name.clone(), id.clone());
         Ok((id, name, msg.config, handler, cgroups_path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        assert_eq!(quantity("10M"), Some(10_000_000));
+        assert_eq!(quantity("1Mi"), Some(1 << 20));
+        assert_eq!(quantity("500k"), Some(500_000));
+        assert_eq!(quantity("2e6"), Some(2_000_000));
+        assert_eq!(quantity("fast"), None);
+        assert_eq!(quantity("-1M"), None);
     }
 }

@@ -39,30 +39,30 @@ impl Sandboxes {
         let has_netns = !record.netns_path.is_empty();
         let task_id = id.clone();
         let work = async move {
-            let stopped = deps
-                .shim
-                .call(StopTask {
-                    id: task_id.clone(),
-                    signal: libc::SIGKILL,
-                    timeout: PAUSE_STOP,
-                })
-                .await
-                .map(|_| ());
-            let network = if !has_netns {
-                Ok(())
-            } else if remove {
-                deps.network
-                    .call(RemovePodNetwork {
+            // The pause container and the network go at once: neither
+            // waits for the other.
+            let kill = deps.shim.call(StopTask {
+                id: task_id.clone(),
+                signal: libc::SIGKILL,
+                timeout: PAUSE_STOP,
+            });
+            let teardown = async {
+                if !has_netns {
+                    Ok(())
+                } else if remove {
+                    let msg = RemovePodNetwork {
                         sandbox_id: task_id.clone(),
-                    })
-                    .await
-            } else {
-                deps.network
-                    .call(DetachPod {
+                    };
+                    deps.network.call(msg).await
+                } else {
+                    let msg = DetachPod {
                         sandbox_id: task_id.clone(),
-                    })
-                    .await
+                    };
+                    deps.network.call(msg).await
+                }
             };
+            let (stopped, network) = futures::join!(kill, teardown);
+            let stopped = stopped.map(|_| ());
             if remove {
                 deps.shim
                     .call(DeleteTask {

@@ -129,7 +129,9 @@ impl Shims {
             .await
             .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
             let started = async {
+                let t = std::time::Instant::now();
                 let launched = launch::launch(&opts).await?;
+                let launch_ms = t.elapsed().as_millis();
                 let client = ShimClient::connect(&opts.id, &launched.socket).await?;
                 let create = CreateOpts {
                     bundle: bundle.clone(),
@@ -137,7 +139,15 @@ impl Shims {
                     stderr: None,
                 };
                 client.create(&create).await?;
+                let create_ms = t.elapsed().as_millis() - launch_ms;
                 let pid = client.start(None).await?;
+                tracing::debug!(
+                    task = %opts.id,
+                    launch_ms,
+                    create_ms,
+                    total_ms = t.elapsed().as_millis() as u64,
+                    "task started"
+                );
                 Ok::<_, Error>((launched.pid, pid, client))
             }
             .await;
@@ -244,16 +254,22 @@ impl Shims {
                 }
                 let _ = c.shutdown(true).await;
             }
-            // Give the shim a moment to go by itself, then make sure.
-            let shim = launch::read_shim_pid(&bundle).ok();
-            for round in 0..100 {
-                if !shim.is_some_and(alive) {
-                    break;
-                }
-                if round == 50 {
-                    kill_shim(&bundle);
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            // The shim ends by itself after shutdown; a watcher makes sure
+            // of it without keeping the caller waiting.
+            if let Ok(pid) = launch::read_shim_pid(&bundle) {
+                tokio::spawn(async move {
+                    for _ in 0..100 {
+                        if !alive(pid) {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    tracing::warn!(shim = pid, "shim did not exit after shutdown; killing it");
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                });
             }
             tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
                 .await

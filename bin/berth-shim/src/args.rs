@@ -171,20 +171,20 @@ mod tests {
         assert_eq!(a.runtime, PathBuf::from("runc"));
         assert_eq!(a.runtime_root, PathBuf::from(DEFAULT_RUNTIME_ROOT));
         assert!(parse_strs(&["start", "--id", "x", "--bundle", "/b"])
-            .unwrap_err()
+            .expect_err("an error")
             .contains("--socket"));
         assert!(
             parse_strs(&["start", "--id", "x", "--bundle", "b", "--socket", "/s"])
-                .unwrap_err()
+                .expect_err("an error")
                 .contains("absolute")
         );
         assert!(
             parse_strs(&["start", "--id", "../x", "--bundle", "/b", "--socket", "/s"])
-                .unwrap_err()
+                .expect_err("an error")
                 .contains("id")
         );
         assert!(parse_strs(&["start", "--id"])
-            .unwrap_err()
+            .expect_err("an error")
             .contains("needs a value"));
         assert!(parse_strs(&["serve"]).is_err());
         assert_eq!(parse_strs(&["--version"]), Ok(Command::Version));

@@ -146,8 +146,7 @@ pub fn spawn_copier(streams: Vec<Stream>) -> std::io::Result<Arc<Drained>> {
 }
 
 fn copy(mut open: Vec<Open>) {
-    let mut chunk = vec![0u8; LINE_MAX];
-    let mut out = Vec::with_capacity(LINE_MAX + 64);
+    let mut out = Vec::new();
     while !open.is_empty() {
         let mut fds: Vec<PollFd> = open
             .iter()
@@ -167,12 +166,17 @@ fn copy(mut open: Vec<Open>) {
             .collect();
         drop(fds);
         let mut closed = Vec::new();
-        for (i, o) in open.iter_mut().enumerate() {
-            if !ready[i] {
+        for ((i, o), ready) in open.iter_mut().enumerate().zip(ready) {
+            if !ready {
                 continue;
             }
-            let room = LINE_MAX - o.buf.len();
-            let n = match o.pipe.read(&mut chunk[..room]) {
+            // Read straight into the stream's buffer, after what it holds.
+            // It always has room: take_lines never leaves it full.
+            let held = o.buf.len();
+            o.buf.resize(LINE_MAX, 0);
+            let read = o.pipe.read(&mut o.buf[held..]);
+            o.buf.truncate(held + read.as_ref().map_or(0, |n| *n));
+            let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
@@ -190,7 +194,6 @@ fn copy(mut open: Vec<Open>) {
                 }
                 closed.push(i);
             } else {
-                o.buf.extend_from_slice(&chunk[..n]);
                 take_lines(&mut o.buf, &mut out, now, o.tag);
             }
             if !out.is_empty() {

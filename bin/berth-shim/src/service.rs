@@ -177,7 +177,8 @@ impl Shared {
         status(Code::INTERNAL, format!("container {}: {e}", self.id))
     }
 
-    /// Sends SIGUSR1's reopen to every log file of the container.
+    /// Reopens the container's log files at their paths (SIGUSR1, after a
+    /// rotation renamed them).
     pub fn reopen_logs(&self) {
         let tasks = self.tasks();
         let Some(init) = &tasks.init else { return };
