@@ -4,6 +4,7 @@
 
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::*;
+use berth_tests::cri::{list, spec, status};
 use berth_tests::image::{sha256_digest, Compression, ImageBuilder, LayerBuilder, Platform};
 use berth_tests::registry::{free_port, Registry, StallProxy};
 use berth_tests::Daemon;
@@ -24,13 +25,6 @@ fn daemon(hosts: &[String], extra: &str) -> Daemon {
     d
 }
 
-fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    })
-}
-
 async fn pull(c: &mut ImageServiceClient<Channel>, image: &str) -> Result<String, tonic::Status> {
     pull_with(c, image, None).await
 }
@@ -47,25 +41,6 @@ async fn pull_with(
     })
     .await
     .map(|r| r.into_inner().image_ref)
-}
-
-async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<Image> {
-    c.image_status(ImageStatusRequest {
-        image: spec(image),
-        verbose: false,
-    })
-    .await
-    .expect("ImageStatus")
-    .into_inner()
-    .image
-}
-
-async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
-    c.list_images(ListImagesRequest { filter: None })
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images
 }
 
 async fn remove(c: &mut ImageServiceClient<Channel>, image: &str) {

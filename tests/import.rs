@@ -6,7 +6,7 @@
 
 use berth_protocol::admin::{ImportImageRequest, PingActorRequest};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
-use berth_protocol::cri::*;
+use berth_tests::cri::{list, status};
 use berth_tests::image::{
     blob_path, build_index, docker_save, gzip, oci_layout, sha256_digest, tar_archive, BuiltImage,
     Compression, ImageBuilder, LayerBuilder, Platform, SaveStyle, CONTAINERD_IMAGE_NAME,
@@ -18,32 +18,6 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
-
-fn spec(image: &str) -> Option<ImageSpec> {
-    Some(ImageSpec {
-        image: image.to_string(),
-        ..Default::default()
-    })
-}
-
-async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<Image> {
-    c.image_status(ImageStatusRequest {
-        image: spec(image),
-        verbose: false,
-    })
-    .await
-    .expect("ImageStatus")
-    .into_inner()
-    .image
-}
-
-async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
-    c.list_images(ListImagesRequest { filter: None })
-        .await
-        .expect("ListImages")
-        .into_inner()
-        .images
-}
 
 /// Writes an archive into the daemon's temporary directory.
 fn write(d: &Daemon, name: &str, bytes: &[u8]) -> PathBuf {

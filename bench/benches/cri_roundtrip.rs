@@ -15,14 +15,14 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench cri_roundtrip
 
-use berth_bench::{containerd_peer_script, table, time_serial, Samples};
+use berth_bench::{table, time_serial, Peer, Samples};
 use berth_protocol::admin::admin_client::AdminClient;
 use berth_protocol::admin::PingActorRequest;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::{StatusRequest, VersionRequest, VersionResponse};
 use berth_tests::Daemon;
 use std::convert::Infallible;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -197,49 +197,6 @@ async fn ping_serial(name: &str, socket: &Path) -> Samples {
     .await
 }
 
-struct Peer {
-    script: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Peer {
-    fn start() -> Option<Peer> {
-        let script = containerd_peer_script()?;
-        let dir = tempfile::Builder::new()
-            .prefix("berth-peer-")
-            .tempdir()
-            .ok()?;
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!(
-                "containerd peer did not start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            return None;
-        }
-        Some(Peer { script, dir })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/containerd.sock")
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -255,7 +212,7 @@ async fn main() {
     let floor_dir = tempfile::tempdir().expect("tempdir");
     let floor_socket = floor_dir.path().join("floor.sock");
     let _floor = Floor::start(&floor_socket);
-    let peer = Peer::start();
+    let peer = Peer::start(&[]);
 
     let floor_1 = serial("floor Version, 1 client", &floor_socket, Call::Version).await;
     let berth_1 = serial("berth Version, 1 client", &d.cri_socket(), Call::Version).await;

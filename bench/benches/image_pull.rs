@@ -7,13 +7,13 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench image_pull
 
-use berth_bench::{containerd_peer_script, table, time_serial, Samples};
+use berth_bench::{table, time_serial, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::*;
 use berth_tests::image::{BuiltImage, Compression, ImageBuilder, LayerBuilder};
 use berth_tests::registry::Registry;
 use berth_tests::Daemon;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -131,48 +131,6 @@ fn samples(name: &str, runs: Vec<Duration>) -> Samples {
     Samples::new(name, runs, wall)
 }
 
-struct Peer {
-    script: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Peer {
-    fn start(reg: &Registry) -> Option<Peer> {
-        let script = containerd_peer_script()?;
-        let dir = tempfile::Builder::new()
-            .prefix("berth-peer-")
-            .tempdir()
-            .ok()?;
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .arg("--mirror")
-            .arg(format!("{}={}", reg.host(), reg.url()))
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!("containerd peer: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        Some(Peer { script, dir })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/containerd.sock")
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 async fn cold_pulls(name: &str, socket: &Path, image: &str, fresh: impl Fn()) -> Samples {
     let mut runs = Vec::new();
     for _ in 0..RUNS {
@@ -250,7 +208,7 @@ async fn main() {
     d.spawn();
     let berth = cold_pulls("berth PullImage (cold)", &d.cri_socket(), &image, || {}).await;
 
-    let peer = Peer::start(&reg);
+    let peer = Peer::start(&["--mirror".into(), format!("{}={}", reg.host(), reg.url())]);
     let containerd = match &peer {
         Some(p) => {
             Some(cold_pulls("containerd PullImage (cold)", &p.socket(), &image, || {}).await)

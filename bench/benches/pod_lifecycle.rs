@@ -15,7 +15,7 @@
 //!   cargo bench -p berth-bench --bench pod_lifecycle
 
 use berth_actors::network::cni::{Attachment, NetworkList, Plugins};
-use berth_bench::{containerd_peer_script, table, Samples};
+use berth_bench::{table, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -311,54 +311,6 @@ async fn floor(pause_rootfs: &Path, work: &Path, n: usize) -> [Samples; 4] {
     ]
 }
 
-struct Peer {
-    script: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Peer {
-    fn start(reg: &Registry, sandbox_image: &str) -> Option<Peer> {
-        let script = containerd_peer_script()?;
-        let dir = tempfile::Builder::new()
-            .prefix("berth-peer-")
-            .tempdir()
-            .ok()?;
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path())
-            .args([
-                "--sandbox-image",
-                sandbox_image,
-                "--subnet",
-                "10.78.0.0/16",
-                "--mirror",
-            ])
-            .arg(format!("{}={}", reg.host(), reg.url()))
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            eprintln!("containerd peer: {}", String::from_utf8_lossy(&out.stderr));
-            return None;
-        }
-        Some(Peer { script, dir })
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("run/containerd.sock")
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(&self.script)
-            .arg("stop")
-            .arg(self.dir.path())
-            .output();
-    }
-}
-
 /// Pushes berth's pause program as an image, for the peer.
 fn push_pause(reg: &Registry, pause: &Path) -> String {
     let layer = berth_actors::image::sandbox_image::layer(pause).expect("pause layer");
@@ -459,7 +411,14 @@ async fn main() {
     let reg = Registry::start();
     let pause_bin = berth_tests::bin("berth-pause");
     let sandbox_image = push_pause(&reg, &pause_bin);
-    let peer = Peer::start(&reg, &sandbox_image);
+    let peer = Peer::start(&[
+        "--sandbox-image".into(),
+        sandbox_image.clone(),
+        "--subnet".into(),
+        "10.78.0.0/16".into(),
+        "--mirror".into(),
+        format!("{}={}", reg.host(), reg.url()),
+    ]);
     let mut peer_rows: Option<([Samples; 4], [Samples; 4])> = None;
     let (mut containerd_kib, mut cshim_kib) = (0, 0);
     if let Some(p) = &peer {
@@ -477,10 +436,7 @@ async fn main() {
         let s = lifecycle(&p.socket(), "cs", 1, || {})
             .await
             .samples("containerd", "serial");
-        let pid: u32 = std::fs::read_to_string(p.dir.path().join("pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let pid = p.pid();
         let w = lifecycle(&p.socket(), "cw", WAVE, || {
             containerd_kib = rss_kib(pid);
             cshim_kib = median_rss(&pids_of("containerd-shim"));

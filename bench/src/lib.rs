@@ -112,6 +112,63 @@ pub fn repo_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// Debian's containerd with its CRI plugin, started beside berth by
+/// shared/peers/containerd-peer; stopped (its pods removed) when dropped.
+pub struct Peer {
+    script: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Starts the peer with `args` (see the script); None, with the reason
+    /// printed, when the script is not there or containerd does not start.
+    pub fn start(args: &[String]) -> Option<Peer> {
+        let script = containerd_peer_script()?;
+        let dir = tempfile::Builder::new()
+            .prefix("berth-peer-")
+            .tempdir()
+            .ok()?;
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "containerd peer did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        Some(Peer { script, dir })
+    }
+
+    /// containerd's CRI socket.
+    pub fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("run/containerd.sock")
+    }
+
+    /// containerd's own pid.
+    pub fn pid(&self) -> u32 {
+        std::fs::read_to_string(self.dir.path().join("pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
 /// The containerd peer script, if `shared/` sits beside the repository (or
 /// `BERTH_PEER_SCRIPT` names it).
 pub fn containerd_peer_script() -> Option<std::path::PathBuf> {

@@ -251,3 +251,38 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// CRI image calls the tests share.
+pub mod cri {
+    use berth_protocol::cri::image_service_client::ImageServiceClient;
+    use berth_protocol::cri::*;
+    use tonic::transport::Channel;
+
+    pub fn spec(image: &str) -> Option<ImageSpec> {
+        Some(ImageSpec {
+            image: image.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// ImageStatus, which must answer; None for an image that is not there.
+    pub async fn status(c: &mut ImageServiceClient<Channel>, image: &str) -> Option<Image> {
+        c.image_status(ImageStatusRequest {
+            image: spec(image),
+            verbose: false,
+        })
+        .await
+        .expect("ImageStatus")
+        .into_inner()
+        .image
+    }
+
+    /// Every image.
+    pub async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
+        c.list_images(ListImagesRequest { filter: None })
+            .await
+            .expect("ListImages")
+            .into_inner()
+            .images
+    }
+}
