@@ -499,3 +499,50 @@ async fn the_sandbox_image_is_berths_own_pinned_and_shm_is_per_pod() {
     stop_and_remove(&mut rt, &id).await;
     assert!(!mounted(&shm.display().to_string()), "shm unmounted");
 }
+
+async fn not_ready_soon(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> bool {
+    for _ in 0..200 {
+        let s = status(rt, id).await.expect("status").status.expect("s");
+        if s.state == PodSandboxState::SandboxNotready as i32 {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
+    let mut n = node();
+    let mut rt = n.d.runtime().await;
+    // While berthd runs: the shim's exit event says so.
+    let a = run(&mut rt, config("dies")).await.expect("run");
+    let pid = info(&status(&mut rt, &a).await.expect("status"))["pid"]
+        .as_u64()
+        .expect("pid");
+    berth_tests::signal(pid as u32, libc::SIGKILL);
+    assert!(
+        not_ready_soon(&mut rt, &a).await,
+        "not ready after the pause died"
+    );
+    assert!(
+        n.d.log().contains("TaskExit"),
+        "learnt through the events endpoint"
+    );
+
+    // While berthd is down: the exit record the shim left says so.
+    let b = run(&mut rt, config("dies-alone")).await.expect("run");
+    let pid = info(&status(&mut rt, &b).await.expect("status"))["pid"]
+        .as_u64()
+        .expect("pid");
+    n.d.kill9();
+    berth_tests::signal(pid as u32, libc::SIGKILL);
+    assert!(gone(pid as u32).await);
+    n.d.spawn();
+    let mut rt = n.d.runtime().await;
+    assert!(not_ready_soon(&mut rt, &b).await, "not ready after restart");
+    for id in [a, b] {
+        stop_and_remove(&mut rt, &id).await;
+    }
+    assert_eq!(allocations(&n.ipam), 0);
+}

@@ -10,6 +10,7 @@ fn config(dir: &std::path::Path) -> KernelConfig {
             state: dir.join("state"),
             shim_binary: dir.join("berth-shim"),
             runtimes: Default::default(),
+            events_socket: None,
         },
         sandbox: crate::sandbox::SandboxConfig {
             state: dir.join("state"),

@@ -113,3 +113,16 @@ impl Handles<ListPodSandbox> for Sandboxes {
         Reply::Now(Ok(self.list(&msg)))
     }
 }
+
+impl Handles<TaskExited> for Sandboxes {
+    type Output = ();
+
+    fn handle(&mut self, msg: TaskExited, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        // A pod still being made or stopped handles its own pause exit.
+        if self.busy.contains(&msg.id) || self.reserved.values().any(|v| *v == msg.id) {
+            return Reply::Now(Ok(()));
+        }
+        tracing::debug!(task = %msg.id, status = msg.status, "task exited");
+        Reply::Now(self.mark_exited(&msg.id))
+    }
+}

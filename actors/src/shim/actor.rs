@@ -31,11 +31,18 @@ pub struct ShimConfig {
     pub shim_binary: PathBuf,
     /// Runtime handlers: "" is "runc".
     pub runtimes: BTreeMap<String, Runtime>,
+    /// berthd's events endpoint, where shims publish exits.
+    pub events_socket: Option<PathBuf>,
+}
+
+/// Where a task's bundle (and its shim's exit record) lives.
+pub fn bundle_dir(state: &std::path::Path, id: &str) -> PathBuf {
+    state.join("shims").join(id)
 }
 
 impl ShimConfig {
     pub(super) fn bundle(&self, id: &str) -> PathBuf {
-        self.state.join("shims").join(id)
+        bundle_dir(&self.state, id)
     }
 
     /// Sockets must fit sun_path (108 bytes): a short name per container.

@@ -7,4 +7,4 @@ pub mod messages;
 pub mod store;
 mod task;
 
-pub use actor::{Runtime, ShimConfig, ShimSupervisor, Shims};
+pub use actor::{bundle_dir, Runtime, ShimConfig, ShimSupervisor, Shims};

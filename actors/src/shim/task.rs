@@ -108,7 +108,7 @@ impl Shims {
             socket: socket.clone(),
             runtime: runtime.binary,
             runtime_root: runtime.root,
-            events: None,
+            events: self.config.events_socket.clone(),
             timeout: SHIM_TIMEOUT,
         };
         let spec = msg.spec;

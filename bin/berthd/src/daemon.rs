@@ -65,6 +65,7 @@ pub async fn run(config: Config) -> Result<()> {
             shim: ShimConfig {
                 state: config.state.clone(),
                 shim_binary: beside_berthd(config.shim.binary.as_ref(), "berth-shim")?,
+                events_socket: Some(config.state.join("events.sock")),
                 runtimes: config
                     .runtimes
                     .iter()
@@ -83,6 +84,7 @@ pub async fn run(config: Config) -> Result<()> {
     .await
     .map_err(|e| anyhow!("start-up: {e}"))?;
     let kernel = Arc::new(kernel);
+    let events = crate::events::serve(&config.state.join("events.sock"), kernel.clone())?;
 
     // Bound only now: no call reaches berth before every actor holds its state.
     let cri_listener = bind("cri.socket", &config.cri.socket, 0o660)?;
@@ -132,6 +134,7 @@ pub async fn run(config: Config) -> Result<()> {
             "calls still in flight after the grace period; exiting anyway"
         );
     }
+    events.shutdown();
     for path in [&config.cri.socket, &config.admin.socket] {
         let _ = std::fs::remove_file(path);
     }

@@ -10,6 +10,7 @@ mod config;
 mod cri;
 mod daemon;
 mod door;
+mod events;
 
 use clap::Parser;
 use config::Config;

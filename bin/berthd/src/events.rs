@@ -1,0 +1,68 @@
+//! berthd's events endpoint (`<state>/events.sock`): shims publish their
+//! task's exit here (containerd's `Events/Forward`, a TaskExit), and the
+//! actor that owns the task learns of it at once, without polling. A shim
+//! whose exit finds nobody listening (berthd down) leaves its exit record
+//! on disk, which is read instead.
+
+use anyhow::{anyhow, Result};
+use berth_actors::kernel::Kernel;
+use berth_actors::sandbox::messages::TaskExited;
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::shim::events::ForwardRequest;
+use containerd_shim_protos::{create_events, ttrpc, Events};
+use std::path::Path;
+use std::sync::Arc;
+
+const TASK_EXIT: &str = "containerd.events.TaskExit";
+
+struct Sink {
+    kernel: Arc<Kernel>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Events for Sink {
+    fn forward(
+        &self,
+        _ctx: &ttrpc::TtrpcContext,
+        req: ForwardRequest,
+    ) -> ttrpc::Result<containerd_shim_protos::api::Empty> {
+        let exit = req
+            .envelope
+            .event
+            .as_ref()
+            .filter(|any| any.type_url == TASK_EXIT)
+            .and_then(|any| TaskExit::parse_from_bytes(&any.value).ok());
+        if let Some(exit) = exit {
+            tracing::debug!(task = %exit.container_id, status = exit.exit_status, "TaskExit");
+            let kernel = self.kernel.clone();
+            self.runtime.spawn(async move {
+                let msg = TaskExited {
+                    id: exit.container_id,
+                    status: exit.exit_status,
+                };
+                if let Err(e) = kernel.sandbox.call(msg).await {
+                    tracing::warn!(error = %e, "TaskExit not delivered");
+                }
+            });
+        }
+        Ok(containerd_shim_protos::api::Empty::new())
+    }
+}
+
+/// Serves the events endpoint until the returned server is shut down.
+pub fn serve(socket: &Path, kernel: Arc<Kernel>) -> Result<ttrpc::Server> {
+    let _ = std::fs::remove_file(socket);
+    let sink = Sink {
+        kernel,
+        runtime: tokio::runtime::Handle::current(),
+    };
+    let mut server = ttrpc::Server::new()
+        .bind(&format!("unix://{}", socket.display()))
+        .map_err(|e| anyhow!("events socket {}: {e}", socket.display()))?
+        .register_service(create_events(Arc::new(sink)));
+    server
+        .start()
+        .map_err(|e| anyhow!("events socket {}: {e}", socket.display()))?;
+    Ok(server)
+}
