@@ -98,18 +98,18 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     let d = Daemon::start();
     let mut rt = d.runtime().await;
     let err = rt
-        .create_container(CreateContainerRequest::default())
+        .exec(ExecRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("CreateContainer"), "{err:?}");
+    assert!(err.message().contains("Exec"), "{err:?}");
 
     let err = rt
-        .exec_sync(ExecSyncRequest::default())
+        .port_forward(PortForwardRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ExecSync"), "{err:?}");
+    assert!(err.message().contains("PortForward"), "{err:?}");
 
     let err = rt
         .get_container_events(GetEventsRequest {})
@@ -323,10 +323,10 @@ async fn cri_calls_are_logged_with_entry_and_outcome() {
     rt.version(VersionRequest::default())
         .await
         .expect("Version");
-    let _ = rt.list_containers(ListContainersRequest::default()).await;
+    let _ = rt.container_stats(ContainerStatsRequest::default()).await;
     let log = eventually(Duration::from_secs(2), "log lines", || {
         let log = d.log();
-        async move { log.contains("rpc=\"ListContainers\"").then_some(log) }
+        async move { log.contains("rpc=\"ContainerStats\"").then_some(log) }
     })
     .await;
     let version: Vec<_> = log

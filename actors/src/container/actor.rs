@@ -1,28 +1,156 @@
-//! The ContainerActor shell: routes messages to the verbs.
+//! The ContainerActor shell: routes messages to the verbs (create.rs,
+//! lifecycle.rs, status.rs). The work runs off the actor, through the
+//! image, sandbox and shim actors; the actor journals each state change
+//! before it answers.
 
+use super::messages::*;
 use super::store::ContainerRecord;
+use crate::image::Images;
 use crate::journal::{Journal, Table};
-use crate::kernel::{Shell, Subsystem};
+use crate::kernel::{Cx, Handle, Handles, Reply, Shell, Subsystem};
+use crate::sandbox::messages::TaskExited;
+use crate::sandbox::Sandboxes;
+use crate::shim::Shims;
 use crate::Result;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub type ContainerActor = Shell<Containers>;
 
+#[derive(Clone)]
+pub struct ContainerDeps {
+    pub sandbox: Handle<Sandboxes>,
+    pub image: Handle<Images>,
+    pub shim: Handle<Shims>,
+    /// berth's state directory (bundles, to read exit records).
+    pub state: PathBuf,
+    /// Where logs go for pods that name no log directory.
+    pub default_log_dir: PathBuf,
+}
+
 pub struct Containers {
     pub(super) records: Table<ContainerRecord>,
+    pub(super) deps: ContainerDeps,
+    /// Names reserved by containers being created, and their IDs.
+    pub(super) reserved: BTreeMap<String, String>,
+    /// Containers with a start, stop or remove under way.
+    pub(super) busy: BTreeSet<String>,
 }
 
 impl Subsystem for Containers {
     const NAME: &'static str = "container";
-    type Deps = ();
+    type Deps = ContainerDeps;
 
-    fn rebuild(_deps: &(), journal: &Arc<dyn Journal>) -> Result<Self> {
+    fn rebuild(deps: &ContainerDeps, journal: &Arc<dyn Journal>) -> Result<Self> {
         Ok(Containers {
             records: Table::open(journal, Self::NAME)?,
+            deps: deps.clone(),
+            reserved: BTreeMap::new(),
+            busy: BTreeSet::new(),
         })
     }
 
     fn records(&self) -> usize {
         self.records.len()
+    }
+}
+
+impl Handles<CreateContainer> for Containers {
+    type Output = String;
+
+    fn handle(&mut self, msg: CreateContainer, _cx: Cx<'_, Self>) -> Reply<Self, String> {
+        self.create(msg)
+    }
+}
+
+impl Handles<StartContainer> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: StartContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.start(msg.id)
+    }
+}
+
+impl Handles<StopContainer> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: StopContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.stop(msg.id, msg.timeout, false)
+    }
+}
+
+impl Handles<RemoveContainer> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: RemoveContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.stop(msg.id, std::time::Duration::ZERO, true)
+    }
+}
+
+impl Handles<ContainerStatus> for Containers {
+    type Output = ContainerRecord;
+
+    fn handle(&mut self, msg: ContainerStatus, _cx: Cx<'_, Self>) -> Reply<Self, ContainerRecord> {
+        Reply::Now(self.status(&msg.id))
+    }
+}
+
+impl Handles<ListContainers> for Containers {
+    type Output = Vec<ContainerRecord>;
+
+    fn handle(
+        &mut self,
+        msg: ListContainers,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<ContainerRecord>> {
+        Reply::Now(Ok(self.list(&msg)))
+    }
+}
+
+impl Handles<PodContainers> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: PodContainers, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.pod_containers(msg)
+    }
+}
+
+impl Handles<TaskExited> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: TaskExited, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        Reply::Now(self.exited(&msg.id, Some(msg.status)))
+    }
+}
+
+impl Handles<crate::shim::messages::ExecSync> for Containers {
+    type Output = crate::shim::messages::ExecOutput;
+
+    fn handle(
+        &mut self,
+        mut msg: crate::shim::messages::ExecSync,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, crate::shim::messages::ExecOutput> {
+        let Some(full) = self.resolve(&msg.id) else {
+            return Reply::Now(Err(crate::Error::NotFound(format!(
+                "container {:?} not found",
+                msg.id
+            ))));
+        };
+        let running = self
+            .records
+            .get(&full)
+            .is_some_and(|r| r.state == super::store::ContainerState::Running);
+        if !running {
+            return Reply::Now(Err(crate::Error::FailedPrecondition(format!(
+                "container {full} is not running"
+            ))));
+        }
+        msg.id = full;
+        let shim = self.deps.shim.clone();
+        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
+            shim.call(msg).await
+        })))
     }
 }

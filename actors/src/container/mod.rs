@@ -1,6 +1,11 @@
 //! The ContainerActor: containers in pods, their OCI specs, lifecycle and stats.
 
 mod actor;
+mod create;
+mod lifecycle;
+pub mod messages;
+pub mod spec;
+mod status;
 pub mod store;
 
-pub use actor::{ContainerActor, Containers};
+pub use actor::{ContainerActor, ContainerDeps, Containers};

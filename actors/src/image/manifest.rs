@@ -154,6 +154,16 @@ pub struct ImageConfigFile {
 pub struct RunConfig {
     #[serde(rename = "User", default)]
     pub user: String,
+    #[serde(rename = "Entrypoint", default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(rename = "Cmd", default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(rename = "Env", default)]
+    pub env: Option<Vec<String>>,
+    #[serde(rename = "WorkingDir", default)]
+    pub working_dir: String,
+    #[serde(rename = "StopSignal", default)]
+    pub stop_signal: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -20,7 +20,7 @@ pub use supervise::{
     Subsystem,
 };
 
-use crate::container::Containers;
+use crate::container::{ContainerDeps, Containers};
 use crate::image::{ImageBackend, ImageConfig, Images};
 use crate::journal::{BootLog, BootRecord, Journal, JournalStats};
 use crate::network::{Network, NetworkConfig};
@@ -91,6 +91,7 @@ impl Kernel {
         let actors_journal = journal.clone();
         let network_config = config.network.clone();
         let sandbox_config = config.sandbox.clone();
+        let container_dirs = (config.sandbox.state.clone(), config.image.root.join("pods"));
         let shim_config = Arc::new(config.shim.clone());
         let thread = std::thread::Builder::new()
             .name("berth-actors".into())
@@ -109,7 +110,14 @@ impl Kernel {
                         config: sandbox_config,
                     };
                     let sandbox = spawn::<Sandboxes>(sandbox_deps, j, &mut registry);
-                    let container = spawn::<Containers>((), j, &mut registry);
+                    let container_deps = ContainerDeps {
+                        sandbox: sandbox.clone(),
+                        image: image.clone(),
+                        shim: shim.clone(),
+                        state: container_dirs.0,
+                        default_log_dir: container_dirs.1,
+                    };
+                    let container = spawn::<Containers>(container_deps, j, &mut registry);
                     let started = Started {
                         network,
                         shim,

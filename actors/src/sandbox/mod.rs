@@ -4,6 +4,7 @@ mod actor;
 pub mod files;
 pub mod messages;
 mod run;
+pub use run::new_id;
 pub mod spec;
 mod status;
 mod stop;

@@ -13,7 +13,7 @@ use super::validate;
 use crate::image::messages::{EnsureSandboxImage, SandboxImage};
 use crate::kernel::Reply;
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
-use crate::shim::messages::{DeleteTask, StartTask};
+use crate::shim::messages::{CreateTask, DeleteTask, StartTask};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use std::io::Read;
@@ -187,12 +187,17 @@ async fn make(
     .build()?;
 
     undo.task = true;
-    let start = deps.shim.call(StartTask {
-        id: id.into(),
-        spec,
-        log_path: None,
-        runtime_handler: handler.into(),
-    });
+    let shim = deps.shim.clone();
+    let start = async move {
+        shim.call(CreateTask {
+            id: id.into(),
+            spec,
+            log_path: None,
+            runtime_handler: handler.into(),
+        })
+        .await?;
+        shim.call(StartTask { id: id.into() }).await
+    };
     let attach = async {
         if netns.is_none() {
             return Ok(Vec::new());

@@ -76,11 +76,19 @@ impl Subsystem for Shims {
     }
 }
 
+impl Handles<CreateTask> for Shims {
+    type Output = u32;
+
+    fn handle(&mut self, msg: CreateTask, _cx: Cx<'_, Self>) -> Reply<Self, u32> {
+        self.create_task(msg)
+    }
+}
+
 impl Handles<StartTask> for Shims {
     type Output = u32;
 
     fn handle(&mut self, msg: StartTask, _cx: Cx<'_, Self>) -> Reply<Self, u32> {
-        self.start_task(msg)
+        self.start_task(msg.id)
     }
 }
 
@@ -105,5 +113,13 @@ impl Handles<TaskState> for Shims {
 
     fn handle(&mut self, msg: TaskState, _cx: Cx<'_, Self>) -> Reply<Self, TaskInfo> {
         self.task_state(msg.id)
+    }
+}
+
+impl Handles<ExecSync> for Shims {
+    type Output = ExecOutput;
+
+    fn handle(&mut self, msg: ExecSync, _cx: Cx<'_, Self>) -> Reply<Self, ExecOutput> {
+        self.exec_sync(msg)
     }
 }

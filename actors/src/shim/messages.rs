@@ -7,16 +7,26 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Writes the bundle (`config.json` from `spec`), starts the container's
-/// shim, creates and starts the task. Answers the task's PID. On failure
-/// nothing is left: no shim, no bundle, no runtime state.
+/// shim and creates the task (not started). Answers the task's PID. On
+/// failure nothing is left: no shim, no bundle, no runtime state.
 #[derive(Debug, Clone)]
-pub struct StartTask {
+pub struct CreateTask {
     pub id: String,
     pub spec: oci_spec::runtime::Spec,
     /// The CRI log file the shim writes; None discards the output.
     pub log_path: Option<PathBuf>,
     /// The runtime handler ("" and "runc" are runc).
     pub runtime_handler: String,
+}
+
+impl Message for CreateTask {
+    type Result = Result<u32>;
+}
+
+/// Starts a created task. Answers its PID.
+#[derive(Debug, Clone)]
+pub struct StartTask {
+    pub id: String,
 }
 
 impl Message for StartTask {
@@ -70,4 +80,26 @@ pub struct TaskInfo {
     pub pid: u32,
     pub running: bool,
     pub exit: Option<Exit>,
+}
+
+/// Runs a command in a running task and waits for it (CRI ExecSync). The
+/// output goes to files, not pipes, so a process that leaves children
+/// holding its output cannot make the call hang.
+#[derive(Debug, Clone)]
+pub struct ExecSync {
+    pub id: String,
+    pub args: Vec<String>,
+    /// Zero: no limit.
+    pub timeout: Duration,
+}
+
+impl Message for ExecSync {
+    type Result = Result<ExecOutput>;
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub exit_code: i32,
 }

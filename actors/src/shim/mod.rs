@@ -2,6 +2,7 @@
 
 mod actor;
 pub mod client;
+mod exec;
 pub mod launch;
 pub mod messages;
 pub mod store;

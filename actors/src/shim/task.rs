@@ -70,7 +70,7 @@ impl Shims {
         Some((self.clients.get(id).cloned(), record))
     }
 
-    pub(super) fn start_task(&mut self, msg: StartTask) -> Reply<Self, u32> {
+    pub(super) fn create_task(&mut self, msg: CreateTask) -> Reply<Self, u32> {
         let id = msg.id.clone();
         if self.records.get(&id).is_some() {
             return Reply::Now(Err(Error::AlreadyExists(format!(
@@ -138,15 +138,12 @@ impl Shims {
                     stdout: log.clone(),
                     stderr: None,
                 };
-                client.create(&create).await?;
-                let create_ms = t.elapsed().as_millis() - launch_ms;
-                let pid = client.start(None).await?;
+                let pid = client.create(&create).await?;
                 tracing::debug!(
                     task = %opts.id,
                     launch_ms,
-                    create_ms,
                     total_ms = t.elapsed().as_millis() as u64,
-                    "task started"
+                    "task created"
                 );
                 Ok::<_, Error>((launched.pid, pid, client))
             }
@@ -183,6 +180,20 @@ impl Shims {
                 }
             },
         )))
+    }
+
+    pub(super) fn start_task(&mut self, id: String) -> Reply<Self, u32> {
+        let Some((client, record)) = self.client(&id) else {
+            return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
+        };
+        let work = async move {
+            let client = match client {
+                Some(c) => c,
+                None => ShimClient::connect(&id, Path::new(&record.address)).await?,
+            };
+            client.start(None).await
+        };
+        Reply::Later(Box::pin(wrap_future(work)))
     }
 
     pub(super) fn stop_task(&mut self, msg: StopTask) -> Reply<Self, Option<Exit>> {

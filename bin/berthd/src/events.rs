@@ -32,16 +32,23 @@ impl Events for Sink {
             .event
             .as_ref()
             .filter(|any| any.type_url == TASK_EXIT)
-            .and_then(|any| TaskExit::parse_from_bytes(&any.value).ok());
+            .and_then(|any| TaskExit::parse_from_bytes(&any.value).ok())
+            // An exec'd process ends too; only the init process's exit is
+            // the task's.
+            .filter(|e| e.id.is_empty() || e.id == e.container_id);
         if let Some(exit) = exit {
             tracing::debug!(task = %exit.container_id, status = exit.exit_status, "TaskExit");
             let kernel = self.kernel.clone();
             self.runtime.spawn(async move {
+                // The task is a pod's or a container's: each actor ignores
+                // the others'.
                 let msg = TaskExited {
                     id: exit.container_id,
                     status: exit.exit_status,
                 };
-                if let Err(e) = kernel.sandbox.call(msg).await {
+                let (a, b) =
+                    futures::join!(kernel.sandbox.call(msg.clone()), kernel.container.call(msg));
+                if let Err(e) = a.and(b) {
                     tracing::warn!(error = %e, "TaskExit not delivered");
                 }
             });

@@ -251,3 +251,215 @@ pub fn sandbox_filter(f: Option<cri::PodSandboxFilter>) -> pod::ListPodSandbox {
         labels: f.label_selector.into_iter().collect(),
     }
 }
+
+use berth_actors::container::messages as ctr;
+use berth_actors::container::store::{ContainerRecord, ContainerState as CState};
+
+/// A CRI Signal as a signal number (0 for the runtime's default).
+fn signal(s: i32) -> i32 {
+    cri::Signal::try_from(s)
+        .ok()
+        .filter(|s| *s != cri::Signal::RuntimeDefault)
+        .and_then(|s| s.as_str_name().parse::<nix::sys::signal::Signal>().ok())
+        .map(|s| s as i32)
+        .unwrap_or(0)
+}
+
+pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::ContainerConfig, Error> {
+    let c = c.ok_or_else(|| Error::InvalidArgument("container config is missing".into()))?;
+    let m = c
+        .metadata
+        .ok_or_else(|| Error::InvalidArgument("container metadata is missing".into()))?;
+    let linux = c.linux.unwrap_or_default();
+    let r = linux.resources.unwrap_or_default();
+    let sc = linux.security_context.unwrap_or_default();
+    let caps = sc.capabilities.unwrap_or_default();
+    let ns = sc.namespace_options.unwrap_or_default();
+    Ok(ctr::ContainerConfig {
+        name: m.name,
+        attempt: m.attempt,
+        image: c.image.map(|i| i.image).unwrap_or_default(),
+        command: c.command,
+        args: c.args,
+        working_dir: c.working_dir,
+        envs: c.envs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+        mounts: c
+            .mounts
+            .into_iter()
+            .map(|m| ctr::MountConfig {
+                container_path: m.container_path,
+                host_path: m.host_path,
+                readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
+                propagation: match cri::MountPropagation::try_from(m.propagation) {
+                    Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                        ctr::Propagation::HostToContainer
+                    }
+                    Ok(cri::MountPropagation::PropagationBidirectional) => {
+                        ctr::Propagation::Bidirectional
+                    }
+                    _ => ctr::Propagation::Private,
+                },
+            })
+            .collect(),
+        devices: c
+            .devices
+            .into_iter()
+            .map(|d| ctr::DeviceConfig {
+                container_path: d.container_path,
+                host_path: d.host_path,
+                permissions: d.permissions,
+            })
+            .collect(),
+        labels: c.labels.into_iter().collect(),
+        annotations: c.annotations.into_iter().collect(),
+        log_path: c.log_path,
+        stdin: c.stdin,
+        stdin_once: c.stdin_once,
+        tty: c.tty,
+        resources: ctr::Resources {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_in_bytes: r.memory_limit_in_bytes,
+            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+            oom_score_adj: r.oom_score_adj,
+            cpuset_cpus: r.cpuset_cpus,
+            cpuset_mems: r.cpuset_mems,
+            hugepage_limits: r
+                .hugepage_limits
+                .into_iter()
+                .map(|h| (h.page_size, h.limit))
+                .collect(),
+            unified: r.unified.into_iter().collect(),
+        },
+        security: ctr::ContainerSecurity {
+            capabilities_add: caps.add_capabilities,
+            capabilities_drop: caps.drop_capabilities,
+            privileged: sc.privileged,
+            pid_namespace: namespace_mode(ns.pid),
+            target_id: ns.target_id,
+            run_as_user: sc.run_as_user.map(|v| v.value),
+            run_as_group: sc.run_as_group.map(|v| v.value),
+            run_as_username: sc.run_as_username,
+            readonly_rootfs: sc.readonly_rootfs,
+            supplemental_groups: sc.supplemental_groups,
+            supplemental_groups_policy: if sc.supplemental_groups_policy
+                == cri::SupplementalGroupsPolicy::Strict as i32
+            {
+                ctr::SupplementalGroupsPolicy::Strict
+            } else {
+                ctr::SupplementalGroupsPolicy::Merge
+            },
+            no_new_privs: sc.no_new_privs,
+            masked_paths: (!sc.masked_paths.is_empty()).then_some(sc.masked_paths),
+            readonly_paths: (!sc.readonly_paths.is_empty()).then_some(sc.readonly_paths),
+            seccomp: seccomp(sc.seccomp.as_ref()),
+        },
+        stop_signal: signal(c.stop_signal),
+    })
+}
+
+fn container_state(s: CState) -> i32 {
+    (match s {
+        CState::Creating | CState::Created => cri::ContainerState::ContainerCreated,
+        CState::Running => cri::ContainerState::ContainerRunning,
+        CState::Exited => cri::ContainerState::ContainerExited,
+    }) as i32
+}
+
+pub fn container_state_filter(s: i32) -> Option<CState> {
+    match cri::ContainerState::try_from(s) {
+        Ok(cri::ContainerState::ContainerCreated) => Some(CState::Created),
+        Ok(cri::ContainerState::ContainerRunning) => Some(CState::Running),
+        Ok(cri::ContainerState::ContainerExited) => Some(CState::Exited),
+        _ => None,
+    }
+}
+
+fn image_spec(r: &ContainerRecord) -> Option<cri::ImageSpec> {
+    Some(cri::ImageSpec {
+        image: r.config.image.clone(),
+        ..Default::default()
+    })
+}
+
+pub fn container(r: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.sandbox_id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: r.config.name.clone(),
+            attempt: r.config.attempt,
+        }),
+        image: image_spec(r),
+        image_ref: r.image_id.clone(),
+        state: container_state(r.state),
+        created_at: r.created_unix_nanos,
+        labels: r.config.labels.clone().into_iter().collect(),
+        annotations: r.config.annotations.clone().into_iter().collect(),
+        image_id: r.image_id.clone(),
+    }
+}
+
+pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(cri::ContainerMetadata {
+            name: r.config.name.clone(),
+            attempt: r.config.attempt,
+        }),
+        state: container_state(r.state),
+        created_at: r.created_unix_nanos,
+        started_at: r.started_unix_nanos,
+        finished_at: r.finished_unix_nanos,
+        exit_code: r.exit_code,
+        image: image_spec(r),
+        image_ref: r.image_id.clone(),
+        reason: r.reason.clone(),
+        message: r.message.clone(),
+        labels: r.config.labels.clone().into_iter().collect(),
+        annotations: r.config.annotations.clone().into_iter().collect(),
+        mounts: r
+            .config
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.clone(),
+                host_path: m.host_path.clone(),
+                readonly: m.readonly,
+                propagation: match m.propagation {
+                    ctr::Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    ctr::Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    ctr::Propagation::Bidirectional => {
+                        cri::MountPropagation::PropagationBidirectional
+                    }
+                } as i32,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: r.log_path.clone(),
+        resources: None,
+        image_id: r.image_id.clone(),
+        user: Some(cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: r.user.0 as i64,
+                gid: r.user.1 as i64,
+                supplemental_groups: r.user.2.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
+        stop_signal: 0,
+    }
+}
+
+pub fn container_filter(f: Option<cri::ContainerFilter>) -> ctr::ListContainers {
+    let f = f.unwrap_or_default();
+    ctr::ListContainers {
+        id: Some(f.id).filter(|i| !i.is_empty()),
+        sandbox_id: Some(f.pod_sandbox_id).filter(|i| !i.is_empty()),
+        state: f.state.and_then(|s| container_state_filter(s.state)),
+        labels: f.label_selector.into_iter().collect(),
+    }
+}

@@ -5,6 +5,7 @@ use super::convert;
 use super::Cri;
 use crate::config::CgroupDriver;
 use crate::door::{serve, unimplemented_rpcs, Feed};
+use berth_actors::container::messages as ctr;
 use berth_actors::kernel::ActorSnapshot;
 use berth_actors::network::messages::{NetworkReadiness, NetworkStatus};
 use berth_actors::sandbox::messages as pod;
@@ -171,6 +172,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         serve("StopPodSandbox", async {
+            // The pod's containers go first, then the pod.
+            let msg = ctr::PodContainers {
+                sandbox_id: id.clone(),
+                remove: false,
+            };
+            self.kernel.container.call(msg).await?;
             self.kernel.sandbox.call(pod::StopPodSandbox { id }).await?;
             Ok(StopPodSandboxResponse {})
         })
@@ -183,6 +190,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         serve("RemovePodSandbox", async {
+            // The pod's containers go first, then the pod.
+            let msg = ctr::PodContainers {
+                sandbox_id: id.clone(),
+                remove: true,
+            };
+            self.kernel.container.call(msg).await?;
             self.kernel
                 .sandbox
                 .call(pod::RemovePodSandbox { id })
@@ -254,22 +267,163 @@ impl RuntimeService for Cri {
         .await
     }
     type StreamContainersStream = Feed<StreamContainersResponse>;
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        serve("CreateContainer", async {
+            let config = convert::container_config(req.config)?;
+            let id = self
+                .kernel
+                .container
+                .call(ctr::CreateContainer {
+                    pod_sandbox_id: req.pod_sandbox_id,
+                    config,
+                })
+                .await?;
+            Ok(CreateContainerResponse { container_id: id })
+        })
+        .await
+    }
+
+    async fn exec_sync(
+        &self,
+        request: Request<ExecSyncRequest>,
+    ) -> Result<Response<ExecSyncResponse>, Status> {
+        let req = request.into_inner();
+        serve("ExecSync", async {
+            let out = self
+                .kernel
+                .container
+                .call(berth_actors::shim::messages::ExecSync {
+                    id: req.container_id,
+                    args: req.cmd,
+                    timeout: std::time::Duration::from_secs(req.timeout.max(0) as u64),
+                })
+                .await?;
+            Ok(ExecSyncResponse {
+                stdout: out.stdout,
+                stderr: out.stderr,
+                exit_code: out.exit_code,
+            })
+        })
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        request: Request<StartContainerRequest>,
+    ) -> Result<Response<StartContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        serve("StartContainer", async {
+            self.kernel
+                .container
+                .call(ctr::StartContainer { id })
+                .await?;
+            Ok(StartContainerResponse {})
+        })
+        .await
+    }
+
+    async fn stop_container(
+        &self,
+        request: Request<StopContainerRequest>,
+    ) -> Result<Response<StopContainerResponse>, Status> {
+        let req = request.into_inner();
+        serve("StopContainer", async {
+            let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
+            self.kernel
+                .container
+                .call(ctr::StopContainer {
+                    id: req.container_id,
+                    timeout,
+                })
+                .await?;
+            Ok(StopContainerResponse {})
+        })
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        request: Request<RemoveContainerRequest>,
+    ) -> Result<Response<RemoveContainerResponse>, Status> {
+        let id = request.into_inner().container_id;
+        serve("RemoveContainer", async {
+            self.kernel
+                .container
+                .call(ctr::RemoveContainer { id })
+                .await?;
+            Ok(RemoveContainerResponse {})
+        })
+        .await
+    }
+
+    async fn container_status(
+        &self,
+        request: Request<ContainerStatusRequest>,
+    ) -> Result<Response<ContainerStatusResponse>, Status> {
+        let req = request.into_inner();
+        serve("ContainerStatus", async {
+            let r = self
+                .kernel
+                .container
+                .call(ctr::ContainerStatus {
+                    id: req.container_id,
+                })
+                .await?;
+            Ok(ContainerStatusResponse {
+                status: Some(convert::container_status(&r)),
+                info: Default::default(),
+            })
+        })
+        .await
+    }
+
+    async fn list_containers(
+        &self,
+        request: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        let filter = convert::container_filter(request.into_inner().filter);
+        serve("ListContainers", async {
+            let list = self.kernel.container.call(filter).await?;
+            Ok(ListContainersResponse {
+                containers: list.iter().map(convert::container).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn stream_containers(
+        &self,
+        request: Request<StreamContainersRequest>,
+    ) -> Result<Response<Self::StreamContainersStream>, Status> {
+        let filter = convert::container_filter(request.into_inner().filter);
+        serve("StreamContainers", async {
+            let list = self.kernel.container.call(filter).await?;
+            let chunks: Vec<Result<StreamContainersResponse, Status>> = list
+                .chunks(100)
+                .map(|c| {
+                    Ok(StreamContainersResponse {
+                        containers: c.iter().map(convert::container).collect(),
+                    })
+                })
+                .collect();
+            let feed: Self::StreamContainersStream = Box::pin(futures::stream::iter(chunks));
+            Ok(feed)
+        })
+        .await
+    }
     type StreamContainerStatsStream = Feed<StreamContainerStatsResponse>;
     type StreamPodSandboxStatsStream = Feed<StreamPodSandboxStatsResponse>;
     type GetContainerEventsStream = Feed<ContainerEventResponse>;
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
     unimplemented_rpcs! {
-        create_container(CreateContainerRequest) -> CreateContainerResponse = "CreateContainer";
-        start_container(StartContainerRequest) -> StartContainerResponse = "StartContainer";
-        stop_container(StopContainerRequest) -> StopContainerResponse = "StopContainer";
-        remove_container(RemoveContainerRequest) -> RemoveContainerResponse = "RemoveContainer";
-        list_containers(ListContainersRequest) -> ListContainersResponse = "ListContainers";
-        stream_containers(StreamContainersRequest) -> Self::StreamContainersStream = "StreamContainers";
-        container_status(ContainerStatusRequest) -> ContainerStatusResponse = "ContainerStatus";
         update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
         reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
-        exec_sync(ExecSyncRequest) -> ExecSyncResponse = "ExecSync";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -1,0 +1,375 @@
+//! CreateContainer: check the request, reserve the name, journal the
+//! intent; then, off the actor: the pod (must be ready), the image (must be
+//! present), the log file's directory, host paths of mounts, the root
+//! filesystem (an overlay over the image), the effective user, the OCI spec
+//! and the task under its own shim (created, not started). Every step
+//! registers its undo; a failure rolls back everything.
+
+use super::actor::{ContainerActor, ContainerDeps, Containers};
+use super::messages::{ContainerConfig, CreateContainer, ImageRun, SpecInputs};
+use super::spec;
+use super::store::{ContainerRecord, ContainerState};
+use crate::image::messages::{ImageStatus, PrepareRootfs, RemoveRootfs};
+use crate::kernel::Reply;
+use crate::sandbox::files::PodFiles;
+use crate::sandbox::messages::{NamespaceMode, PodSandboxStatus};
+use crate::sandbox::store::SandboxState;
+use crate::shim::messages::{CreateTask, DeleteTask};
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use std::path::{Component, Path, PathBuf};
+
+fn invalid(m: String) -> Error {
+    Error::InvalidArgument(m)
+}
+
+/// A log path must stay inside the pod's log directory.
+fn check_log_path(p: &str) -> Result<()> {
+    if p.is_empty() {
+        return Ok(());
+    }
+    let path = Path::new(p);
+    if path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(invalid(format!(
+            "log path {p:?} must be relative to the pod's log directory and stay inside it"
+        )));
+    }
+    Ok(())
+}
+
+fn check(config: &ContainerConfig) -> Result<()> {
+    if config.name.is_empty() || config.name.contains(['/', '\0']) {
+        return Err(invalid(format!(
+            "container name {:?} is not valid",
+            config.name
+        )));
+    }
+    if config.image.is_empty() {
+        return Err(invalid("container config names no image".into()));
+    }
+    check_log_path(&config.log_path)?;
+    for m in &config.mounts {
+        if !m.container_path.starts_with('/') {
+            return Err(invalid(format!(
+                "mount container path {:?} is not absolute",
+                m.container_path
+            )));
+        }
+        if !m.host_path.starts_with('/') {
+            return Err(invalid(format!(
+                "mount host path {:?} is not absolute",
+                m.host_path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The signal number of a STOPSIGNAL ("SIGTERM", "TERM", "15").
+fn signal_number(s: &str) -> Option<i32> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = s.trim().to_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+/// How the image says to run it, from its config.
+fn image_run(config: Option<&serde_json::Value>) -> ImageRun {
+    let c = config
+        .and_then(|c| c.get("config"))
+        .cloned()
+        .unwrap_or_default();
+    let strings = |key: &str| -> Vec<String> {
+        c.get(key)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let text = |key: &str| {
+        c.get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    ImageRun {
+        entrypoint: strings("Entrypoint"),
+        cmd: strings("Cmd"),
+        env: strings("Env"),
+        working_dir: text("WorkingDir"),
+        user: text("User"),
+        stop_signal: text("StopSignal"),
+    }
+}
+
+struct Made {
+    image_id: String,
+    log_path: PathBuf,
+    user: (u32, u32, Vec<u32>),
+    pid: u32,
+    stop_signal: i32,
+}
+
+struct Undo {
+    deps: ContainerDeps,
+    id: String,
+    rootfs: bool,
+    task: bool,
+}
+
+impl Undo {
+    async fn run(self) {
+        if self.task {
+            if let Err(e) = self
+                .deps
+                .shim
+                .call(DeleteTask {
+                    id: self.id.clone(),
+                })
+                .await
+            {
+                tracing::warn!(container = %self.id, error = %e, "rollback: task not deleted");
+            }
+        }
+        if self.rootfs {
+            let msg = RemoveRootfs {
+                container_id: self.id.clone(),
+            };
+            if let Err(e) = self.deps.image.call(msg).await {
+                tracing::warn!(container = %self.id, error = %e, "rollback: rootfs not removed");
+            }
+        }
+    }
+}
+
+async fn make(
+    deps: ContainerDeps,
+    undo: &mut Undo,
+    id: &str,
+    pod_id: &str,
+    config: ContainerConfig,
+) -> Result<Made> {
+    let pod = deps
+        .sandbox
+        .call(PodSandboxStatus { id: pod_id.into() })
+        .await?;
+    if pod.state != SandboxState::Ready {
+        return Err(Error::FailedPrecondition(format!(
+            "pod sandbox {pod_id} is not ready"
+        )));
+    }
+    let image = deps
+        .image
+        .call(ImageStatus {
+            image: config.image.clone(),
+            verbose: true,
+        })
+        .await?
+        .ok_or_else(|| {
+            Error::NotFound(format!(
+                "image {:?} is not present: pull it first",
+                config.image
+            ))
+        })?;
+    let run = image_run(image.config.as_ref());
+
+    let log_dir = if pod.config.log_directory.is_empty() {
+        deps.default_log_dir.join(pod_id)
+    } else {
+        PathBuf::from(&pod.config.log_directory)
+    };
+    let log_path = if config.log_path.is_empty() {
+        None
+    } else {
+        Some(log_dir.join(&config.log_path))
+    };
+    let (c, lp) = (config.clone(), log_path.clone());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        if let Some(dir) = lp.as_ref().and_then(|p| p.parent()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Internal(format!("create log directory {}: {e}", dir.display()))
+            })?;
+        }
+        spec::prepare_host_paths(&c)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("prepare task: {e}")))??;
+
+    undo.rootfs = true;
+    let rootfs = deps
+        .image
+        .call(PrepareRootfs {
+            container_id: id.into(),
+            image: image.record.id.clone(),
+            read_only: config.security.readonly_rootfs,
+        })
+        .await?;
+    let user = spec::resolve_user(&rootfs, &run.user, &config.security)?;
+    let files = PodFiles::new(&deps.state, pod_id);
+    let parent = pod
+        .cgroups_path
+        .rsplit_once('/')
+        .map(|(p, _)| p.to_string())
+        .unwrap_or_default();
+    let stop_signal = match config.stop_signal {
+        0 => signal_number(&run.stop_signal).unwrap_or(libc::SIGTERM),
+        s => s,
+    };
+    let inputs = SpecInputs {
+        id: id.into(),
+        config: config.clone(),
+        image: run,
+        rootfs,
+        pod_pid: pod.pid,
+        pod_security: pod.config.security.clone(),
+        hostname_file: files.hostname(),
+        hosts_file: files.hosts(),
+        resolv_conf: files.resolv_conf(),
+        shm: (pod.config.security.namespaces.ipc != NamespaceMode::Node).then(|| files.shm()),
+        cgroups_path: format!("{parent}/{id}"),
+        sysctls: pod.config.sysctls.clone(),
+    };
+    let oci = spec::build(&inputs)?;
+    undo.task = true;
+    let pid = deps
+        .shim
+        .call(CreateTask {
+            id: id.into(),
+            spec: oci,
+            log_path: log_path.clone(),
+            runtime_handler: pod.runtime_handler.clone(),
+        })
+        .await?;
+    Ok(Made {
+        image_id: image.record.id,
+        log_path: log_path.unwrap_or_default(),
+        user,
+        pid,
+        stop_signal,
+    })
+}
+
+impl Containers {
+    pub(super) fn create(&mut self, msg: CreateContainer) -> Reply<Self, String> {
+        if let Err(e) = check(&msg.config) {
+            return Reply::Now(Err(e));
+        }
+        let pod_id = msg.pod_sandbox_id.clone();
+        // Unique per pod, as kubelet's retries collide on it.
+        let name = format!("{}_{}_{}", msg.config.name, pod_id, msg.config.attempt);
+        let holder = self.reserved.get(&name).cloned().or_else(|| {
+            self.records
+                .iter()
+                .find(|r| r.name == name)
+                .map(|r| r.id.clone())
+        });
+        if let Some(holder) = holder {
+            return Reply::Now(Err(Error::AlreadyExists(format!(
+                "container name {name:?} is reserved for {holder}"
+            ))));
+        }
+        let id = match crate::sandbox::new_id() {
+            Ok(id) => id,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        let record = ContainerRecord {
+            id: id.clone(),
+            sandbox_id: pod_id.clone(),
+            name: name.clone(),
+            created_unix_nanos: crate::journal::unix_nanos(),
+            config: msg.config.clone(),
+            image_id: String::new(),
+            state: ContainerState::Creating,
+            started_unix_nanos: 0,
+            finished_unix_nanos: 0,
+            exit_code: 0,
+            reason: String::new(),
+            message: String::new(),
+            pid: 0,
+            log_path: String::new(),
+            user: (0, 0, Vec::new()),
+            stop_signal: 0,
+        };
+        if let Err(e) = self.records.put(record) {
+            return Reply::Now(Err(e.into()));
+        }
+        self.reserved.insert(name.clone(), id.clone());
+        let deps = self.deps.clone();
+        let work = {
+            let id = id.clone();
+            async move {
+                let mut undo = Undo {
+                    deps: deps.clone(),
+                    id: id.clone(),
+                    rootfs: false,
+                    task: false,
+                };
+                let made = make(deps, &mut undo, &id, &pod_id, msg.config).await;
+                if made.is_err() {
+                    undo.run().await;
+                }
+                made
+            }
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |made: Result<Made>, act: &mut ContainerActor, _| {
+                let me = act.state_mut().ok_or_else(|| {
+                    Error::Unavailable("the container actor is restarting; retry".into())
+                })?;
+                me.reserved.remove(&name);
+                let made = match made {
+                    Ok(m) => m,
+                    Err(e) => {
+                        let _ = me.records.remove(&id);
+                        return Err(e);
+                    }
+                };
+                let mut r = me
+                    .records
+                    .get(&id)
+                    .cloned()
+                    .ok_or_else(|| Error::Internal(format!("container {id} vanished")))?;
+                r.state = ContainerState::Created;
+                r.image_id = made.image_id;
+                r.log_path = made.log_path.display().to_string();
+                r.user = made.user;
+                r.pid = made.pid;
+                r.stop_signal = made.stop_signal;
+                me.records.put(r)?;
+                Ok(id)
+            },
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_paths_stay_in_the_log_directory() {
+        check_log_path("web/0.log").expect("relative");
+        assert!(check_log_path("../../etc/passwd").is_err());
+        assert!(check_log_path("/var/log/x").is_err());
+        assert!(check_log_path("a/../../b").is_err());
+    }
+
+    #[test]
+    fn stop_signals_read_as_docker_writes_them() {
+        assert_eq!(signal_number("SIGTERM"), Some(15));
+        assert_eq!(signal_number("QUIT"), Some(3));
+        assert_eq!(signal_number("9"), Some(9));
+        assert_eq!(signal_number("NOPE"), None);
+    }
+}

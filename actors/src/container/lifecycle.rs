@@ -1,0 +1,244 @@
+//! StartContainer, StopContainer, RemoveContainer, and what happens when a
+//! container's process exits. Stop and remove are idempotent: an unknown
+//! or already stopped container is success, as kubelet retries them.
+
+use super::actor::{ContainerActor, Containers};
+use super::messages::PodContainers;
+use super::store::ContainerState;
+use crate::image::messages::RemoveRootfs;
+use crate::kernel::Reply;
+use crate::shim::messages::{DeleteTask, StartTask, StopTask};
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use std::time::Duration;
+
+fn restarting() -> Error {
+    Error::Unavailable("the container actor is restarting; retry".into())
+}
+
+impl Containers {
+    pub(super) fn start(&mut self, id: String) -> Reply<Self, ()> {
+        let Some(full) = self.resolve(&id) else {
+            return Reply::Now(Err(Error::NotFound(format!("container {id:?} not found"))));
+        };
+        let Some(r) = self.records.get(&full).cloned() else {
+            return Reply::Now(Err(Error::NotFound(format!("container {id:?} not found"))));
+        };
+        if r.state != ContainerState::Created {
+            return Reply::Now(Err(Error::FailedPrecondition(format!(
+                "container {full} is {:?}, not created",
+                r.state
+            ))));
+        }
+        if !self.busy.insert(full.clone()) {
+            return Reply::Now(Err(Error::Unavailable(format!(
+                "container {full} is being changed; retry"
+            ))));
+        }
+        let shim = self.deps.shim.clone();
+        let task = full.clone();
+        // Taken before the start: a process that ends at once must not
+        // look as if it finished before it started.
+        let started = crate::journal::unix_nanos();
+        let work = async move { shim.call(StartTask { id: task }).await };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<u32>, act: &mut ContainerActor, _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                me.busy.remove(&full);
+                let pid = res?;
+                if let Some(mut r) = me.records.get(&full).cloned() {
+                    r.state = ContainerState::Running;
+                    r.pid = pid;
+                    r.started_unix_nanos = started;
+                    me.records.put(r)?;
+                }
+                // Its exit may have been reported while it was starting.
+                me.exited(&full, None)?;
+                Ok(())
+            },
+        )))
+    }
+
+    /// Stops the container; with `remove`, also deletes its task, its
+    /// shim and its root filesystem, and forgets it.
+    pub(super) fn stop(&mut self, id: String, timeout: Duration, remove: bool) -> Reply<Self, ()> {
+        let Some(full) = self.resolve(&id) else {
+            return Reply::Now(Ok(()));
+        };
+        let Some(r) = self.records.get(&full).cloned() else {
+            return Reply::Now(Ok(()));
+        };
+        if r.state == ContainerState::Creating {
+            return Reply::Now(Err(Error::FailedPrecondition(format!(
+                "container {full} is still being created"
+            ))));
+        }
+        if !remove && r.state != ContainerState::Running {
+            return Reply::Now(Ok(()));
+        }
+        if !self.busy.insert(full.clone()) {
+            return Reply::Now(Err(Error::Unavailable(format!(
+                "container {full} is being changed; retry"
+            ))));
+        }
+        let deps = self.deps.clone();
+        let task = full.clone();
+        let signal = if remove {
+            libc::SIGKILL
+        } else {
+            r.stop_signal.max(1)
+        };
+        let running = r.state == ContainerState::Running;
+        let work = async move {
+            let exit = if running {
+                deps.shim
+                    .call(StopTask {
+                        id: task.clone(),
+                        signal,
+                        timeout,
+                    })
+                    .await?
+            } else {
+                None
+            };
+            if remove {
+                deps.shim.call(DeleteTask { id: task.clone() }).await?;
+                deps.image
+                    .call(RemoveRootfs {
+                        container_id: task.clone(),
+                    })
+                    .await?;
+            }
+            Ok(exit)
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<Option<crate::shim::messages::Exit>>, act: &mut ContainerActor, _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                me.busy.remove(&full);
+                let exit = res?;
+                if remove {
+                    me.records.remove(&full)?;
+                    return Ok(());
+                }
+                if let Some(e) = exit {
+                    me.record_exit(&full, e.status, e.exited_unix_nanos)?;
+                }
+                Ok(())
+            },
+        )))
+    }
+
+    /// Journals how a container ended: Completed for 0, else Error.
+    pub(super) fn record_exit(&mut self, id: &str, status: u32, at: i64) -> Result<()> {
+        let Some(mut r) = self.records.get(id).cloned() else {
+            return Ok(());
+        };
+        if r.state == ContainerState::Exited {
+            return Ok(());
+        }
+        r.state = ContainerState::Exited;
+        r.exit_code = status as i32;
+        r.finished_unix_nanos = if at > 0 {
+            at
+        } else {
+            crate::journal::unix_nanos()
+        };
+        r.reason = if status == 0 { "Completed" } else { "Error" }.to_string();
+        self.records.put(r)?;
+        Ok(())
+    }
+
+    /// A container's process exited (event or exit record).
+    pub(super) fn exited(&mut self, id: &str, status: Option<u32>) -> Result<()> {
+        let Some(r) = self.records.get(id) else {
+            return Ok(());
+        };
+        if r.state != ContainerState::Running || self.busy.contains(id) {
+            return Ok(());
+        }
+        let recorded =
+            crate::shim::launch::read_exit(&crate::shim::bundle_dir(&self.deps.state, id))?;
+        match (recorded, status) {
+            (Some(e), _) => {
+                let at = e
+                    .exited_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as i64)
+                    .unwrap_or(0);
+                self.record_exit(id, e.status, at)
+            }
+            (None, Some(s)) => self.record_exit(id, s, 0),
+            (None, None) => Ok(()),
+        }
+    }
+
+    /// Stops (and removes) every container of a pod, before the pod. A pod
+    /// going away gives its containers no grace.
+    pub(super) fn pod_containers(&mut self, msg: PodContainers) -> Reply<Self, ()> {
+        let targets: Vec<(String, bool)> = self
+            .records
+            .iter()
+            .filter(|r| r.sandbox_id == msg.sandbox_id && r.state != ContainerState::Creating)
+            .filter(|r| !self.busy.contains(&r.id))
+            .map(|r| (r.id.clone(), r.state == ContainerState::Running))
+            .collect();
+        if targets.is_empty() {
+            return Reply::Now(Ok(()));
+        }
+        for (id, _) in &targets {
+            self.busy.insert(id.clone());
+        }
+        let deps = self.deps.clone();
+        let remove = msg.remove;
+        let jobs = targets.clone().into_iter().map(move |(id, running)| {
+            let deps = deps.clone();
+            async move {
+                let exit = if running {
+                    deps.shim
+                        .call(StopTask {
+                            id: id.clone(),
+                            signal: libc::SIGKILL,
+                            timeout: Duration::ZERO,
+                        })
+                        .await?
+                } else {
+                    None
+                };
+                if remove {
+                    deps.shim.call(DeleteTask { id: id.clone() }).await?;
+                    deps.image
+                        .call(RemoveRootfs {
+                            container_id: id.clone(),
+                        })
+                        .await?;
+                }
+                Ok::<_, Error>((id, exit))
+            }
+        });
+        let work = futures::future::join_all(jobs);
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |results: Vec<Result<(String, Option<crate::shim::messages::Exit>)>>,
+                  act: &mut ContainerActor,
+                  _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                for (id, _) in &targets {
+                    me.busy.remove(id);
+                }
+                let mut first_err = None;
+                for r in results {
+                    match r {
+                        Ok((id, _)) if remove => {
+                            me.records.remove(&id)?;
+                        }
+                        Ok((id, Some(e))) => me.record_exit(&id, e.status, e.exited_unix_nanos)?,
+                        Ok(_) => {}
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            },
+        )))
+    }
+}
