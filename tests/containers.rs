@@ -413,3 +413,311 @@ async fn bad_container_requests_are_refused_and_leave_nothing() {
     .await
     .expect("remove unknown is success");
 }
+
+/// Runs `sleep 1000` with `edit` applied to its config; answers its ID.
+async fn running(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    image: &str,
+    name: &str,
+    edit: impl FnOnce(&mut ContainerConfig),
+) -> String {
+    let mut c = container(name, image, &["sleep", "1000"]);
+    edit(&mut c);
+    let id = create(rt, pod, c).await.expect("create");
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    id
+}
+
+async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (String, i32) {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (text, out.exit_code)
+}
+
+fn security(
+    edit: impl FnOnce(&mut LinuxContainerSecurityContext),
+) -> impl FnOnce(&mut ContainerConfig) {
+    move |c: &mut ContainerConfig| {
+        let mut sc = LinuxContainerSecurityContext::default();
+        edit(&mut sc);
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(sc),
+            resources: None,
+        });
+    }
+}
+
+#[tokio::test]
+async fn users_capabilities_and_the_security_context_hold_inside_the_container() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "sec", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+
+    // Users: the image's (root here), a uid, a name, supplemental groups.
+    let root = running(&mut rt, &p, &s.image, "root", |_| {}).await;
+    assert_eq!(sh(&mut rt, &root, "id -u").await.0, "0");
+    let by_uid = running(
+        &mut rt,
+        &p,
+        &s.image,
+        "uid",
+        security(|sc| {
+            sc.run_as_user = Some(Int64Value { value: 1002 });
+        }),
+    )
+    .await;
+    assert_eq!(sh(&mut rt, &by_uid, "id -u; id -g").await.0, "1002\n1002");
+    assert!(
+        sh(&mut rt, &by_uid, "id -G")
+            .await
+            .0
+            .split(' ')
+            .any(|g| g == "1005"),
+        "merged group"
+    );
+    let st = status(&mut rt, &by_uid).await;
+    let user = st.user.and_then(|u| u.linux).expect("user");
+    assert_eq!((user.uid, user.gid), (1002, 1002));
+    assert!(user.supplemental_groups.contains(&1005));
+    let strict = running(
+        &mut rt,
+        &p,
+        &s.image,
+        "strict",
+        security(|sc| {
+            sc.run_as_user = Some(Int64Value { value: 1002 });
+            sc.supplemental_groups_policy = SupplementalGroupsPolicy::Strict as i32;
+        }),
+    )
+    .await;
+    assert!(
+        !sh(&mut rt, &strict, "id -G").await.0.contains("1005"),
+        "strict: no image groups"
+    );
+    let by_name = running(
+        &mut rt,
+        &p,
+        &s.image,
+        "name",
+        security(|sc| {
+            sc.run_as_username = "www-data".into();
+        }),
+    )
+    .await;
+    assert_eq!(sh(&mut rt, &by_name, "id -u").await.0, "33");
+
+    // Capabilities, no_new_privs, read-only rootfs, masked paths.
+    let caps = running(
+        &mut rt,
+        &p,
+        &s.image,
+        "caps",
+        security(|sc| {
+            sc.capabilities = Some(Capability {
+                add_capabilities: vec!["NET_ADMIN".into()],
+                drop_capabilities: vec!["CHOWN".into()],
+                ..Default::default()
+            });
+            sc.no_new_privs = true;
+            sc.readonly_rootfs = true;
+        }),
+    )
+    .await;
+    let eff = sh(&mut rt, &caps, "grep CapEff /proc/self/status | cut -f2")
+        .await
+        .0;
+    let eff = u64::from_str_radix(&eff, 16).expect("CapEff hex");
+    assert!(eff & (1 << 12) != 0, "NET_ADMIN added: {eff:x}");
+    assert!(eff & 1 == 0, "CHOWN dropped: {eff:x}");
+    assert_eq!(
+        sh(
+            &mut rt,
+            &caps,
+            "grep NoNewPrivs /proc/self/status | cut -f2"
+        )
+        .await
+        .0,
+        "1"
+    );
+    assert_ne!(
+        sh(&mut rt, &caps, "touch /written").await.1,
+        0,
+        "read-only rootfs"
+    );
+    // Masked: /dev/null is mounted over it.
+    let mounts = sh(&mut rt, &root, "grep ' /proc' /proc/self/mountinfo")
+        .await
+        .0;
+    assert!(mounts.contains(" /proc/keys "), "masked:\n{mounts}");
+    assert_eq!(
+        sh(&mut rt, &root, "touch /written && echo ok").await.0,
+        "ok",
+        "writable rootfs"
+    );
+
+    // Mounts and devices.
+    let host = s.d.dir.path().join("shared");
+    std::fs::create_dir_all(&host).expect("host dir");
+    std::fs::write(host.join("from-host"), "hi").expect("write");
+    let missing = s.d.dir.path().join("made/by/berth");
+    let mounted = running(&mut rt, &p, &s.image, "mounts", |c| {
+        c.mounts = vec![
+            Mount {
+                container_path: "/ro".into(),
+                host_path: host.display().to_string(),
+                readonly: true,
+                ..Default::default()
+            },
+            Mount {
+                container_path: "/rw".into(),
+                host_path: missing.display().to_string(),
+                propagation: MountPropagation::PropagationPrivate as i32,
+                ..Default::default()
+            },
+        ];
+        c.devices = vec![Device {
+            container_path: "/dev/mynull".into(),
+            host_path: "/dev/null".into(),
+            permissions: "rwm".into(),
+        }];
+    })
+    .await;
+    assert_eq!(sh(&mut rt, &mounted, "cat /ro/from-host").await.0, "hi");
+    assert_ne!(
+        sh(&mut rt, &mounted, "touch /ro/x").await.1,
+        0,
+        "read-only mount"
+    );
+    assert_eq!(
+        sh(&mut rt, &mounted, "touch /rw/x && echo ok").await.0,
+        "ok"
+    );
+    assert!(
+        missing.join("x").exists(),
+        "a missing host path is made as a directory"
+    );
+    assert!(sh(&mut rt, &mounted, "ls -l /dev/mynull")
+        .await
+        .0
+        .starts_with('c'));
+
+    // One pod: shared localhost and PID namespace.
+    let server = running(&mut rt, &p, &s.image, "server", |c| {
+        c.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "while true; do nc -l -p 9000 -e echo pong; done".into(),
+        ];
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sh(&mut rt, &root, "nc 127.0.0.1 9000 </dev/null").await.0,
+        "pong"
+    );
+    assert!(
+        sh(&mut rt, &root, "ps").await.0.contains("nc -l -p 9000"),
+        "pod PID namespace"
+    );
+    let _ = server;
+
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}
+
+#[tokio::test]
+async fn log_rotation_loses_no_line_and_resources_update_live() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let p = pod(&mut rt, "rot", &logs).await;
+    pull(&s.d, &s.image).await;
+    let c = running(&mut rt, &p, &s.image, "ticker", |c| {
+        c.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.01; done".into(),
+        ];
+    })
+    .await;
+    let log = logs.join("ticker/0.log");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = logs.join("ticker/0.log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    rt.reopen_container_log(ReopenContainerLogRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .expect("ReopenContainerLog");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rt.stop_container(StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("stop");
+    let ticks = |p: &Path| -> Vec<u64> {
+        std::fs::read_to_string(p)
+            .expect("log")
+            .lines()
+            .filter_map(|l| l.rsplit_once("tick ").and_then(|(_, n)| n.parse().ok()))
+            .collect()
+    };
+    let (old, new) = (ticks(&rotated), ticks(&log));
+    assert!(!old.is_empty() && !new.is_empty(), "both files have lines");
+    let all: Vec<u64> = old.iter().chain(new.iter()).copied().collect();
+    assert!(
+        all.windows(2).all(|w| w[1] == w[0] + 1),
+        "no line lost: {all:?}"
+    );
+
+    // Live resources: the memory limit lands in the cgroup.
+    let r = running(&mut rt, &p, &s.image, "limited", |_| {}).await;
+    rt.update_container_resources(UpdateContainerResourcesRequest {
+        container_id: r.clone(),
+        linux: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("UpdateContainerResources");
+    let limit = sh(&mut rt, &r, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max").await.0;
+    assert_eq!(limit, (64u64 << 20).to_string());
+    let err = rt
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect_err("not running");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}

@@ -154,3 +154,78 @@ impl Handles<crate::shim::messages::ExecSync> for Containers {
         })))
     }
 }
+
+impl Containers {
+    /// The full ID of a running container, or why there is none.
+    fn running(&self, id: &str) -> crate::Result<String> {
+        let full = self
+            .resolve(id)
+            .ok_or_else(|| crate::Error::NotFound(format!("container {id:?} not found")))?;
+        let running = self
+            .records
+            .get(&full)
+            .is_some_and(|r| r.state == super::store::ContainerState::Running);
+        if !running {
+            return Err(crate::Error::FailedPrecondition(format!(
+                "container {full} is not running"
+            )));
+        }
+        Ok(full)
+    }
+}
+
+impl Handles<UpdateContainerResources> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: UpdateContainerResources, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        let full = match self.running(&msg.id) {
+            Ok(f) => f,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        let json = match super::spec::update_resources(&msg.resources)
+            .and_then(|r| serde_json::to_vec(&r).map_err(|e| crate::Error::Internal(e.to_string())))
+        {
+            Ok(j) => j,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        let shim = self.deps.shim.clone();
+        let task = full.clone();
+        let work = async move {
+            shim.call(crate::shim::messages::UpdateTask {
+                id: task,
+                resources_json: json,
+            })
+            .await
+        };
+        let resources = msg.resources;
+        Reply::Later(Box::pin(actix::fut::ActorFutureExt::map(
+            actix::fut::wrap_future(work),
+            move |res: crate::Result<()>, act: &mut ContainerActor, _| {
+                res?;
+                if let Some(me) = act.state_mut() {
+                    if let Some(mut r) = me.records.get(&full).cloned() {
+                        r.config.resources = resources;
+                        me.records.put(r)?;
+                    }
+                }
+                Ok(())
+            },
+        )))
+    }
+}
+
+impl Handles<ReopenContainerLog> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: ReopenContainerLog, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        let full = match self.running(&msg.id) {
+            Ok(f) => f,
+            Err(e) => return Reply::Now(Err(e)),
+        };
+        let shim = self.deps.shim.clone();
+        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
+            shim.call(crate::shim::messages::ReopenLog { id: full })
+                .await
+        })))
+    }
+}

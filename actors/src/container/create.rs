@@ -212,7 +212,10 @@ async fn make(
         .call(PrepareRootfs {
             container_id: id.into(),
             image: image.record.id.clone(),
-            read_only: config.security.readonly_rootfs,
+            // Writable even for a read-only container: runc creates the
+            // mount points it needs, then makes the root read-only itself
+            // (the spec's root.readonly).
+            read_only: false,
         })
         .await?;
     let user = spec::resolve_user(&rootfs, &run.user, &config.security)?;

@@ -218,3 +218,26 @@ pub struct PodContainers {
 impl Message for PodContainers {
     type Result = Result<()>;
 }
+
+/// Applies new resources to a running container (CRI
+/// UpdateContainerResources), and keeps them in its record.
+#[derive(Debug, Clone)]
+pub struct UpdateContainerResources {
+    pub id: String,
+    pub resources: Resources,
+}
+
+impl Message for UpdateContainerResources {
+    type Result = Result<()>;
+}
+
+/// Reopens a running container's log file (CRI ReopenContainerLog), after
+/// kubelet renamed it for rotation.
+#[derive(Debug, Clone)]
+pub struct ReopenContainerLog {
+    pub id: String,
+}
+
+impl Message for ReopenContainerLog {
+    type Result = Result<()>;
+}

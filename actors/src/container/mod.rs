@@ -5,6 +5,7 @@ mod create;
 mod lifecycle;
 pub mod messages;
 pub mod spec;
+pub mod stats;
 mod status;
 pub mod store;
 

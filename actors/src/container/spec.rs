@@ -1110,6 +1110,12 @@ fn valid_page_size(size: &str) -> bool {
     digits > 0 && matches!(&size[digits..], "KB" | "MB" | "GB" | "TB" | "PB")
 }
 
+/// The OCI resources for UpdateContainerResources (no device rules: those
+/// stay as created).
+pub fn update_resources(r: &Resources) -> Result<LinuxResources> {
+    resources(r, Vec::new())
+}
+
 fn resources(r: &Resources, devices: Vec<LinuxDeviceCgroup>) -> Result<LinuxResources> {
     let mut out = LinuxResources::default();
     out.set_devices(Some(devices));

@@ -123,3 +123,19 @@ impl Handles<ExecSync> for Shims {
         self.exec_sync(msg)
     }
 }
+
+impl Handles<UpdateTask> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: UpdateTask, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.update_task(msg)
+    }
+}
+
+impl Handles<ReopenLog> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: ReopenLog, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        Reply::Now(self.reopen_log(&msg.id))
+    }
+}

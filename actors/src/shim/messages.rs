@@ -103,3 +103,24 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
     pub exit_code: i32,
 }
+
+/// Applies new resources (the OCI LinuxResources JSON) to a running task.
+#[derive(Debug, Clone)]
+pub struct UpdateTask {
+    pub id: String,
+    pub resources_json: Vec<u8>,
+}
+
+impl Message for UpdateTask {
+    type Result = Result<()>;
+}
+
+/// Makes the task's shim reopen its log file (log rotation): SIGUSR1.
+#[derive(Debug, Clone)]
+pub struct ReopenLog {
+    pub id: String,
+}
+
+impl Message for ReopenLog {
+    type Result = Result<()>;
+}

@@ -328,3 +328,34 @@ impl Shims {
         Reply::Later(Box::pin(wrap_future(work)))
     }
 }
+
+impl Shims {
+    pub(super) fn update_task(&mut self, msg: UpdateTask) -> Reply<Self, ()> {
+        let Some((client, record)) = self.client(&msg.id) else {
+            return Reply::Now(Err(Error::NotFound(format!("task {} not found", msg.id))));
+        };
+        let work = async move {
+            let client = match client {
+                Some(c) => c,
+                None => ShimClient::connect(&msg.id, Path::new(&record.address)).await?,
+            };
+            client.update(&msg.resources_json).await
+        };
+        Reply::Later(Box::pin(wrap_future(work)))
+    }
+
+    /// The shim reopens the log file on SIGUSR1; lines are written whole,
+    /// so none is lost or split across the two files.
+    pub(super) fn reopen_log(&self, id: &str) -> Result<()> {
+        let record = self
+            .records
+            .get(id)
+            .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
+        let pid = launch::read_shim_pid(Path::new(&record.bundle))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .map_err(|e| Error::Unavailable(format!("the shim of {id} is gone: {e}")))
+    }
+}

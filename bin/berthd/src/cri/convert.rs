@@ -265,6 +265,25 @@ fn signal(s: i32) -> i32 {
         .unwrap_or(0)
 }
 
+pub fn resources(r: cri::LinuxContainerResources) -> ctr::Resources {
+    ctr::Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| (h.page_size, h.limit))
+            .collect(),
+        unified: r.unified.into_iter().collect(),
+    }
+}
+
 pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::ContainerConfig, Error> {
     let c = c.ok_or_else(|| Error::InvalidArgument("container config is missing".into()))?;
     let m = c
@@ -317,22 +336,7 @@ pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::Containe
         stdin: c.stdin,
         stdin_once: c.stdin_once,
         tty: c.tty,
-        resources: ctr::Resources {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_in_bytes: r.memory_limit_in_bytes,
-            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-            cpuset_cpus: r.cpuset_cpus,
-            cpuset_mems: r.cpuset_mems,
-            hugepage_limits: r
-                .hugepage_limits
-                .into_iter()
-                .map(|h| (h.page_size, h.limit))
-                .collect(),
-            unified: r.unified.into_iter().collect(),
-        },
+        resources: resources(r),
         security: ctr::ContainerSecurity {
             capabilities_add: caps.add_capabilities,
             capabilities_drop: caps.drop_capabilities,

@@ -288,6 +288,42 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn update_container_resources(
+        &self,
+        request: Request<UpdateContainerResourcesRequest>,
+    ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+        let req = request.into_inner();
+        serve("UpdateContainerResources", async {
+            let resources = req.linux.ok_or_else(|| {
+                berth_actors::Error::InvalidArgument("no linux resources to update".into())
+            })?;
+            self.kernel
+                .container
+                .call(ctr::UpdateContainerResources {
+                    id: req.container_id,
+                    resources: convert::resources(resources),
+                })
+                .await?;
+            Ok(UpdateContainerResourcesResponse {})
+        })
+        .await
+    }
+
+    async fn reopen_container_log(
+        &self,
+        request: Request<ReopenContainerLogRequest>,
+    ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+        let id = request.into_inner().container_id;
+        serve("ReopenContainerLog", async {
+            self.kernel
+                .container
+                .call(ctr::ReopenContainerLog { id })
+                .await?;
+            Ok(ReopenContainerLogResponse {})
+        })
+        .await
+    }
+
     async fn exec_sync(
         &self,
         request: Request<ExecSyncRequest>,
@@ -422,8 +458,6 @@ impl RuntimeService for Cri {
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
     unimplemented_rpcs! {
-        update_container_resources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse = "UpdateContainerResources";
-        reopen_container_log(ReopenContainerLogRequest) -> ReopenContainerLogResponse = "ReopenContainerLog";
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";

@@ -1,0 +1,275 @@
+//! Resource usage of a container or a pod, read from its cgroup, for CRI
+//! `ContainerStats` and `PodSandboxStats`; and the disk usage of a
+//! container's writable layer.
+//!
+//! runc with the cgroupfs driver places a cgroups path such as
+//! `/berth/<id>` under each v1 controller's mount
+//! (`/sys/fs/cgroup/<controller>/berth/<id>`), or once under the cgroup2
+//! mount (`/sys/fs/cgroup/berth/<id>`). Which layout the node has is found
+//! once. A hybrid node (v1 controllers, cgroup2 only at
+//! `/sys/fs/cgroup/unified` with no controllers in it) counts as v1.
+//!
+//! Both layouts count hierarchically: a pod's cgroup includes its
+//! containers, so the same reader serves pods and containers.
+
+use crate::{Error, Result};
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Where the node's cgroup hierarchies are mounted.
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// What a cgroup has used; a value its cgroup does not report is `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    /// When the reading was taken.
+    pub timestamp_unix_nanos: i64,
+    /// CPU time used on all cores, in nanoseconds.
+    pub cpu_usage_core_nanos: Option<u64>,
+    /// All memory charged to the cgroup, page cache included.
+    pub memory_usage_bytes: Option<u64>,
+    /// The usage less the inactive file cache, which the kernel reclaims
+    /// first; this is what kubelet evicts on.
+    pub memory_working_set_bytes: Option<u64>,
+    /// Anonymous memory (not backed by a file).
+    pub memory_rss_bytes: Option<u64>,
+    pub page_faults: Option<u64>,
+    pub major_page_faults: Option<u64>,
+    /// Processes and threads in the cgroup.
+    pub pids: Option<u64>,
+    /// Processes the OOM killer has killed in the cgroup.
+    pub oom_kills: Option<u64>,
+}
+
+/// Reads the cgroup at `cgroups_path` (as in the OCI spec's `cgroupsPath`)
+/// on this node.
+pub fn read(cgroups_path: &str) -> Result<CgroupStats> {
+    read_at(Path::new(ROOT), unified(), cgroups_path)
+}
+
+/// Reads the cgroup at `cgroups_path` under `root`, laid out as cgroup v2
+/// when `v2`, else as v1 with one directory per controller.
+pub fn read_at(root: &Path, v2: bool, cgroups_path: &str) -> Result<CgroupStats> {
+    let rel = relative(cgroups_path)?;
+    // Taken before the files are read, so two readings a known interval
+    // apart never claim more time than passed between them.
+    let timestamp_unix_nanos = crate::journal::unix_nanos();
+    let mut stats = if v2 {
+        read_v2(root, &rel, cgroups_path)?
+    } else {
+        read_v1(root, &rel, cgroups_path)?
+    };
+    stats.timestamp_unix_nanos = timestamp_unix_nanos;
+    Ok(stats)
+}
+
+/// Whether the OOM killer has acted in the cgroup at `cgroups_path` on
+/// this node (or it is out of memory right now, on v1). A cgroup that
+/// cannot be read says no.
+pub fn oom_killed(cgroups_path: &str) -> bool {
+    oom_killed_at(Path::new(ROOT), unified(), cgroups_path)
+}
+
+/// [`oom_killed`] for the cgroup tree at `root`, laid out as in [`read_at`].
+pub fn oom_killed_at(root: &Path, v2: bool, cgroups_path: &str) -> bool {
+    let Ok(rel) = relative(cgroups_path) else {
+        return false;
+    };
+    if v2 {
+        let events = keyed(&root.join(&rel).join("memory.events"));
+        return matches!(events, Ok(Some(m)) if m.get("oom_kill").is_some_and(|&n| n > 0));
+    }
+    match keyed(&root.join("memory").join(&rel).join("memory.oom_control")) {
+        Ok(Some(m)) => {
+            // Kernels before 4.13 have no `oom_kill` count; `under_oom`
+            // still tells of a cgroup stuck at its limit.
+            m.get("oom_kill").is_some_and(|&n| n > 0) || m.get("under_oom") == Some(&1)
+        }
+        _ => false,
+    }
+}
+
+/// The space a directory tree takes on disk and the inodes in it: blocks
+/// actually allocated (so sparse files count what they hold), each inode
+/// once however many hard links it has, the top directory included.
+/// Symbolic links are counted, never followed. What cannot be read (a file
+/// removed during the walk) is left out. It walks the whole tree, so it
+/// blocks.
+pub fn dir_usage(path: &Path) -> (u64, u64) {
+    let mut seen = HashSet::new();
+    let mut bytes = 0u64;
+    let mut pending = vec![path.to_path_buf()];
+    // A loop rather than recursion: a deep tree must not exhaust the stack.
+    while let Some(p) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        // Only the first sight of an inode counts, and only then is a
+        // directory entered; that also ends any loop a bind mount makes.
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        bytes = bytes.saturating_add(meta.blocks().saturating_mul(512));
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                pending.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    (bytes, seen.len() as u64)
+}
+
+/// Whether this node has cgroup v2 at [`ROOT`], asked once: it does not
+/// change while berthd runs.
+fn unified() -> bool {
+    static V2: OnceLock<bool> = OnceLock::new();
+    *V2.get_or_init(|| is_cgroup2(Path::new(ROOT)))
+}
+
+fn is_cgroup2(root: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    match statfs(root) {
+        Ok(fs) => fs.filesystem_type() == CGROUP2_SUPER_MAGIC,
+        // Only the root of a cgroup2 mount has this file; a hybrid node's
+        // tmpfs at the root does not.
+        Err(_) => root.join("cgroup.controllers").exists(),
+    }
+}
+
+/// The cgroups path as a path relative to a hierarchy's mount. `..` is
+/// refused: it could name a directory outside the cgroup tree.
+fn relative(cgroups_path: &str) -> Result<PathBuf> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(cgroups_path).components() {
+        match c {
+            Component::Normal(part) => rel.push(part),
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "cgroups path {cgroups_path:?} must not contain \"..\""
+                )));
+            }
+        }
+    }
+    Ok(rel)
+}
+
+fn not_found(root: &Path, cgroups_path: &str) -> Error {
+    Error::NotFound(format!(
+        "cgroup {cgroups_path:?} not found under {}",
+        root.display()
+    ))
+}
+
+fn read_v1(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
+    let memory = root.join("memory").join(rel);
+    let cpuacct = root.join("cpuacct").join(rel);
+    let pids = root.join("pids").join(rel);
+    // runc makes the directory in every controller, so any one of them
+    // means the cgroup is there; a controller the node lacks only leaves
+    // its values unknown.
+    if ![&memory, &cpuacct, &pids].iter().any(|d| d.is_dir()) {
+        return Err(not_found(root, cgroups_path));
+    }
+    let stat = keyed(&memory.join("memory.stat"))?.unwrap_or_default();
+    let usage = single(&memory.join("memory.usage_in_bytes"))?;
+    let oom = keyed(&memory.join("memory.oom_control"))?.unwrap_or_default();
+    // The `total_` values include the cgroup's descendants (a pod's
+    // containers); the plain ones would count only its own processes.
+    Ok(CgroupStats {
+        timestamp_unix_nanos: 0,
+        cpu_usage_core_nanos: single(&cpuacct.join("cpuacct.usage"))?,
+        memory_usage_bytes: usage,
+        memory_working_set_bytes: working_set(usage, stat.get("total_inactive_file").copied()),
+        memory_rss_bytes: stat.get("total_rss").copied(),
+        page_faults: stat.get("total_pgfault").copied(),
+        major_page_faults: stat.get("total_pgmajfault").copied(),
+        pids: single(&pids.join("pids.current"))?,
+        oom_kills: oom.get("oom_kill").copied(),
+    })
+}
+
+fn read_v2(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
+    let dir = root.join(rel);
+    if !dir.is_dir() {
+        return Err(not_found(root, cgroups_path));
+    }
+    let cpu = keyed(&dir.join("cpu.stat"))?.unwrap_or_default();
+    let stat = keyed(&dir.join("memory.stat"))?.unwrap_or_default();
+    let usage = single(&dir.join("memory.current"))?;
+    let events = keyed(&dir.join("memory.events"))?.unwrap_or_default();
+    Ok(CgroupStats {
+        timestamp_unix_nanos: 0,
+        cpu_usage_core_nanos: cpu.get("usage_usec").map(|us| us.saturating_mul(1000)),
+        memory_usage_bytes: usage,
+        memory_working_set_bytes: working_set(usage, stat.get("inactive_file").copied()),
+        memory_rss_bytes: stat.get("anon").copied(),
+        page_faults: stat.get("pgfault").copied(),
+        major_page_faults: stat.get("pgmajfault").copied(),
+        pids: single(&dir.join("pids.current"))?,
+        oom_kills: events.get("oom_kill").copied(),
+    })
+}
+
+/// Usage less the inactive file cache. The two files are read at
+/// different moments, and v1's usage is only approximate (per-CPU charges
+/// are batched), so the cache can exceed the usage; the result then stops
+/// at zero rather than wrapping. Without memory.stat nothing is known to
+/// be reclaimable, and no figure is better than an inflated one.
+fn working_set(usage: Option<u64>, inactive_file: Option<u64>) -> Option<u64> {
+    Some(usage?.saturating_sub(inactive_file?))
+}
+
+/// A file's contents, or `None` when the file is not there: its controller
+/// is not enabled, the kernel is too old to have it, or the cgroup went
+/// away while it was being read (which the kernel reports as ENODEV).
+fn contents(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENODEV) => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::Internal(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// A file holding one number.
+fn single(path: &Path) -> Result<Option<u64>> {
+    let Some(s) = contents(path)? else {
+        return Ok(None);
+    };
+    s.trim().parse().map(Some).map_err(|_| {
+        Error::Internal(format!(
+            "{} holds {:?}, not a number",
+            path.display(),
+            s.trim()
+        ))
+    })
+}
+
+/// A file of `key value` lines. Lines that are not a key and a number are
+/// skipped, so a kernel that adds another kind of line breaks nothing.
+fn keyed(path: &Path) -> Result<Option<HashMap<String, u64>>> {
+    let Some(s) = contents(path)? else {
+        return Ok(None);
+    };
+    let map = s
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let key = parts.next()?;
+            let value = parts.next()?.parse().ok()?;
+            parts.next().is_none().then(|| (key.to_string(), value))
+        })
+        .collect();
+    Ok(Some(map))
+}
+
+#[cfg(test)]
+mod tests;
