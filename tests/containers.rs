@@ -721,3 +721,109 @@ async fn log_rotation_loses_no_line_and_resources_update_live() {
         .await
         .expect("remove pod");
 }
+
+#[tokio::test]
+async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "stats", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+    let c = running(&mut rt, &p, &s.image, "busy", |c| {
+        c.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo data > /written; sleep 1000".into(),
+        ];
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = rt
+        .container_stats(ContainerStatsRequest {
+            container_id: c.clone(),
+        })
+        .await
+        .expect("ContainerStats")
+        .into_inner()
+        .stats
+        .expect("stats");
+    let mem = st.memory.expect("memory");
+    assert!(mem.usage_bytes.expect("usage").value > 0);
+    assert!(mem.working_set_bytes.is_some());
+    assert!(
+        st.cpu
+            .expect("cpu")
+            .usage_core_nano_seconds
+            .expect("cpu ns")
+            .value
+            > 0
+    );
+    let layer = st.writable_layer.expect("writable layer");
+    assert!(
+        layer.used_bytes.expect("bytes").value > 0,
+        "the container wrote a file"
+    );
+    let list = rt
+        .list_container_stats(ListContainerStatsRequest {
+            filter: Some(ContainerStatsFilter {
+                pod_sandbox_id: p.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("ListContainerStats")
+        .into_inner()
+        .stats;
+    assert_eq!(list.len(), 1);
+    let pod_stats = rt
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: p.clone(),
+        })
+        .await
+        .expect("PodSandboxStats")
+        .into_inner()
+        .stats
+        .expect("pod stats");
+    let linux = pod_stats.linux.expect("linux");
+    assert_eq!(linux.containers.len(), 1);
+    // The pause process, the shell and its sleep.
+    assert!(
+        linux
+            .process
+            .expect("process")
+            .process_count
+            .expect("count")
+            .value
+            >= 2
+    );
+
+    // Over its memory limit: OOMKilled.
+    let hog = running(&mut rt, &p, &s.image, "hog", |c| {
+        c.command = vec![
+            "dd".into(),
+            "if=/dev/zero".into(),
+            "of=/dev/null".into(),
+            "bs=64M".into(),
+            "count=1".into(),
+        ];
+        c.linux = Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                memory_limit_in_bytes: 16 << 20,
+                memory_swap_limit_in_bytes: 16 << 20,
+                ..Default::default()
+            }),
+            security_context: None,
+        });
+    })
+    .await;
+    let st = exited(&mut rt, &hog).await;
+    assert_eq!(st.reason, "OOMKilled", "exit {}", st.exit_code);
+    assert_eq!(st.exit_code, 137);
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}

@@ -119,11 +119,11 @@ async fn rpcs_not_built_yet_answer_unimplemented_naming_the_rpc() {
     assert!(err.message().contains("GetContainerEvents"), "{err:?}");
 
     let err = rt
-        .container_stats(ContainerStatsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .expect_err("not built yet");
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("ContainerStats"), "{err:?}");
+    assert!(err.message().contains("CheckpointContainer"), "{err:?}");
 }
 
 #[tokio::test]
@@ -323,10 +323,12 @@ async fn cri_calls_are_logged_with_entry_and_outcome() {
     rt.version(VersionRequest::default())
         .await
         .expect("Version");
-    let _ = rt.container_stats(ContainerStatsRequest::default()).await;
+    let _ = rt
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .await;
     let log = eventually(Duration::from_secs(2), "log lines", || {
         let log = d.log();
-        async move { log.contains("rpc=\"ContainerStats\"").then_some(log) }
+        async move { log.contains("rpc=\"ListMetricDescriptors\"").then_some(log) }
     })
     .await;
     let version: Vec<_> = log

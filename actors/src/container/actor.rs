@@ -27,6 +27,8 @@ pub struct ContainerDeps {
     pub state: PathBuf,
     /// Where logs go for pods that name no log directory.
     pub default_log_dir: PathBuf,
+    /// Where containers' writable layers are (`<dir>/<id>/upper`).
+    pub rootfs_dir: PathBuf,
 }
 
 pub struct Containers {
@@ -226,6 +228,91 @@ impl Handles<ReopenContainerLog> for Containers {
         Reply::Later(Box::pin(actix::fut::wrap_future(async move {
             shim.call(crate::shim::messages::ReopenLog { id: full })
                 .await
+        })))
+    }
+}
+
+impl Handles<ContainerStats> for Containers {
+    type Output = Vec<ContainerUsage>;
+
+    fn handle(
+        &mut self,
+        msg: ContainerStats,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<ContainerUsage>> {
+        let records = match &msg.id {
+            Some(id) => match self.resolve(id).and_then(|f| self.records.get(&f).cloned()) {
+                Some(r) => vec![r],
+                None => {
+                    return Reply::Now(Err(crate::Error::NotFound(format!(
+                        "container {id:?} not found"
+                    ))))
+                }
+            },
+            None => {
+                let mut f = msg.filter.clone();
+                f.state = Some(super::store::ContainerState::Running);
+                self.list(&f)
+            }
+        };
+        let dir = self.deps.rootfs_dir.clone();
+        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
+            tokio::task::spawn_blocking(move || {
+                records.into_iter().map(|r| super::usage(&dir, r)).collect()
+            })
+            .await
+            .map_err(|e| crate::Error::Internal(format!("stats task: {e}")))
+        })))
+    }
+}
+
+impl Handles<PodStats> for Containers {
+    type Output = Vec<PodUsage>;
+
+    fn handle(&mut self, msg: PodStats, _cx: Cx<'_, Self>) -> Reply<Self, Vec<PodUsage>> {
+        let sandbox = self.deps.sandbox.clone();
+        let containers: Vec<super::store::ContainerRecord> = self
+            .records
+            .iter()
+            .filter(|r| r.state == super::store::ContainerState::Running)
+            .cloned()
+            .collect();
+        let dir = self.deps.rootfs_dir.clone();
+        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
+            let pods = match msg.id {
+                Some(id) => vec![
+                    sandbox
+                        .call(crate::sandbox::messages::PodSandboxStatus { id })
+                        .await?,
+                ],
+                None => {
+                    let mut f = msg.filter;
+                    f.ready = Some(true);
+                    sandbox.call(f).await?
+                }
+            };
+            tokio::task::spawn_blocking(move || {
+                pods.into_iter()
+                    .map(|pod| {
+                        let mut total = super::stats::read(&pod.cgroups_path).unwrap_or_default();
+                        let mine: Vec<ContainerUsage> = containers
+                            .iter()
+                            .filter(|c| c.sandbox_id == pod.id)
+                            .map(|c| super::usage(&dir, c.clone()))
+                            .collect();
+                        for c in &mine {
+                            super::stats::add(&mut total, &c.cgroup);
+                        }
+                        PodUsage {
+                            sandbox: pod,
+                            total,
+                            containers: mine,
+                        }
+                    })
+                    .collect()
+            })
+            .await
+            .map_err(|e| crate::Error::Internal(format!("stats task: {e}")))
         })))
     }
 }

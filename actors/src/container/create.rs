@@ -114,6 +114,7 @@ fn image_run(config: Option<&serde_json::Value>) -> ImageRun {
 }
 
 struct Made {
+    cgroups_path: String,
     image_id: String,
     log_path: PathBuf,
     user: (u32, u32, Vec<u32>),
@@ -243,6 +244,7 @@ async fn make(
         cgroups_path: format!("{parent}/{id}"),
         sysctls: pod.config.sysctls.clone(),
     };
+    let cgroups_path = inputs.cgroups_path.clone();
     let oci = spec::build(&inputs)?;
     undo.task = true;
     let pid = deps
@@ -255,6 +257,7 @@ async fn make(
         })
         .await?;
     Ok(Made {
+        cgroups_path,
         image_id: image.record.id,
         log_path: log_path.unwrap_or_default(),
         user,
@@ -303,6 +306,7 @@ impl Containers {
             log_path: String::new(),
             user: (0, 0, Vec::new()),
             stop_signal: 0,
+            cgroups_path: String::new(),
         };
         if let Err(e) = self.records.put(record) {
             return Reply::Now(Err(e.into()));
@@ -349,6 +353,7 @@ impl Containers {
                 r.user = made.user;
                 r.pid = made.pid;
                 r.stop_signal = made.stop_signal;
+                r.cgroups_path = made.cgroups_path;
                 me.records.put(r)?;
                 Ok(id)
             },

@@ -143,7 +143,16 @@ impl Containers {
         } else {
             crate::journal::unix_nanos()
         };
-        r.reason = if status == 0 { "Completed" } else { "Error" }.to_string();
+        // The cgroup is still there (the task is not deleted yet) and
+        // tells whether the kernel's OOM killer ended it.
+        r.reason = if status == 0 {
+            "Completed"
+        } else if !r.cgroups_path.is_empty() && super::stats::oom_killed(&r.cgroups_path) {
+            "OOMKilled"
+        } else {
+            "Error"
+        }
+        .to_string();
         self.records.put(r)?;
         Ok(())
     }

@@ -241,3 +241,44 @@ pub struct ReopenContainerLog {
 impl Message for ReopenContainerLog {
     type Result = Result<()>;
 }
+
+/// Resource usage of containers (CRI ContainerStats, ListContainerStats):
+/// one ID, or those a filter matches (running ones only when listing).
+#[derive(Debug, Clone, Default)]
+pub struct ContainerStats {
+    pub id: Option<String>,
+    pub filter: ListContainers,
+}
+
+impl Message for ContainerStats {
+    type Result = Result<Vec<ContainerUsage>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ContainerUsage {
+    pub record: super::store::ContainerRecord,
+    pub cgroup: super::stats::CgroupStats,
+    /// The writable layer: bytes and inodes, and where it is.
+    pub writable_bytes: u64,
+    pub writable_inodes: u64,
+    pub writable_path: String,
+}
+
+/// Resource usage of pods (CRI PodSandboxStats, ListPodSandboxStats): the
+/// pause container's cgroup plus every container's.
+#[derive(Debug, Clone, Default)]
+pub struct PodStats {
+    pub id: Option<String>,
+    pub filter: crate::sandbox::messages::ListPodSandbox,
+}
+
+impl Message for PodStats {
+    type Result = Result<Vec<PodUsage>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct PodUsage {
+    pub sandbox: crate::sandbox::store::SandboxRecord,
+    pub total: super::stats::CgroupStats,
+    pub containers: Vec<ContainerUsage>,
+}

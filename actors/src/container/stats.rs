@@ -273,3 +273,21 @@ fn keyed(path: &Path) -> Result<Option<HashMap<String, u64>>> {
 
 #[cfg(test)]
 mod tests;
+
+/// Adds `b`'s counters to `a` (a pod is its containers and its pause).
+pub fn add(a: &mut CgroupStats, b: &CgroupStats) {
+    fn sum(x: &mut Option<u64>, y: Option<u64>) {
+        if let Some(y) = y {
+            *x = Some(x.unwrap_or(0) + y);
+        }
+    }
+    sum(&mut a.cpu_usage_core_nanos, b.cpu_usage_core_nanos);
+    sum(&mut a.memory_usage_bytes, b.memory_usage_bytes);
+    sum(&mut a.memory_working_set_bytes, b.memory_working_set_bytes);
+    sum(&mut a.memory_rss_bytes, b.memory_rss_bytes);
+    sum(&mut a.page_faults, b.page_faults);
+    sum(&mut a.major_page_faults, b.major_page_faults);
+    sum(&mut a.pids, b.pids);
+    sum(&mut a.oom_kills, b.oom_kills);
+    a.timestamp_unix_nanos = a.timestamp_unix_nanos.max(b.timestamp_unix_nanos);
+}

@@ -55,6 +55,9 @@ pub struct ContainerRecord {
     /// The signal StopContainer sends first.
     #[serde(default)]
     pub stop_signal: i32,
+    /// The container's cgroup (stats, OOM kills).
+    #[serde(default)]
+    pub cgroups_path: String,
 }
 
 fn creating() -> ContainerState {

@@ -91,7 +91,11 @@ impl Kernel {
         let actors_journal = journal.clone();
         let network_config = config.network.clone();
         let sandbox_config = config.sandbox.clone();
-        let container_dirs = (config.sandbox.state.clone(), config.image.root.join("pods"));
+        let container_dirs = (
+            config.sandbox.state.clone(),
+            config.image.root.join("pods"),
+            config.image.root.join("rootfs"),
+        );
         let shim_config = Arc::new(config.shim.clone());
         let thread = std::thread::Builder::new()
             .name("berth-actors".into())
@@ -116,6 +120,7 @@ impl Kernel {
                         shim: shim.clone(),
                         state: container_dirs.0,
                         default_log_dir: container_dirs.1,
+                        rootfs_dir: container_dirs.2,
                     };
                     let container = spawn::<Containers>(container_deps, j, &mut registry);
                     let started = Started {

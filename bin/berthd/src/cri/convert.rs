@@ -467,3 +467,104 @@ pub fn container_filter(f: Option<cri::ContainerFilter>) -> ctr::ListContainers 
         labels: f.label_selector.into_iter().collect(),
     }
 }
+
+use berth_actors::container::messages::{ContainerUsage, PodUsage};
+use berth_actors::container::stats::CgroupStats;
+
+fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+fn cpu(s: &CgroupStats) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp: s.timestamp_unix_nanos,
+        usage_core_nano_seconds: u64v(s.cpu_usage_core_nanos),
+        ..Default::default()
+    }
+}
+
+fn memory(s: &CgroupStats) -> cri::MemoryUsage {
+    cri::MemoryUsage {
+        timestamp: s.timestamp_unix_nanos,
+        working_set_bytes: u64v(s.memory_working_set_bytes),
+        usage_bytes: u64v(s.memory_usage_bytes),
+        rss_bytes: u64v(s.memory_rss_bytes),
+        page_faults: u64v(s.page_faults),
+        major_page_faults: u64v(s.major_page_faults),
+        ..Default::default()
+    }
+}
+
+pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
+    let r = &u.record;
+    cri::ContainerStats {
+        attributes: Some(cri::ContainerAttributes {
+            id: r.id.clone(),
+            metadata: Some(cri::ContainerMetadata {
+                name: r.config.name.clone(),
+                attempt: r.config.attempt,
+            }),
+            labels: r.config.labels.clone().into_iter().collect(),
+            annotations: r.config.annotations.clone().into_iter().collect(),
+        }),
+        cpu: Some(cpu(&u.cgroup)),
+        memory: Some(memory(&u.cgroup)),
+        writable_layer: Some(cri::FilesystemUsage {
+            timestamp: u.cgroup.timestamp_unix_nanos,
+            fs_id: Some(cri::FilesystemIdentifier {
+                mountpoint: u.writable_path.clone(),
+            }),
+            used_bytes: u64v(Some(u.writable_bytes)),
+            inodes_used: u64v(Some(u.writable_inodes)),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn pod_stats(p: &PodUsage) -> cri::PodSandboxStats {
+    let r = &p.sandbox;
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: r.id.clone(),
+            metadata: Some(metadata(r)),
+            labels: r.config.labels.clone().into_iter().collect(),
+            annotations: r.config.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cpu(&p.total)),
+            memory: Some(memory(&p.total)),
+            process: Some(cri::ProcessUsage {
+                timestamp: p.total.timestamp_unix_nanos,
+                process_count: u64v(p.total.pids),
+            }),
+            containers: p.containers.iter().map(container_stats).collect(),
+            ..Default::default()
+        }),
+        windows: None,
+    }
+}
+
+pub fn container_stats_filter(f: Option<cri::ContainerStatsFilter>) -> ctr::ContainerStats {
+    let f = f.unwrap_or_default();
+    ctr::ContainerStats {
+        id: None,
+        filter: ctr::ListContainers {
+            id: Some(f.id).filter(|i| !i.is_empty()),
+            sandbox_id: Some(f.pod_sandbox_id).filter(|i| !i.is_empty()),
+            state: None,
+            labels: f.label_selector.into_iter().collect(),
+        },
+    }
+}
+
+pub fn pod_stats_filter(f: Option<cri::PodSandboxStatsFilter>) -> ctr::PodStats {
+    let f = f.unwrap_or_default();
+    ctr::PodStats {
+        id: None,
+        filter: pod::ListPodSandbox {
+            id: Some(f.id).filter(|i| !i.is_empty()),
+            ready: None,
+            labels: f.label_selector.into_iter().collect(),
+        },
+    }
+}

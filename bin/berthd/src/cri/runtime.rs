@@ -324,6 +324,112 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatsResponse>, Status> {
+        let id = request.into_inner().container_id;
+        serve("ContainerStats", async {
+            let msg = ctr::ContainerStats {
+                id: Some(id),
+                ..Default::default()
+            };
+            let usage = self.kernel.container.call(msg).await?;
+            Ok(ContainerStatsResponse {
+                stats: usage.first().map(convert::container_stats),
+            })
+        })
+        .await
+    }
+
+    async fn list_container_stats(
+        &self,
+        request: Request<ListContainerStatsRequest>,
+    ) -> Result<Response<ListContainerStatsResponse>, Status> {
+        let msg = convert::container_stats_filter(request.into_inner().filter);
+        serve("ListContainerStats", async {
+            let usage = self.kernel.container.call(msg).await?;
+            Ok(ListContainerStatsResponse {
+                stats: usage.iter().map(convert::container_stats).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn stream_container_stats(
+        &self,
+        request: Request<StreamContainerStatsRequest>,
+    ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
+        let msg = convert::container_stats_filter(request.into_inner().filter);
+        serve("StreamContainerStats", async {
+            let usage = self.kernel.container.call(msg).await?;
+            let chunks: Vec<Result<StreamContainerStatsResponse, Status>> = usage
+                .chunks(100)
+                .map(|c| {
+                    Ok(StreamContainerStatsResponse {
+                        container_stats: c.iter().map(convert::container_stats).collect(),
+                    })
+                })
+                .collect();
+            let feed: Self::StreamContainerStatsStream = Box::pin(futures::stream::iter(chunks));
+            Ok(feed)
+        })
+        .await
+    }
+
+    async fn pod_sandbox_stats(
+        &self,
+        request: Request<PodSandboxStatsRequest>,
+    ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+        let id = request.into_inner().pod_sandbox_id;
+        serve("PodSandboxStats", async {
+            let msg = ctr::PodStats {
+                id: Some(id),
+                ..Default::default()
+            };
+            let usage = self.kernel.container.call(msg).await?;
+            Ok(PodSandboxStatsResponse {
+                stats: usage.first().map(convert::pod_stats),
+            })
+        })
+        .await
+    }
+
+    async fn list_pod_sandbox_stats(
+        &self,
+        request: Request<ListPodSandboxStatsRequest>,
+    ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+        let msg = convert::pod_stats_filter(request.into_inner().filter);
+        serve("ListPodSandboxStats", async {
+            let usage = self.kernel.container.call(msg).await?;
+            Ok(ListPodSandboxStatsResponse {
+                stats: usage.iter().map(convert::pod_stats).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn stream_pod_sandbox_stats(
+        &self,
+        request: Request<StreamPodSandboxStatsRequest>,
+    ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
+        let msg = convert::pod_stats_filter(request.into_inner().filter);
+        serve("StreamPodSandboxStats", async {
+            let usage = self.kernel.container.call(msg).await?;
+            let chunks: Vec<Result<StreamPodSandboxStatsResponse, Status>> = usage
+                .chunks(100)
+                .map(|c| {
+                    Ok(StreamPodSandboxStatsResponse {
+                        pod_sandbox_stats: c.iter().map(convert::pod_stats).collect(),
+                    })
+                })
+                .collect();
+            let feed: Self::StreamPodSandboxStatsStream = Box::pin(futures::stream::iter(chunks));
+            Ok(feed)
+        })
+        .await
+    }
+
     async fn exec_sync(
         &self,
         request: Request<ExecSyncRequest>,
@@ -461,12 +567,6 @@ impl RuntimeService for Cri {
         exec(ExecRequest) -> ExecResponse = "Exec";
         attach(AttachRequest) -> AttachResponse = "Attach";
         port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
-        container_stats(ContainerStatsRequest) -> ContainerStatsResponse = "ContainerStats";
-        list_container_stats(ListContainerStatsRequest) -> ListContainerStatsResponse = "ListContainerStats";
-        stream_container_stats(StreamContainerStatsRequest) -> Self::StreamContainerStatsStream = "StreamContainerStats";
-        pod_sandbox_stats(PodSandboxStatsRequest) -> PodSandboxStatsResponse = "PodSandboxStats";
-        list_pod_sandbox_stats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse = "ListPodSandboxStats";
-        stream_pod_sandbox_stats(StreamPodSandboxStatsRequest) -> Self::StreamPodSandboxStatsStream = "StreamPodSandboxStats";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";
