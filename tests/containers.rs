@@ -171,6 +171,17 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
     .expect("CreateContainer");
     let st = status(&mut rt, &c).await;
     assert_eq!(st.state, ContainerState::ContainerCreated as i32);
+    let verbose = rt
+        .container_status(ContainerStatusRequest {
+            container_id: c.clone(),
+            verbose: true,
+        })
+        .await
+        .expect("verbose")
+        .into_inner();
+    let info: serde_json::Value = serde_json::from_str(&verbose.info["info"]).expect("info json");
+    assert_eq!(info["runtimeSpec"]["process"]["args"][0], "sh");
+    assert!(info["pid"].as_u64().expect("pid") > 0);
     rt.start_container(StartContainerRequest {
         container_id: c.clone(),
     })
@@ -381,6 +392,29 @@ async fn bad_container_requests_are_refused_and_leave_nothing() {
         .await
         .expect_err("relative mount");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    let mut negative = container("x", &s.image, &["true"]);
+    negative.linux = Some(LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            cpu_shares: -5,
+            ..Default::default()
+        }),
+        security_context: None,
+    });
+    let err = create(&mut rt, &p, negative)
+        .await
+        .expect_err("negative cpu shares");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("cpu_shares"), "{err:?}");
+    // A stopped pod takes no new container.
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    let err = create(&mut rt, &p, container("late", &s.image, &["true"]))
+        .await
+        .expect_err("stopped pod");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     let left = rt
         .list_containers(ListContainersRequest::default())
         .await

@@ -546,3 +546,29 @@ async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
     }
     assert_eq!(allocations(&n.ipam), 0);
 }
+
+#[tokio::test]
+async fn a_pod_sysctl_is_set_in_its_network_namespace() {
+    let n = node();
+    let mut rt = n.d.runtime().await;
+    let mut c = config("sysctl");
+    c.linux = Some(LinuxPodSandboxConfig {
+        sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]),
+        ..Default::default()
+    });
+    let id = run(&mut rt, c).await.expect("run");
+    let netns = info(&status(&mut rt, &id).await.expect("status"))["netns"]
+        .as_str()
+        .expect("netns")
+        .to_string();
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])
+        .output()
+        .expect("nsenter");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "80");
+    let host =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").expect("host");
+    assert_ne!(host.trim(), "80", "the host's own value is untouched");
+    stop_and_remove(&mut rt, &id).await;
+}

@@ -445,7 +445,21 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
             })
             .collect(),
         log_path: r.log_path.clone(),
-        resources: None,
+        resources: Some(cri::ContainerResources {
+            linux: Some(cri::LinuxContainerResources {
+                cpu_period: r.config.resources.cpu_period,
+                cpu_quota: r.config.resources.cpu_quota,
+                cpu_shares: r.config.resources.cpu_shares,
+                memory_limit_in_bytes: r.config.resources.memory_limit_in_bytes,
+                oom_score_adj: r.config.resources.oom_score_adj,
+                cpuset_cpus: r.config.resources.cpuset_cpus.clone(),
+                cpuset_mems: r.config.resources.cpuset_mems.clone(),
+                memory_swap_limit_in_bytes: r.config.resources.memory_swap_limit_in_bytes,
+                unified: r.config.resources.unified.clone().into_iter().collect(),
+                ..Default::default()
+            }),
+            windows: None,
+        }),
         image_id: r.image_id.clone(),
         user: Some(cri::ContainerUser {
             linux: Some(cri::LinuxContainerUser {
@@ -567,4 +581,20 @@ pub fn pod_stats_filter(f: Option<cri::PodSandboxStatsFilter>) -> ctr::PodStats 
             labels: f.label_selector.into_iter().collect(),
         },
     }
+}
+
+/// The verbose `info` of ContainerStatus: the process, pid, cgroup and
+/// root filesystem berth runs it with.
+pub fn container_info(
+    r: &ContainerRecord,
+    spec: Option<serde_json::Value>,
+) -> HashMap<String, String> {
+    let info = serde_json::json!({
+        "pid": r.pid,
+        "sandboxID": r.sandbox_id,
+        "cgroupsPath": r.cgroups_path,
+        "imageRef": r.image_id,
+        "runtimeSpec": spec,
+    });
+    HashMap::from([("info".to_string(), info.to_string())])
 }

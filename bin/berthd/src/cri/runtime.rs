@@ -516,9 +516,18 @@ impl RuntimeService for Cri {
                     id: req.container_id,
                 })
                 .await?;
+            let info = if req.verbose {
+                let bundle = berth_actors::shim::bundle_dir(&self.config.state, &r.id);
+                let spec = std::fs::read(bundle.join("config.json"))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok());
+                convert::container_info(&r, spec)
+            } else {
+                Default::default()
+            };
             Ok(ContainerStatusResponse {
                 status: Some(convert::container_status(&r)),
-                info: Default::default(),
+                info,
             })
         })
         .await
