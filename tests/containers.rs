@@ -232,6 +232,33 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
         .containers;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, l);
+    let mut stream = rt
+        .stream_containers(StreamContainersRequest { filter: None })
+        .await
+        .expect("StreamContainers")
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(msg) = stream.message().await.expect("stream") {
+        streamed.extend(msg.containers.into_iter().map(|c| c.id));
+    }
+    streamed.sort();
+    let mut both = vec![c.clone(), l.clone()];
+    both.sort();
+    assert_eq!(streamed, both);
+    let mut pods = rt
+        .stream_pod_sandboxes(StreamPodSandboxesRequest { filter: None })
+        .await
+        .expect("StreamPodSandboxes")
+        .into_inner();
+    let first = pods.message().await.expect("stream").expect("one message");
+    assert_eq!(
+        first
+            .pod_sandboxes
+            .iter()
+            .map(|p| p.id.clone())
+            .collect::<Vec<_>>(),
+        vec![p.clone()]
+    );
     // ExecSync: output, exit codes, and the deadline.
     let exec = |cmd: &[&str], timeout: i64| ExecSyncRequest {
         container_id: l.clone(),

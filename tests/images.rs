@@ -147,6 +147,22 @@ async fn names_follow_every_pull_form_and_status_agrees_by_id_tag_and_digest() {
     assert_eq!(old.repo_tags, vec![reg.image_ref("app", "v2")]);
     assert_eq!(list(&mut c).await.len(), 2);
 
+    // The stream form gives the same images.
+    let mut stream = c
+        .stream_images(StreamImagesRequest { filter: None })
+        .await
+        .expect("StreamImages")
+        .into_inner();
+    let mut streamed = Vec::new();
+    while let Some(msg) = stream.message().await.expect("stream") {
+        streamed.extend(msg.images);
+    }
+    let mut ids: Vec<_> = streamed.iter().map(|i| i.id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<_> = list(&mut c).await.iter().map(|i| i.id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want);
+
     // Filtered list.
     let only = c
         .list_images(ListImagesRequest {

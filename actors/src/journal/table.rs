@@ -41,6 +41,20 @@ impl<R: Record> Table<R> {
         self.rows.values()
     }
 
+    /// The key `id` names: itself, or the one key it is a unique prefix of
+    /// (users shorten IDs, as crictl shows them).
+    pub fn resolve(&self, id: &str) -> Option<String> {
+        if id.is_empty() {
+            return None;
+        }
+        if self.rows.contains_key(id) {
+            return Some(id.to_string());
+        }
+        let mut matches = self.rows.keys().filter(|k| k.starts_with(id));
+        let first = matches.next()?;
+        matches.next().is_none().then(|| first.clone())
+    }
+
     /// Journals the record, then keeps it.
     pub fn put(&mut self, record: R) -> Result<(), JournalError> {
         self.tree.put(&record)?;

@@ -9,15 +9,7 @@ use crate::{Error, Result};
 impl Sandboxes {
     /// The full ID a (possibly shortened) ID names, if exactly one.
     pub(super) fn resolve(&self, id: &str) -> Option<String> {
-        if id.is_empty() {
-            return None;
-        }
-        if self.records.get(id).is_some() {
-            return Some(id.to_string());
-        }
-        let mut matches = self.records.iter().filter(|r| r.id.starts_with(id));
-        let first = matches.next()?;
-        matches.next().is_none().then(|| first.id.clone())
+        self.records.resolve(id)
     }
 
     pub(super) fn status(&mut self, id: &str) -> Result<SandboxRecord> {

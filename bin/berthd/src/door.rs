@@ -123,3 +123,10 @@ pub(crate) use unimplemented_rpcs;
 /// The stream type of server-streaming RPCs.
 pub type Feed<T> =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// A server stream of `items` in messages of up to 100 (each message
+/// small), made by `wrap`.
+pub fn feed<I: Clone, T: Send + 'static>(items: &[I], wrap: impl Fn(&[I]) -> T) -> Feed<T> {
+    let chunks: Vec<Result<T, Status>> = items.chunks(100).map(|c| Ok(wrap(c))).collect();
+    Box::pin(futures::stream::iter(chunks))
+}

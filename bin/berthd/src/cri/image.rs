@@ -3,7 +3,7 @@
 
 use super::convert;
 use super::Cri;
-use crate::door::{serve, Feed};
+use crate::door::{feed, serve, Feed};
 use berth_actors::image::messages as msg;
 use berth_protocol::cri::image_service_server::ImageService;
 use berth_protocol::cri::*;
@@ -84,13 +84,9 @@ impl ImageService for Cri {
         let filter = request.into_inner().filter;
         serve("StreamImages", async {
             let images = self.list(filter).await?;
-            // One message of up to 100 images at a time keeps each small.
-            let chunks: Vec<Result<StreamImagesResponse, Status>> = images
-                .chunks(100)
-                .map(|c| Ok(StreamImagesResponse { images: c.to_vec() }))
-                .collect();
-            let feed: Self::StreamImagesStream = Box::pin(futures::stream::iter(chunks));
-            Ok(feed)
+            Ok(feed(&images, |c| StreamImagesResponse {
+                images: c.to_vec(),
+            }))
         })
         .await
     }

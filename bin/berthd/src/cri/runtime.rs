@@ -4,7 +4,7 @@
 use super::convert;
 use super::Cri;
 use crate::config::CgroupDriver;
-use crate::door::{serve, unimplemented_rpcs, Feed};
+use crate::door::{feed, serve, unimplemented_rpcs, Feed};
 use berth_actors::container::messages as ctr;
 use berth_actors::kernel::ActorSnapshot;
 use berth_actors::network::messages::{NetworkReadiness, NetworkStatus};
@@ -253,16 +253,9 @@ impl RuntimeService for Cri {
         let filter = convert::sandbox_filter(request.into_inner().filter);
         serve("StreamPodSandboxes", async {
             let pods = self.kernel.sandbox.call(filter).await?;
-            let chunks: Vec<Result<StreamPodSandboxesResponse, Status>> = pods
-                .chunks(100)
-                .map(|c| {
-                    Ok(StreamPodSandboxesResponse {
-                        pod_sandboxes: c.iter().map(convert::sandbox).collect(),
-                    })
-                })
-                .collect();
-            let feed: Self::StreamPodSandboxesStream = Box::pin(futures::stream::iter(chunks));
-            Ok(feed)
+            Ok(feed(&pods, |c| StreamPodSandboxesResponse {
+                pod_sandboxes: c.iter().map(convert::sandbox).collect(),
+            }))
         })
         .await
     }
@@ -363,16 +356,9 @@ impl RuntimeService for Cri {
         let msg = convert::container_stats_filter(request.into_inner().filter);
         serve("StreamContainerStats", async {
             let usage = self.kernel.container.call(msg).await?;
-            let chunks: Vec<Result<StreamContainerStatsResponse, Status>> = usage
-                .chunks(100)
-                .map(|c| {
-                    Ok(StreamContainerStatsResponse {
-                        container_stats: c.iter().map(convert::container_stats).collect(),
-                    })
-                })
-                .collect();
-            let feed: Self::StreamContainerStatsStream = Box::pin(futures::stream::iter(chunks));
-            Ok(feed)
+            Ok(feed(&usage, |c| StreamContainerStatsResponse {
+                container_stats: c.iter().map(convert::container_stats).collect(),
+            }))
         })
         .await
     }
@@ -416,16 +402,9 @@ impl RuntimeService for Cri {
         let msg = convert::pod_stats_filter(request.into_inner().filter);
         serve("StreamPodSandboxStats", async {
             let usage = self.kernel.container.call(msg).await?;
-            let chunks: Vec<Result<StreamPodSandboxStatsResponse, Status>> = usage
-                .chunks(100)
-                .map(|c| {
-                    Ok(StreamPodSandboxStatsResponse {
-                        pod_sandbox_stats: c.iter().map(convert::pod_stats).collect(),
-                    })
-                })
-                .collect();
-            let feed: Self::StreamPodSandboxStatsStream = Box::pin(futures::stream::iter(chunks));
-            Ok(feed)
+            Ok(feed(&usage, |c| StreamPodSandboxStatsResponse {
+                pod_sandbox_stats: c.iter().map(convert::pod_stats).collect(),
+            }))
         })
         .await
     }
@@ -554,16 +533,9 @@ impl RuntimeService for Cri {
         let filter = convert::container_filter(request.into_inner().filter);
         serve("StreamContainers", async {
             let list = self.kernel.container.call(filter).await?;
-            let chunks: Vec<Result<StreamContainersResponse, Status>> = list
-                .chunks(100)
-                .map(|c| {
-                    Ok(StreamContainersResponse {
-                        containers: c.iter().map(convert::container).collect(),
-                    })
-                })
-                .collect();
-            let feed: Self::StreamContainersStream = Box::pin(futures::stream::iter(chunks));
-            Ok(feed)
+            Ok(feed(&list, |c| StreamContainersResponse {
+                containers: c.iter().map(convert::container).collect(),
+            }))
         })
         .await
     }
