@@ -15,11 +15,10 @@
 //!   cargo bench -p berth-bench --bench pod_lifecycle
 
 use berth_actors::network::cni::{Attachment, NetworkList, Plugins};
-use berth_bench::{table, Peer, Samples};
+use berth_bench::{push_pause, table, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
-use berth_tests::image::sha256_digest;
 use berth_tests::registry::Registry;
 use berth_tests::Daemon;
 use std::path::{Path, PathBuf};
@@ -309,36 +308,6 @@ async fn floor(pause_rootfs: &Path, work: &Path, n: usize) -> [Samples; 4] {
         Samples::new("floor: CNI DEL by hand", del_t, wall),
         Samples::new("floor: runc run -d + delete (pause)", runc_t, wall),
     ]
-}
-
-/// Pushes berth's pause program as an image, for the peer.
-fn push_pause(reg: &Registry, pause: &Path) -> String {
-    let layer = berth_actors::image::sandbox_image::layer(pause).expect("pause layer");
-    let diff = sha256_digest(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": ["/pause"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff]},
-    })
-    .to_string();
-    let config_digest = reg.push_blob("pause", config.as_bytes());
-    let layer_digest = reg.push_blob("pause", &layer);
-    let manifest = serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                   "digest": config_digest, "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": layer_digest, "size": layer.len()}],
-    })
-    .to_string();
-    reg.push_manifest(
-        "pause",
-        "bench",
-        "application/vnd.oci.image.manifest.v1+json",
-        manifest.as_bytes(),
-    );
-    reg.image_ref("pause", "bench")
 }
 
 fn ratio_line(name: &str, berth: &Samples, other: &Samples) {

@@ -178,3 +178,33 @@ pub fn containerd_peer_script() -> Option<std::path::PathBuf> {
     let p = repo_root().join("../shared/peers/containerd-peer");
     p.exists().then_some(p)
 }
+
+/// Pushes berth's pause program as an image, for the peer.
+pub fn push_pause(reg: &berth_tests::registry::Registry, pause: &std::path::Path) -> String {
+    let layer = berth_actors::image::sandbox_image::layer(pause).expect("pause layer");
+    let diff = berth_tests::image::sha256_digest(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Entrypoint": ["/pause"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff]},
+    })
+    .to_string();
+    let config_digest = reg.push_blob("pause", config.as_bytes());
+    let layer_digest = reg.push_blob("pause", &layer);
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": config_digest, "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": layer_digest, "size": layer.len()}],
+    })
+    .to_string();
+    reg.push_manifest(
+        "pause",
+        "bench",
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest.as_bytes(),
+    );
+    reg.image_ref("pause", "bench")
+}

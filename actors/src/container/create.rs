@@ -161,28 +161,26 @@ async fn make(
     pod_id: &str,
     config: ContainerConfig,
 ) -> Result<Made> {
-    let pod = deps
-        .sandbox
-        .call(PodSandboxStatus { id: pod_id.into() })
-        .await?;
+    // The pod and the image are asked at once.
+    let (pod, image) = futures::join!(
+        deps.sandbox.call(PodSandboxStatus { id: pod_id.into() }),
+        deps.image.call(ImageStatus {
+            image: config.image.clone(),
+            verbose: true,
+        })
+    );
+    let pod = pod?;
     if pod.state != SandboxState::Ready {
         return Err(Error::FailedPrecondition(format!(
             "pod sandbox {pod_id} is not ready"
         )));
     }
-    let image = deps
-        .image
-        .call(ImageStatus {
-            image: config.image.clone(),
-            verbose: true,
-        })
-        .await?
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "image {:?} is not present: pull it first",
-                config.image
-            ))
-        })?;
+    let image = image?.ok_or_else(|| {
+        Error::NotFound(format!(
+            "image {:?} is not present: pull it first",
+            config.image
+        ))
+    })?;
     let run = image_run(image.config.as_ref());
 
     let log_dir = if pod.config.log_directory.is_empty() {

@@ -2,15 +2,50 @@
 //! container's process exits. Stop and remove are idempotent: an unknown
 //! or already stopped container is success, as kubelet retries them.
 
-use super::actor::{ContainerActor, Containers};
+use super::actor::{ContainerActor, ContainerDeps, Containers};
 use super::messages::PodContainers;
 use super::store::ContainerState;
 use crate::image::messages::RemoveRootfs;
 use crate::kernel::Reply;
-use crate::shim::messages::{DeleteTask, StartTask, StopTask};
+use crate::shim::messages::{DeleteTask, Exit, StartTask, StopTask};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use std::time::Duration;
+
+/// Ends a container's process (if `running`: `signal`, then SIGKILL after
+/// `timeout`), and with `remove` deletes its task and shim and its root
+/// filesystem, side by side: the process has ended, so nothing uses the
+/// mount any more. Answers how the process ended, when it was running.
+async fn teardown(
+    deps: ContainerDeps,
+    id: String,
+    running: bool,
+    signal: i32,
+    timeout: Duration,
+    remove: bool,
+) -> Result<(String, Option<Exit>)> {
+    let exit = if running {
+        deps.shim
+            .call(StopTask {
+                id: id.clone(),
+                signal,
+                timeout,
+            })
+            .await?
+    } else {
+        None
+    };
+    if remove {
+        let (task_gone, rootfs_gone) = futures::join!(
+            deps.shim.call(DeleteTask { id: id.clone() }),
+            deps.image.call(RemoveRootfs {
+                container_id: id.clone(),
+            })
+        );
+        task_gone.and(rootfs_gone)?;
+    }
+    Ok((id, exit))
+}
 
 fn restarting() -> Error {
     Error::Unavailable("the container actor is restarting; retry".into())
@@ -89,33 +124,12 @@ impl Containers {
             r.stop_signal.max(1)
         };
         let running = r.state == ContainerState::Running;
-        let work = async move {
-            let exit = if running {
-                deps.shim
-                    .call(StopTask {
-                        id: task.clone(),
-                        signal,
-                        timeout,
-                    })
-                    .await?
-            } else {
-                None
-            };
-            if remove {
-                deps.shim.call(DeleteTask { id: task.clone() }).await?;
-                deps.image
-                    .call(RemoveRootfs {
-                        container_id: task.clone(),
-                    })
-                    .await?;
-            }
-            Ok(exit)
-        };
+        let work = teardown(deps, task, running, signal, timeout, remove);
         Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<Option<crate::shim::messages::Exit>>, act: &mut ContainerActor, _| {
+            move |res: Result<(String, Option<Exit>)>, act: &mut ContainerActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
                 me.busy.remove(&full);
-                let exit = res?;
+                let (_, exit) = res?;
                 if remove {
                     me.records.remove(&full)?;
                     return Ok(());
@@ -200,35 +214,18 @@ impl Containers {
         let deps = self.deps.clone();
         let remove = msg.remove;
         let jobs = targets.clone().into_iter().map(move |(id, running)| {
-            let deps = deps.clone();
-            async move {
-                let exit = if running {
-                    deps.shim
-                        .call(StopTask {
-                            id: id.clone(),
-                            signal: libc::SIGKILL,
-                            timeout: Duration::ZERO,
-                        })
-                        .await?
-                } else {
-                    None
-                };
-                if remove {
-                    deps.shim.call(DeleteTask { id: id.clone() }).await?;
-                    deps.image
-                        .call(RemoveRootfs {
-                            container_id: id.clone(),
-                        })
-                        .await?;
-                }
-                Ok::<_, Error>((id, exit))
-            }
+            teardown(
+                deps.clone(),
+                id,
+                running,
+                libc::SIGKILL,
+                Duration::ZERO,
+                remove,
+            )
         });
         let work = futures::future::join_all(jobs);
         Reply::Later(Box::pin(wrap_future(work).map(
-            move |results: Vec<Result<(String, Option<crate::shim::messages::Exit>)>>,
-                  act: &mut ContainerActor,
-                  _| {
+            move |results: Vec<Result<(String, Option<Exit>)>>, act: &mut ContainerActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
                 for (id, _) in &targets {
                     me.busy.remove(id);
