@@ -199,6 +199,21 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
     assert!(lines.iter().any(|l| l.ends_with(" stderr F oops")), "{log}");
     assert_eq!(st.log_path, logs.join("job/0.log").display().to_string());
 
+    // One that ends well: Completed.
+    let ok = create(&mut rt, &p, container("ok", &s.image, &["true"]))
+        .await
+        .expect("create ok");
+    rt.start_container(StartContainerRequest {
+        container_id: ok.clone(),
+    })
+    .await
+    .expect("start ok");
+    let st = exited(&mut rt, &ok).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (0, "Completed"));
+    rt.remove_container(RemoveContainerRequest { container_id: ok })
+        .await
+        .expect("remove ok");
+
     // A long-running one: stopped with its signal, exit code recorded.
     let l = create(
         &mut rt,
@@ -879,6 +894,96 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
     let st = exited(&mut rt, &hog).await;
     assert_eq!(st.reason, "OOMKilled", "exit {}", st.exit_code);
     assert_eq!(st.exit_code, 137);
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}
+
+/// A directory bind-mounted onto itself and made a shared mount; undone on
+/// drop.
+struct SharedMount(std::path::PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        use nix::mount::{mount, MsFlags};
+        std::fs::create_dir_all(dir).expect("mkdir");
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>).expect("bind");
+        let guard = SharedMount(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .expect("make shared");
+        guard
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0.join("later"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[tokio::test]
+async fn mount_propagation_modes_decide_what_later_host_mounts_reach() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "prop", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+    let host = s.d.dir.path().join("propagated");
+    let shared = SharedMount::new(&host);
+    std::fs::create_dir_all(host.join("later")).expect("mkdir");
+    let mount = |path: &str, propagation: MountPropagation| Mount {
+        container_path: path.into(),
+        host_path: host.display().to_string(),
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let c = running(&mut rt, &p, &s.image, "watcher", |c| {
+        c.mounts = vec![
+            mount("/private", MountPropagation::PropagationPrivate),
+            mount("/slave", MountPropagation::PropagationHostToContainer),
+            mount("/shared", MountPropagation::PropagationBidirectional),
+        ];
+        c.linux = Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                privileged: false,
+                ..Default::default()
+            }),
+            resources: None,
+        });
+    })
+    .await;
+    // A mount the host makes after the container started.
+    nix::mount::mount(
+        Some("tmpfs"),
+        &host.join("later"),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .expect("host mount");
+    std::fs::write(host.join("later/marker"), "from the host\n").expect("marker");
+    let (seen, _) = sh(
+        &mut rt,
+        &c,
+        "for d in private slave shared; do cat /$d/later/marker 2>/dev/null || echo -; done",
+    )
+    .await;
+    assert_eq!(
+        seen, "-\nfrom the host\nfrom the host",
+        "private, rslave, rshared"
+    );
+    drop(shared);
     rt.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: p.clone(),
     })
