@@ -993,3 +993,52 @@ async fn mount_propagation_modes_decide_what_later_host_mounts_reach() {
         .await
         .expect("remove pod");
 }
+
+#[tokio::test]
+async fn a_debug_container_joins_its_targets_pid_namespace() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "target", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+    let pid_mode = |mode: NamespaceMode, target: &str| {
+        let target = target.to_string();
+        security(move |sc| {
+            sc.namespace_options = Some(NamespaceOption {
+                pid: mode as i32,
+                target_id: target,
+                ..Default::default()
+            });
+        })
+    };
+    let app = running(&mut rt, &p, &s.image, "app", |c| {
+        c.command = vec!["sleep".into(), "4242".into()];
+        pid_mode(NamespaceMode::Container, "")(c);
+    })
+    .await;
+    let debug = running(
+        &mut rt,
+        &p,
+        &s.image,
+        "debug",
+        pid_mode(NamespaceMode::Target, &app),
+    )
+    .await;
+    let (ps, _) = sh(&mut rt, &debug, "ps").await;
+    assert!(ps.contains("sleep 4242"), "the target's processes: {ps}");
+    let err = create(&mut rt, &p, {
+        let mut c = container("lost", &s.image, &["true"]);
+        pid_mode(NamespaceMode::Target, "no-such-container")(&mut c);
+        c
+    })
+    .await
+    .expect_err("no target");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}

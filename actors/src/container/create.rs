@@ -160,6 +160,7 @@ async fn make(
     id: &str,
     pod_id: &str,
     config: ContainerConfig,
+    target_pid: Option<u32>,
 ) -> Result<Made> {
     // The pod and the image are asked at once.
     let (pod, image) = futures::join!(
@@ -234,6 +235,7 @@ async fn make(
         image: run,
         rootfs,
         pod_pid: pod.pid,
+        target_pid,
         pod_security: pod.config.security.clone(),
         hostname_file: files.hostname(),
         hosts_file: files.hosts(),
@@ -283,6 +285,25 @@ impl Containers {
                 "container name {name:?} is reserved for {holder}"
             ))));
         }
+        // A Target PID namespace is the target container's: it must run in
+        // the same pod.
+        let target_pid = if msg.config.security.pid_namespace == NamespaceMode::Target {
+            let target = self
+                .resolve(&msg.config.security.target_id)
+                .and_then(|t| self.records.get(&t))
+                .filter(|t| t.sandbox_id == pod_id && t.state == ContainerState::Running);
+            match target {
+                Some(t) => Some(t.pid),
+                None => {
+                    return Reply::Now(Err(Error::InvalidArgument(format!(
+                        "target container {:?} is not running in pod {pod_id}",
+                        msg.config.security.target_id
+                    ))))
+                }
+            }
+        } else {
+            None
+        };
         let id = match crate::sandbox::new_id() {
             Ok(id) => id,
             Err(e) => return Reply::Now(Err(e)),
@@ -320,7 +341,7 @@ impl Containers {
                     rootfs: false,
                     task: false,
                 };
-                let made = make(deps, &mut undo, &id, &pod_id, msg.config).await;
+                let made = make(deps, &mut undo, &id, &pod_id, msg.config, target_pid).await;
                 if made.is_err() {
                     undo.run().await;
                 }

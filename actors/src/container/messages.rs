@@ -129,6 +129,8 @@ pub struct SpecInputs {
     pub rootfs: std::path::PathBuf,
     /// The pod's pause process: its namespaces are joined.
     pub pod_pid: u32,
+    /// For a Target PID namespace: the target container's process.
+    pub target_pid: Option<u32>,
     pub pod_security: PodSecurity,
     /// The pod's shared files.
     pub hostname_file: std::path::PathBuf,

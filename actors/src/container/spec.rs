@@ -1089,9 +1089,17 @@ fn namespaces(inputs: &SpecInputs) -> Result<Vec<LinuxNamespace>> {
         NamespaceMode::Container => list.push(new(LinuxNamespaceType::Pid)?),
         NamespaceMode::Node => {}
         NamespaceMode::Target => {
-            return Err(invalid(
-                "pid_namespace: target pid namespaces are not supported yet",
-            ))
+            // The target container's own PID namespace (debug containers).
+            let pid = inputs.target_pid.filter(|p| *p > 0).ok_or_else(|| {
+                invalid("pid_namespace: target mode names no running target container")
+            })?;
+            list.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::Pid)
+                    .path(format!("/proc/{pid}/ns/pid"))
+                    .build()
+                    .map_err(spec_err)?,
+            );
         }
     }
     Ok(list)

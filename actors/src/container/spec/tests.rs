@@ -49,6 +49,7 @@ impl Fixture {
     fn inputs(&self) -> SpecInputs {
         let pod = self.dir.path().join("pod");
         SpecInputs {
+            target_pid: None,
             id: "c1".into(),
             config: ContainerConfig {
                 name: "app".into(),
