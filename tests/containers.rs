@@ -1042,3 +1042,82 @@ async fn a_debug_container_joins_its_targets_pid_namespace() {
         .await
         .expect("remove pod");
 }
+
+#[tokio::test]
+async fn no_new_privs_stops_a_privileged_binary_from_gaining_privileges() {
+    let reg = Registry::start();
+    // A `cat` that gains CAP_DAC_OVERRIDE when run (a file capability, the
+    // same kind of privilege a setuid bit gives), and a root-only file.
+    // vfs_cap_data revision 2, effective, permitted = 1 << CAP_DAC_OVERRIDE.
+    let cap: [u8; 20] = [1, 0, 0, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+    let img = ImageBuilder::new()
+        .layer(LayerBuilder::new().busybox().build(Compression::Gzip))
+        .layer(
+            LayerBuilder::new()
+                .file("caps/cat", &busybox, 0o755)
+                .xattr("caps/cat", "security.capability", cap)
+                .file_owned("etc/secret", "top secret\n", 0o600, 0, 0)
+                .build(Compression::Gzip),
+        )
+        .env("PATH", "/bin")
+        .build();
+    reg.push_image("caps", Some("v1"), &img);
+    let mut d = Daemon::configure(&format!(
+        "[registries.\"{}\"]\ninsecure = true\n",
+        reg.host()
+    ));
+    d.spawn();
+    let mut rt = d.runtime().await;
+    let image = reg.image_ref("caps", "v1");
+    pull(&d, &image).await;
+    let mut hostnet = PodSandboxConfig::default();
+    hostnet.metadata = Some(PodSandboxMetadata {
+        name: "nnp".into(),
+        uid: "uid-nnp".into(),
+        namespace: "e2e".into(),
+        attempt: 0,
+    });
+    hostnet.linux = Some(LinuxPodSandboxConfig {
+        security_context: Some(LinuxSandboxSecurityContext {
+            namespace_options: Some(NamespaceOption {
+                network: NamespaceMode::Node as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let p = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(hostnet),
+            runtime_handler: String::new(),
+        })
+        .await
+        .expect("pod")
+        .into_inner()
+        .pod_sandbox_id;
+    let as_app = |nnp: bool| {
+        security(move |sc| {
+            sc.run_as_user = Some(Int64Value { value: 1002 });
+            sc.no_new_privs = nnp;
+        })
+    };
+    let free = running(&mut rt, &p, &image, "free", as_app(false)).await;
+    let bound = running(&mut rt, &p, &image, "bound", as_app(true)).await;
+    assert_eq!(
+        sh(&mut rt, &free, "/caps/cat /etc/secret").await.0,
+        "top secret",
+        "the capability works"
+    );
+    let (_, code) = sh(&mut rt, &bound, "/caps/cat /etc/secret").await;
+    assert_ne!(code, 0, "no_new_privs: the file capability is not granted");
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}
