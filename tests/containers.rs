@@ -1071,23 +1071,25 @@ async fn no_new_privs_stops_a_privileged_binary_from_gaining_privileges() {
     let mut rt = d.runtime().await;
     let image = reg.image_ref("caps", "v1");
     pull(&d, &image).await;
-    let mut hostnet = PodSandboxConfig::default();
-    hostnet.metadata = Some(PodSandboxMetadata {
-        name: "nnp".into(),
-        uid: "uid-nnp".into(),
-        namespace: "e2e".into(),
-        attempt: 0,
-    });
-    hostnet.linux = Some(LinuxPodSandboxConfig {
-        security_context: Some(LinuxSandboxSecurityContext {
-            namespace_options: Some(NamespaceOption {
-                network: NamespaceMode::Node as i32,
+    let hostnet = PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: "nnp".into(),
+            uid: "uid-nnp".into(),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             ..Default::default()
         }),
         ..Default::default()
-    });
+    };
     let p = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(hostnet),
