@@ -1123,3 +1123,39 @@ async fn no_new_privs_stops_a_privileged_binary_from_gaining_privileges() {
         .await
         .expect("remove pod");
 }
+
+#[tokio::test]
+async fn an_image_removed_while_a_container_uses_it_keeps_the_container_running() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "inuse", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+    let c = running(&mut rt, &p, &s.image, "user", |_| {}).await;
+    // As containerd does: the image goes, with all its names; the
+    // container keeps its root filesystem and runs on.
+    s.d.images()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: s.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("RemoveImage of an image in use");
+    let left = berth_tests::cri::status(&mut s.d.images().await, &s.image).await;
+    assert!(left.is_none(), "the image is gone");
+    assert_eq!(
+        sh(&mut rt, &c, "cat /etc/passwd | head -1").await.0,
+        "root:x:0:0:root:/root:/bin/sh"
+    );
+    assert_eq!(sh(&mut rt, &c, "echo still here").await.0, "still here");
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}
