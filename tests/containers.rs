@@ -1159,3 +1159,71 @@ async fn an_image_removed_while_a_container_uses_it_keeps_the_container_running(
         .await
         .expect("remove pod");
 }
+
+#[tokio::test]
+async fn a_tty_container_logs_its_terminal_and_a_stdin_container_waits_for_input() {
+    let s = setup();
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let p = pod(&mut rt, "ttys", &logs).await;
+    pull(&s.d, &s.image).await;
+    let tty = running(&mut rt, &p, &s.image, "term", |c| {
+        c.command = vec!["sh".into(), "-c".into(), "tty; echo out; sleep 1000".into()];
+        c.tty = true;
+    })
+    .await;
+    let stdin = running(&mut rt, &p, &s.image, "reader", |c| {
+        c.command = vec!["sh".into(), "-c".into(), "read line; echo got $line".into()];
+        c.stdin = true;
+    })
+    .await;
+    let log = logs.join("term/0.log");
+    let mut text = String::new();
+    for _ in 0..500 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().any(|l| l.trim_end().ends_with(" out")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" stdout ") && l.ends_with("/dev/pts/0")),
+        "{text:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(" stdout F ") && l.ends_with(" out")),
+        "{text:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let st = status(&mut rt, &stdin).await;
+    assert_eq!(
+        st.state,
+        ContainerState::ContainerRunning as i32,
+        "the stdin reader saw end-of-file: {st:?}"
+    );
+    for id in [tty, stdin] {
+        rt.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 2,
+        })
+        .await
+        .expect("stop");
+        assert_eq!(
+            status(&mut rt, &id).await.state,
+            ContainerState::ContainerExited as i32
+        );
+    }
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: p.clone(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
+}

@@ -254,6 +254,7 @@ async fn make(
             spec: oci,
             log_path: log_path.clone(),
             runtime_handler: pod.runtime_handler.clone(),
+            stdin: config.stdin,
         })
         .await?;
     Ok(Made {

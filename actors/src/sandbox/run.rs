@@ -194,6 +194,7 @@ async fn make(
             spec,
             log_path: None,
             runtime_handler: handler.into(),
+            stdin: false,
         })
         .await?;
         shim.call(StartTask { id: id.into() }).await

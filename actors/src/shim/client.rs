@@ -84,7 +84,14 @@ pub struct CreateOpts {
     pub stdout: Option<PathBuf>,
     /// The CRI log file for stderr; `None` means the stdout file.
     pub stderr: Option<PathBuf>,
+    /// Whether the container's stdin is a pipe the shim holds open (else
+    /// /dev/null; a terminal container's stdin is its terminal).
+    pub stdin: bool,
 }
+
+/// The `stdin` of a CreateTaskRequest asking the shim for a stdin pipe it
+/// holds open.
+pub const STDIN_PIPE: &str = "pipe";
 
 /// A process to run in the container (`runc exec`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -243,6 +250,9 @@ impl ShimClient {
         req.bundle = opts.bundle.to_string_lossy().into_owned();
         req.stdout = path_string(&opts.stdout);
         req.stderr = path_string(&opts.stderr);
+        if opts.stdin {
+            req.stdin = STDIN_PIPE.to_string();
+        }
         let resp = self
             .call(
                 "create",

@@ -17,6 +17,8 @@ pub struct CreateTask {
     pub log_path: Option<PathBuf>,
     /// The runtime handler ("" and "runc" are runc).
     pub runtime_handler: String,
+    /// Whether the container gets a stdin held open by its shim.
+    pub stdin: bool,
 }
 
 impl Message for CreateTask {

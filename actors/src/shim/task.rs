@@ -113,6 +113,7 @@ impl Shims {
         };
         let spec = msg.spec;
         let log = msg.log_path;
+        let stdin = msg.stdin;
         let work = async move {
             let b = bundle.clone();
             let s = socket.clone();
@@ -137,6 +138,7 @@ impl Shims {
                     bundle: bundle.clone(),
                     stdout: log.clone(),
                     stderr: None,
+                    stdin,
                 };
                 let pid = client.create(&create).await?;
                 tracing::debug!(

@@ -179,6 +179,9 @@ fn copy(mut open: Vec<Open>) {
             let n = match read {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                // A terminal's master reads EIO once every slave is closed:
+                // the end of its output.
+                Err(e) if e.raw_os_error() == Some(libc::EIO) => 0,
                 Err(e) => {
                     log::warn!("reading the container's {}: {e}", o.tag);
                     0

@@ -46,7 +46,11 @@ pub enum Io {
     /// stdout and stderr captured (stdin optionally fed).
     Capture { stdin: Option<Vec<u8>> },
     /// Handed over, for `create` and `exec`: the container inherits them.
-    Pass { stdout: Stdio, stderr: Stdio },
+    Pass {
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    },
 }
 
 impl Runc {
@@ -84,8 +88,12 @@ impl Runc {
                 feed = stdin;
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
-            Io::Pass { stdout, stderr } => {
-                cmd.stdout(stdout).stderr(stderr);
+            Io::Pass {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                cmd.stdin(stdin).stdout(stdout).stderr(stderr);
             }
         }
         let log_start = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);

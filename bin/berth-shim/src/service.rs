@@ -28,7 +28,9 @@ use containerd_shim_protos::Task;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -71,6 +73,11 @@ struct Proc {
     spec: Vec<u8>,
     /// The init's log files, reopened on SIGUSR1.
     logs: Vec<SharedLog>,
+    /// The write end of the init's stdin pipe, held open until `close_io`
+    /// or `delete`, so that the container reads no end-of-file.
+    stdin: Option<OwnedFd>,
+    /// The master of the init's terminal, kept open while it lives.
+    console: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -424,6 +431,7 @@ impl Shared {
         let ran = self.runc.run(
             &args,
             Io::Pass {
+                stdin: Stdio::null(),
                 stdout: out,
                 stderr: err,
             },
@@ -541,6 +549,97 @@ impl Shared {
     }
 }
 
+/// The console socket runc sends the terminal's master to, in the bundle
+/// (the shim's working directory): relative, so a long bundle path cannot
+/// exceed a socket address.
+const CONSOLE_SOCKET: &str = "console.sock";
+
+/// How long runc's connection to the console socket is waited for after
+/// `runc create` returned.
+const CONSOLE_LIMIT: Duration = Duration::from_secs(5);
+
+impl Shared {
+    /// Whether the bundle's config.json asks for a terminal
+    /// (`process.terminal`), read without a JSON parser: the key only
+    /// appears as `"terminal":true` outside of strings.
+    fn spec_wants_terminal(&self) -> bool {
+        let Ok(text) = std::fs::read_to_string(self.bundle.join("config.json")) else {
+            return false;
+        };
+        let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+        compact.contains("\"terminal\":true")
+    }
+}
+
+/// Takes the terminal master runc sent over the console socket, and gives
+/// it a window size.
+fn receive_console(listener: &UnixListener) -> Result<OwnedFd, String> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let limit = std::time::Instant::now() + CONSOLE_LIMIT;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("console socket: {e}"))?;
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= limit {
+                    return Err("runc sent no terminal".to_string());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(format!("console socket: {e}")),
+        }
+    };
+    stream
+        .set_nonblocking(false)
+        .and_then(|_| stream.set_read_timeout(Some(CONSOLE_LIMIT)))
+        .map_err(|e| format!("console socket: {e}"))?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| format!("receiving the terminal: {e}"))?;
+    let mut fds = Vec::new();
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| format!("receiving the terminal: {e}"))?
+    {
+        if let ControlMessageOwned::ScmRights(got) = cmsg {
+            // SAFETY: the kernel just installed these descriptors in this
+            // process; nothing else owns them.
+            fds.extend(
+                got.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let master = fds
+        .into_iter()
+        .next()
+        .ok_or_else(|| "runc sent no terminal descriptor".to_string())?;
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 80,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+        log::warn!(
+            "cannot set the terminal's window size: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(master)
+}
+
 struct ContainerStdio {
     stdout: Stdio,
     stderr: Stdio,
@@ -634,12 +733,6 @@ impl Task for Service {
                 format!("container {}: {what}", s.id),
             ))
         };
-        if req.terminal {
-            return refuse("tty not supported yet");
-        }
-        if !req.stdin.is_empty() {
-            return refuse("stdin not supported yet");
-        }
         if !req.rootfs.is_empty() {
             return refuse("rootfs mounts are not supported: the bundle's rootfs must be ready");
         }
@@ -660,7 +753,120 @@ impl Task for Service {
                 format!("container {} already exists", s.id),
             ));
         }
-        let stdio = s.container_stdio(&req.stdout, &req.stderr)?;
+        let terminal = req.terminal || s.spec_wants_terminal();
+        let mut stdin_keep = None;
+        // A terminal's output goes to the stdout log, opened before runc
+        // runs so that a bad path leaves no container behind.
+        let tty_log = if terminal {
+            let log_path = if req.stdout.is_empty() {
+                "/dev/null"
+            } else {
+                req.stdout.as_str()
+            };
+            if !Path::new(log_path).is_absolute() {
+                return refuse(&format!("the log path {log_path:?} must be absolute"));
+            }
+            Some(LogFile::open(Path::new(log_path)).map_err(|e| {
+                status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {}: cannot open the log {log_path}: {e}", s.id),
+                )
+            })?)
+        } else {
+            None
+        };
+        let (stdin, mut stdio) = if terminal {
+            // Everything goes through the terminal; runc's own output is
+            // in its log.
+            let stdio = ContainerStdio {
+                stdout: Stdio::null(),
+                stderr: Stdio::null(),
+                streams: Vec::new(),
+                logs: Vec::new(),
+            };
+            (Stdio::null(), stdio)
+        } else {
+            let stdin = if req.stdin.is_empty() {
+                Stdio::null()
+            } else {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| status(Code::INTERNAL, format!("cannot make a pipe: {e}")))?;
+                stdin_keep = Some(write);
+                Stdio::from(read)
+            };
+            (stdin, s.container_stdio(&req.stdout, &req.stderr)?)
+        };
+        let console_socket = terminal.then(|| PathBuf::from(CONSOLE_SOCKET));
+        let listener = match &console_socket {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                Some(UnixListener::bind(path).map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("container {}: cannot bind the console socket: {e}", s.id),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let pid_file = s.bundle.join("init.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        let since = s.reaper.mark();
+        let mut args: Vec<&OsStr> = vec![
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            s.bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+        ];
+        if let Some(path) = &console_socket {
+            args.extend(["--console-socket".as_ref(), path.as_os_str()]);
+        }
+        args.push(s.id.as_ref());
+        let ran = s.runc.run(
+            &args,
+            Io::Pass {
+                stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+            },
+        );
+        let console = match listener {
+            Some(listener) => {
+                let got = ran.map_err(|e| s.runc_failed(e)).and_then(|_| {
+                    receive_console(&listener).map_err(|e| {
+                        status(
+                            Code::INTERNAL,
+                            format!("container {}: the terminal: {e}", s.id),
+                        )
+                    })
+                });
+                drop(listener);
+                if let Some(path) = &console_socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                let master = got?;
+                let copy = master
+                    .try_clone()
+                    .map_err(|e| status(Code::INTERNAL, format!("cannot duplicate a fd: {e}")))?;
+                let Some(log) = tty_log else {
+                    return Err(status(Code::INTERNAL, "no log for the terminal"));
+                };
+                if !req.stdout.is_empty() {
+                    stdio.logs.push(log.clone());
+                }
+                stdio.streams.push(Stream {
+                    pipe: copy,
+                    log,
+                    tag: "stdout",
+                });
+                Some(master)
+            }
+            None => {
+                ran.map_err(|e| s.runc_failed(e))?;
+                None
+            }
+        };
         let drained =
             if stdio.streams.is_empty() {
                 None
@@ -669,26 +875,6 @@ impl Task for Service {
                     status(Code::INTERNAL, format!("cannot start the log copier: {e}"))
                 })?)
             };
-        let pid_file = s.bundle.join("init.pid");
-        let _ = std::fs::remove_file(&pid_file);
-        let since = s.reaper.mark();
-        let args: [&OsStr; 6] = [
-            "create".as_ref(),
-            "--bundle".as_ref(),
-            s.bundle.as_os_str(),
-            "--pid-file".as_ref(),
-            pid_file.as_os_str(),
-            s.id.as_ref(),
-        ];
-        s.runc
-            .run(
-                &args,
-                Io::Pass {
-                    stdout: stdio.stdout,
-                    stderr: stdio.stderr,
-                },
-            )
-            .map_err(|e| s.runc_failed(e))?;
         let pid = read_pid(&pid_file)?;
         s.tasks().init = Some(Proc {
             pid,
@@ -697,6 +883,8 @@ impl Task for Service {
             stderr: req.stderr.clone(),
             spec: Vec::new(),
             logs: stdio.logs,
+            stdin: stdin_keep,
+            console,
         });
         let me = s.clone();
         s.reaper.watch(
@@ -882,21 +1070,57 @@ impl Task for Service {
                 stderr: req.stderr.clone(),
                 spec: spec.value.clone(),
                 logs: Vec::new(),
+                stdin: None,
+                console: None,
             },
         );
         Ok(Empty::new())
     }
 
-    fn resize_pty(&self, _ctx: &TtrpcContext, _req: ResizePtyRequest) -> TResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "tty not supported yet"))
+    fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> TResult<Empty> {
+        use std::os::fd::AsRawFd;
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        let tasks = s.tasks();
+        let p = tasks
+            .get(&req.exec_id)
+            .ok_or_else(|| s.not_found(&req.exec_id))?;
+        let Some(console) = &p.console else {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("{} has no terminal", s.name(&req.exec_id)),
+            ));
+        };
+        let size = libc::winsize {
+            ws_row: req.height.min(u16::MAX as u32) as u16,
+            ws_col: req.width.min(u16::MAX as u32) as u16,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which is valid.
+        if unsafe { libc::ioctl(console.as_raw_fd(), libc::TIOCSWINSZ, &size) } != 0 {
+            return Err(status(
+                Code::INTERNAL,
+                format!(
+                    "{}: cannot resize the terminal: {}",
+                    s.name(&req.exec_id),
+                    std::io::Error::last_os_error()
+                ),
+            ));
+        }
+        Ok(Empty::new())
     }
 
     fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> TResult<Empty> {
         let s = &self.0;
         s.check_id(&req.id)?;
-        // No stdin is ever held open, so there is nothing to close.
-        match s.tasks().get(&req.exec_id) {
-            Some(_) => Ok(Empty::new()),
+        match s.tasks().get_mut(&req.exec_id) {
+            Some(p) => {
+                if req.stdin {
+                    p.stdin = None;
+                }
+                Ok(Empty::new())
+            }
             None => Err(s.not_found(&req.exec_id)),
         }
     }

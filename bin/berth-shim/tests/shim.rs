@@ -136,6 +136,7 @@ impl Fixture {
                 bundle: self.bundle.clone(),
                 stdout: Some(self.log_path()),
                 stderr: None,
+                stdin: false,
             })
             .await
             .expect("create");
@@ -518,6 +519,7 @@ async fn bad_requests_get_clear_errors() {
             bundle: f.bundle.clone(),
             stdout: Some("relative.log".into()),
             stderr: None,
+            stdin: false,
         })
         .await
         .expect_err("relative log path");
