@@ -488,6 +488,9 @@ async fn bad_container_requests_are_refused_and_leave_nothing() {
     })
     .await
     .expect("remove unknown is success");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
+        .await
+        .expect("remove pod");
 }
 
 /// Runs `sleep 1000` with `edit` applied to its config; answers its ID.

@@ -196,10 +196,12 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn pids_of(name: &str) -> Vec<u32> {
+/// Processes called `name` whose command line names `dir`: this run's own,
+/// not what other runs left on the machine.
+fn pids_of(name: &str, dir: &Path) -> Vec<u32> {
     let out = Command::new("pgrep")
-        .arg("-x")
-        .arg(name)
+        .arg("-f")
+        .arg(format!("{name}.*{}", dir.display()))
         .output()
         .expect("pgrep");
     String::from_utf8_lossy(&out.stdout)
@@ -363,7 +365,7 @@ async fn main() {
     let berthd_pid = d.pid();
     let wave = lifecycle(&d.cri_socket(), "w", WAVE, || {
         berthd_kib = rss_kib(berthd_pid);
-        shim_kib = median_rss(&pids_of("berth-shim"));
+        shim_kib = median_rss(&pids_of("berth-shim", d.dir.path()));
     })
     .await
     .samples("berth", "10 at a time");
@@ -408,7 +410,7 @@ async fn main() {
         let pid = p.pid();
         let w = lifecycle(&p.socket(), "cw", WAVE, || {
             containerd_kib = rss_kib(pid);
-            cshim_kib = median_rss(&pids_of("containerd-shim"));
+            cshim_kib = median_rss(&pids_of("containerd-shim", p.dir.path()));
         })
         .await
         .samples("containerd", "10 at a time");
@@ -442,4 +444,6 @@ async fn main() {
         berthd_kib, shim_kib, containerd_kib, cshim_kib
     );
     d.kill9();
+    // The bridges this run made (containerd's goes with its peer).
+    let _ = Command::new("ip").args(["link", "del", "bbench0"]).status();
 }

@@ -201,6 +201,57 @@ impl Drop for Daemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A test that failed half-way leaves shims (which ignore SIGTERM),
+        // their containers and mounts behind: nothing of this daemon's may
+        // outlive it.
+        reap(self.dir.path());
+    }
+}
+
+/// Kills every process whose command line names `dir` (shims), and their
+/// descendants (containers), then unmounts what is mounted below `dir`.
+pub fn reap(dir: &Path) {
+    let needle = dir.display().to_string();
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    let mut targets: Vec<i32> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            targets.push(pid);
+        }
+        let ppid = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.to_string()))
+            .and_then(|rest| rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        parents.push((pid, ppid));
+    }
+    let mut i = 0;
+    while i < targets.len() {
+        let parent = targets[i];
+        for (pid, ppid) in &parents {
+            if *ppid == parent && !targets.contains(pid) {
+                targets.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    for pid in targets {
+        // SAFETY: kill(2) on pids that belong to this test's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&needle))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
