@@ -138,6 +138,20 @@ async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerSt
     panic!("container {id} did not exit");
 }
 
+/// Stops and removes a pod (and so its containers), as kubelet does.
+async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("stop pod");
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .expect("remove pod");
+}
+
 async fn pull(d: &Daemon, image: &str) {
     d.images()
         .await
@@ -353,14 +367,7 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
     })
     .await
     .expect("remove twice");
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -714,14 +721,7 @@ async fn users_capabilities_and_the_security_context_hold_inside_the_container()
     );
     let _ = server;
 
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -791,14 +791,7 @@ async fn log_rotation_loses_no_line_and_resources_update_live() {
         .await
         .expect_err("not running");
     assert_eq!(err.code(), Code::FailedPrecondition);
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -897,14 +890,7 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
     let st = exited(&mut rt, &hog).await;
     assert_eq!(st.reason, "OOMKilled", "exit {}", st.exit_code);
     assert_eq!(st.exit_code, 137);
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 /// A directory bind-mounted onto itself and made a shared mount; undone on
@@ -987,14 +973,7 @@ async fn mount_propagation_modes_decide_what_later_host_mounts_reach() {
         "private, rslave, rshared"
     );
     drop(shared);
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -1036,14 +1015,7 @@ async fn a_debug_container_joins_its_targets_pid_namespace() {
     .await
     .expect_err("no target");
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -1117,14 +1089,7 @@ async fn no_new_privs_stops_a_privileged_binary_from_gaining_privileges() {
     );
     let (_, code) = sh(&mut rt, &bound, "/caps/cat /etc/secret").await;
     assert_ne!(code, 0, "no_new_privs: the file capability is not granted");
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -1153,14 +1118,7 @@ async fn an_image_removed_while_a_container_uses_it_keeps_the_container_running(
         "root:x:0:0:root:/root:/bin/sh"
     );
     assert_eq!(sh(&mut rt, &c, "echo still here").await.0, "still here");
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
 
 #[tokio::test]
@@ -1221,12 +1179,5 @@ async fn a_tty_container_logs_its_terminal_and_a_stdin_container_waits_for_input
             ContainerState::ContainerExited as i32
         );
     }
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: p.clone(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: p })
-        .await
-        .expect("remove pod");
+    remove_pod(&mut rt, &p).await;
 }
