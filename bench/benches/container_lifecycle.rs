@@ -15,7 +15,7 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench container_lifecycle
 
-use berth_bench::{push_pause, table, Peer, Samples};
+use berth_bench::{conflist, push_pause, table, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -47,19 +47,6 @@ const SUBNET: &str = "10.95.0.0/16";
 /// already there with another.
 const PEER_SUBNET: &str = "10.79.0.0/16";
 const PEER_BRIDGE: &str = "peer0";
-
-fn conflist(bridge: &str, subnet: &str, ipam: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "cniVersion": "1.0.0", "name": "bench",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
-             "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "loopback"}
-        ]
-    })
-}
 
 /// One runtime under test: its CRI socket, the image reference it pulled,
 /// and its pod.

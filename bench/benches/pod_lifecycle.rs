@@ -15,7 +15,7 @@
 //!   cargo bench -p berth-bench --bench pod_lifecycle
 
 use berth_actors::network::cni::{Attachment, NetworkList, Plugins};
-use berth_bench::{push_pause, table, Peer, Samples};
+use berth_bench::{conflist, push_pause, table, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -28,19 +28,6 @@ use tonic::transport::Channel;
 
 const PODS: usize = 50;
 const WAVE: usize = 10;
-
-fn conflist(bridge: &str, subnet: &str, ipam: &Path) -> serde_json::Value {
-    serde_json::json!({
-        "cniVersion": "1.0.0", "name": "bench",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
-             "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": subnet}]],
-                      "routes": [{"dst": "0.0.0.0/0"}]}},
-            {"type": "portmap", "capabilities": {"portMappings": true}},
-            {"type": "loopback"}
-        ]
-    })
-}
 
 fn pod(i: usize, tag: &str) -> PodSandboxConfig {
     PodSandboxConfig {
