@@ -5,6 +5,9 @@
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
+use berth_tests::node::{
+    container_config, container_status, create_container, pod_config, run_pod, Node,
+};
 use berth_tests::registry::Registry;
 use berth_tests::Daemon;
 use std::path::Path;
@@ -12,93 +15,24 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use tonic::Code;
 
-struct Setup {
-    d: Daemon,
-    image: String,
-    _reg: Registry,
-    bridge: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["link", "del", &self.bridge])
-            .status();
-    }
-}
-
-fn setup() -> Setup {
-    let reg = Registry::start();
-    let img = ImageBuilder::new()
-        .layer(LayerBuilder::new().busybox().build(Compression::Gzip))
-        .env("PATH", "/bin")
-        .cmd(&["sh"])
-        .build();
-    reg.push_image("busybox", Some("e2e"), &img);
-    let mut d = Daemon::configure(&format!(
-        "[registries.\"{}\"]\ninsecure = true\n",
-        reg.host()
-    ));
-    // Each test its own bridge and subnet: they run side by side.
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    let n = (std::process::id() % 50) * 4 + k % 4;
-    let bridge = format!("bc{}x{k}", std::process::id() % 10_000);
-    let conf = serde_json::json!({
-        "cniVersion": "1.0.0", "name": "ctr",
-        "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true,
-             "ipam": {"type": "host-local", "dataDir": d.dir.path().join("ipam"),
-                      "ranges": [[{"subnet": format!("10.251.{n}.0/24")}]]}},
-            {"type": "loopback"}
-        ]
-    });
-    std::fs::write(d.cni_dir().join("10-ctr.conflist"), conf.to_string()).expect("conflist");
-    d.spawn();
-    Setup {
-        image: reg.image_ref("busybox", "e2e"),
-        d,
-        _reg: reg,
-        bridge,
-    }
+/// A node with its own network; `s.d` is its running berthd, `s.image`
+/// the busybox image in its registry.
+fn setup() -> Node {
+    let mut n = Node::new("bc", "");
+    n.d.spawn();
+    n
 }
 
 async fn pod(rt: &mut RuntimeServiceClient<Channel>, name: &str, logs: &Path) -> String {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(PodSandboxConfig {
-            metadata: Some(PodSandboxMetadata {
-                name: name.into(),
-                uid: format!("uid-{name}"),
-                namespace: "e2e".into(),
-                attempt: 0,
-            }),
-            hostname: name.into(),
-            log_directory: logs.display().to_string(),
-            ..Default::default()
-        }),
-        runtime_handler: String::new(),
-    })
-    .await
-    .expect("RunPodSandbox")
-    .into_inner()
-    .pod_sandbox_id
+    run_pod(rt, pod_config(name, logs))
+        .await
+        .expect("RunPodSandbox")
 }
 
 fn container(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}/0.log"),
-        labels: [("app".to_string(), name.to_string())].into(),
-        ..Default::default()
-    }
+    let mut c = container_config(name, image, command);
+    c.labels = [("app".to_string(), name.to_string())].into();
+    c
 }
 
 async fn create(
@@ -106,25 +40,11 @@ async fn create(
     pod: &str,
     config: ContainerConfig,
 ) -> Result<String, tonic::Status> {
-    rt.create_container(CreateContainerRequest {
-        pod_sandbox_id: pod.into(),
-        config: Some(config),
-        sandbox_config: None,
-    })
-    .await
-    .map(|r| r.into_inner().container_id)
+    create_container(rt, pod, config).await
 }
 
 async fn status(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
-    rt.container_status(ContainerStatusRequest {
-        container_id: id.into(),
-        verbose: false,
-    })
-    .await
-    .expect("ContainerStatus")
-    .into_inner()
-    .status
-    .expect("status")
+    container_status(rt, id).await.expect("ContainerStatus")
 }
 
 async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerStatus {
@@ -140,16 +60,9 @@ async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerSt
 
 /// Stops and removes a pod (and so its containers), as kubelet does.
 async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("stop pod");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
-    })
-    .await
-    .expect("remove pod");
+    berth_tests::node::remove_pod(rt, pod)
+        .await
+        .expect("stop and remove the pod");
 }
 
 async fn pull(d: &Daemon, image: &str) {

@@ -5,6 +5,7 @@
 //! from (or `BERTH_BIN_DIR`); build them first with `cargo build --workspace`.
 
 pub mod image;
+pub mod node;
 pub mod registry;
 
 use berth_protocol::admin::admin_client::AdminClient;
@@ -197,6 +198,19 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The test failed: keep berthd's log for whoever looks into it.
+            let name = self
+                .dir
+                .path()
+                .file_name()
+                .unwrap_or_default()
+                .to_os_string();
+            let kept = std::env::temp_dir().join(name).with_extension("log");
+            if std::fs::copy(self.log_path(), &kept).is_ok() {
+                eprintln!("berthd's log is kept in {}", kept.display());
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

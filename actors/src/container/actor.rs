@@ -56,6 +56,22 @@ impl Subsystem for Containers {
     fn records(&self) -> usize {
         self.records.len()
     }
+
+    fn restarted(&mut self, ctx: &mut actix::Context<ContainerActor>) {
+        self.recover().detach(ctx, "container recovery");
+    }
+}
+
+impl Handles<super::recover::RecoverContainers> for Containers {
+    type Output = crate::kernel::Recovered;
+
+    fn handle(
+        &mut self,
+        _msg: super::recover::RecoverContainers,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, crate::kernel::Recovered> {
+        self.recover()
+    }
 }
 
 impl Handles<CreateContainer> for Containers {

@@ -10,7 +10,7 @@ use super::messages::{ContainerConfig, CreateContainer, ImageRun, SpecInputs};
 use super::spec;
 use super::store::{ContainerRecord, ContainerState};
 use crate::image::messages::{ImageStatus, PrepareRootfs, RemoveRootfs};
-use crate::kernel::Reply;
+use crate::kernel::{patiently, Reply};
 use crate::sandbox::files::PodFiles;
 use crate::sandbox::messages::{NamespaceMode, PodSandboxStatus};
 use crate::sandbox::store::SandboxState;
@@ -132,22 +132,19 @@ struct Undo {
 impl Undo {
     async fn run(self) {
         if self.task {
-            if let Err(e) = self
-                .deps
-                .shim
-                .call(DeleteTask {
-                    id: self.id.clone(),
-                })
-                .await
-            {
+            let (shim, id) = (&self.deps.shim, &self.id);
+            if let Err(e) = patiently(|| shim.call(DeleteTask { id: id.clone() })).await {
                 tracing::warn!(container = %self.id, error = %e, "rollback: task not deleted");
             }
         }
         if self.rootfs {
-            let msg = RemoveRootfs {
-                container_id: self.id.clone(),
+            let (image, id) = (&self.deps.image, &self.id);
+            let remove = || {
+                image.call(RemoveRootfs {
+                    container_id: id.clone(),
+                })
             };
-            if let Err(e) = self.deps.image.call(msg).await {
+            if let Err(e) = patiently(remove).await {
                 tracing::warn!(container = %self.id, error = %e, "rollback: rootfs not removed");
             }
         }
@@ -282,6 +279,18 @@ impl Containers {
                 .map(|r| r.id.clone())
         });
         if let Some(holder) = holder {
+            // A holder still Creating that no call is making was cut short
+            // (a restart) and is being undone: the name is free soon.
+            let undoing = !self.reserved.contains_key(&name)
+                && self
+                    .records
+                    .get(&holder)
+                    .is_some_and(|r| r.state == super::store::ContainerState::Creating);
+            if undoing {
+                return Reply::Now(Err(Error::Unavailable(format!(
+                    "container name {name:?} is held by {holder}, whose creation was cut short and is being undone; retry"
+                ))));
+            }
             return Reply::Now(Err(Error::AlreadyExists(format!(
                 "container name {name:?} is reserved for {holder}"
             ))));

@@ -7,7 +7,7 @@ use super::messages::PodContainers;
 use super::store::ContainerState;
 use crate::image::messages::RemoveRootfs;
 use crate::kernel::Reply;
-use crate::shim::messages::{DeleteTask, Exit, StartTask, StopTask};
+use crate::shim::messages::{DeleteTask, Exit, StartTask, StopTask, TaskState};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use std::time::Duration;
@@ -16,7 +16,7 @@ use std::time::Duration;
 /// `timeout`), and with `remove` deletes its task and shim and its root
 /// filesystem, side by side: the process has ended, so nothing uses the
 /// mount any more. Answers how the process ended, when it was running.
-async fn teardown(
+pub(super) async fn teardown(
     deps: ContainerDeps,
     id: String,
     running: bool,
@@ -75,7 +75,19 @@ impl Containers {
         // Taken before the start: a process that ends at once must not
         // look as if it finished before it started.
         let started = crate::journal::unix_nanos();
-        let work = async move { shim.call(StartTask { id: task }).await };
+        let work = async move {
+            match shim.call(StartTask { id: task.clone() }).await {
+                // A start whose answer was lost (the actor restarted while
+                // the task started): the task runs, as it was asked to.
+                Err(Error::FailedPrecondition(why)) => {
+                    match shim.call(TaskState { id: task }).await {
+                        Ok(info) if info.running && info.pid != 0 => Ok(info.pid),
+                        _ => Err(Error::FailedPrecondition(why)),
+                    }
+                }
+                other => other,
+            }
+        };
         Reply::Later(Box::pin(wrap_future(work).map(
             move |res: Result<u32>, act: &mut ContainerActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
@@ -182,14 +194,7 @@ impl Containers {
         let recorded =
             crate::shim::launch::read_exit(&crate::shim::bundle_dir(&self.deps.state, id))?;
         match (recorded, status) {
-            (Some(e), _) => {
-                let at = e
-                    .exited_at
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as i64)
-                    .unwrap_or(0);
-                self.record_exit(id, e.status, at)
-            }
+            (Some(_), _) => self.settle(id).map(|_| ()),
             (None, Some(s)) => self.record_exit(id, s, 0),
             (None, None) => Ok(()),
         }

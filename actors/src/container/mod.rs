@@ -4,6 +4,7 @@ mod actor;
 mod create;
 mod lifecycle;
 pub mod messages;
+pub mod recover;
 pub mod spec;
 pub mod stats;
 mod status;

@@ -124,7 +124,7 @@ pub fn dir_usage(path: &Path) -> (u64, u64) {
 
 /// Whether this node has cgroup v2 at [`ROOT`], asked once: it does not
 /// change while berthd runs.
-fn unified() -> bool {
+pub fn unified() -> bool {
     static V2: OnceLock<bool> = OnceLock::new();
     *V2.get_or_init(|| is_cgroup2(Path::new(ROOT)))
 }

@@ -409,3 +409,27 @@ impl Handles<EnsureSandboxImage> for Images {
         )))
     }
 }
+
+impl Handles<super::recover::RecoverRootfs> for Images {
+    type Output = crate::kernel::Recovered;
+
+    fn handle(
+        &mut self,
+        msg: super::recover::RecoverRootfs,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, crate::kernel::Recovered> {
+        self.recover_rootfs(msg.containers)
+    }
+}
+
+impl Handles<super::recover::ListRootfs> for Images {
+    type Output = Vec<RootfsRecord>;
+
+    fn handle(
+        &mut self,
+        _msg: super::recover::ListRootfs,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<RootfsRecord>> {
+        Reply::Now(Ok(self.rootfs.iter().cloned().collect()))
+    }
+}

@@ -13,6 +13,7 @@ mod import;
 pub mod manifest;
 pub mod messages;
 mod pull;
+pub mod recover;
 pub mod reference;
 pub mod registry;
 mod remove;

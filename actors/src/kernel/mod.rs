@@ -11,8 +11,11 @@
 //! The actors live in an actix system on a thread of their own; the gRPC
 //! servers run on tokio and reach them only through [`Handle`]s.
 
+mod recovered;
 mod registry;
 mod supervise;
+
+pub use recovered::{patiently, short, Recovered, Swept};
 
 pub use registry::{ActorCell, ActorSnapshot, ActorStatus, Registry};
 pub use supervise::{

@@ -23,7 +23,17 @@ pub struct ActorSnapshot {
     pub restarts: u64,
     pub last_error: String,
     pub uptime: Duration,
+    /// Failed again and again lately: restarts are held back.
+    pub crash_loop: bool,
 }
+
+/// Failures (not operator kills) within [`CRASH_WINDOW`] that make a
+/// crash loop.
+pub const CRASH_LOOP_FAILURES: usize = 5;
+/// The window in which failures are counted.
+pub const CRASH_WINDOW: Duration = Duration::from_secs(60);
+/// The longest a restart is held back.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// One actor's live statistics.
 pub struct ActorCell {
@@ -35,6 +45,9 @@ pub struct ActorCell {
     restarts: AtomicU64,
     last_error: Mutex<String>,
     since: Mutex<Instant>,
+    /// When the actor failed by itself (panics, failed rebuilds), newest
+    /// last, within the crash window.
+    failures: Mutex<std::collections::VecDeque<Instant>>,
 }
 
 impl ActorCell {
@@ -48,7 +61,39 @@ impl ActorCell {
             restarts: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
             since: Mutex::new(Instant::now()),
+            failures: Mutex::new(Default::default()),
         })
+    }
+
+    /// The actor failed by itself (not an operator's kill): counted
+    /// towards a crash loop.
+    pub(crate) fn failed_by_itself(&self) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.push_back(Instant::now());
+        while f.len() > 64 {
+            f.pop_front();
+        }
+    }
+
+    /// Failures within the crash window.
+    pub(crate) fn recent_failures(&self) -> usize {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.iter().filter(|t| t.elapsed() < CRASH_WINDOW).count()
+    }
+
+    pub fn crash_loop(&self) -> bool {
+        self.recent_failures() >= CRASH_LOOP_FAILURES
+    }
+
+    /// How long the next restart is held back: nothing until the crash
+    /// loop, then doubling from half a second up to half a minute.
+    pub(crate) fn backoff(&self) -> Duration {
+        let n = self.recent_failures();
+        if n < CRASH_LOOP_FAILURES {
+            return Duration::ZERO;
+        }
+        let doublings = (n - CRASH_LOOP_FAILURES).min(6) as u32;
+        (Duration::from_millis(500) * 2u32.pow(doublings)).min(MAX_BACKOFF)
     }
 
     pub fn name(&self) -> &'static str {
@@ -121,6 +166,7 @@ impl ActorCell {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .elapsed(),
+            crash_loop: self.crash_loop(),
         }
     }
 }
@@ -145,6 +191,15 @@ impl Registry {
             .iter()
             .find(|c| c.name() == name)
             .map(|c| c.snapshot())
+    }
+
+    /// Names of actors in a crash loop.
+    pub fn crash_looping(&self) -> Vec<&'static str> {
+        self.cells
+            .iter()
+            .filter(|c| c.crash_loop())
+            .map(|c| c.name())
+            .collect()
     }
 
     /// Names of actors that are not running right now.

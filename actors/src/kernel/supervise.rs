@@ -42,6 +42,12 @@ pub trait Subsystem: Sized + Unpin + 'static {
     /// Called once the state is built, with the actor's context: the place
     /// for timers. Runs again after every restart.
     fn started(&mut self, _ctx: &mut Context<Shell<Self>>) {}
+
+    /// Called after a restart (not at the first start), once the state is
+    /// built: the place to finish or undo what the previous incarnation
+    /// left half-done. At berthd's start the kernel runs recovery instead,
+    /// in order across the actors.
+    fn restarted(&mut self, _ctx: &mut Context<Shell<Self>>) {}
 }
 
 /// What a handler gets besides the state.
@@ -58,6 +64,24 @@ pub enum Reply<S: Subsystem, T> {
 }
 
 use std::pin::Pin;
+
+impl<S: Subsystem, T: 'static> Reply<S, T> {
+    /// Runs the work with nobody waiting for the answer (recovery after a
+    /// restart); an error is logged.
+    pub fn detach(self, ctx: &mut Context<Shell<S>>, what: &'static str) {
+        let log = move |r: Result<T>| {
+            if let Err(e) = r {
+                tracing::warn!(actor = S::NAME, error = %e, "{what} failed");
+            }
+        };
+        match self {
+            Reply::Now(r) => log(r),
+            Reply::Later(fut) => {
+                ctx.spawn(fut.map(move |r, _, _| log(r)));
+            }
+        }
+    }
+}
 
 /// A subsystem answers message `M`.
 pub trait Handles<M>: Subsystem
@@ -131,6 +155,8 @@ pub struct Shell<S: Subsystem> {
     cell: Arc<ActorCell>,
     generation: u64,
     failed_rebuilds: u32,
+    /// The panic about to happen is an operator's (chaos), not a failure.
+    injected: bool,
 }
 
 impl<S: Subsystem> Shell<S> {
@@ -142,6 +168,7 @@ impl<S: Subsystem> Shell<S> {
             cell,
             generation: 0,
             failed_rebuilds: 0,
+            injected: false,
         }
     }
 
@@ -185,6 +212,9 @@ impl<S: Subsystem> Shell<S> {
                 let what = panic_message(&panic);
                 tracing::error!(actor = S::NAME, panic = %what, "handler panicked; restarting the actor");
                 self.cell.outcome(Some(&format!("panic: {what}")));
+                if !std::mem::take(&mut self.injected) {
+                    self.cell.failed_by_itself();
+                }
                 self.state = None;
                 ctx.stop();
                 Reply::Now(Err(Error::Unavailable(format!(
@@ -209,11 +239,31 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 impl<S: Subsystem> Actor for Shell<S> {
     type Context = Context<Self>;
 
-    /// Runs at the first start and after every restart.
+    /// Runs at the first start and after every restart; in a crash loop
+    /// the rebuild is held back (calls meanwhile get Unavailable).
     fn started(&mut self, ctx: &mut Context<Self>) {
+        let pause = self.cell.backoff();
+        if self.generation > 0 && !pause.is_zero() {
+            tracing::error!(actor = S::NAME, ?pause, "crash loop: restart held back");
+            ctx.run_later(pause, |act, ctx| act.rebuild(ctx));
+        } else {
+            self.rebuild(ctx);
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.cell.set_status(ActorStatus::Stopped);
+    }
+}
+
+impl<S: Subsystem> Shell<S> {
+    fn rebuild(&mut self, ctx: &mut Context<Self>) {
         match S::rebuild(&self.deps, &self.journal) {
             Ok(mut state) => {
                 state.started(ctx);
+                if self.generation > 0 {
+                    state.restarted(ctx);
+                }
                 self.state = Some(state);
                 self.generation += 1;
                 self.failed_rebuilds = 0;
@@ -228,6 +278,7 @@ impl<S: Subsystem> Actor for Shell<S> {
                 // A state that cannot be rebuilt is retried with a growing
                 // pause instead of spinning.
                 self.failed_rebuilds = self.failed_rebuilds.saturating_add(1);
+                self.cell.failed_by_itself();
                 let pause =
                     Duration::from_millis(100).saturating_mul(1 << self.failed_rebuilds.min(6));
                 tracing::error!(actor = S::NAME, error = %e, ?pause, "rebuilding state failed");
@@ -235,10 +286,6 @@ impl<S: Subsystem> Actor for Shell<S> {
                 ctx.run_later(pause, |_, ctx| ctx.stop());
             }
         }
-    }
-
-    fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        self.cell.set_status(ActorStatus::Stopped);
     }
 }
 
@@ -280,6 +327,7 @@ impl<S: Subsystem> Handler<Control> for Shell<S> {
         drop(_ticket);
         let restarts_before = self.cell.restarts();
         let generation = self.generation;
+        self.injected = op == ControlOp::Panic;
         let reply = self.guarded(ctx, |state: &mut S, _| match op {
             ControlOp::Panic => panic!("chaos: panic injected into the {} actor", S::NAME),
             ControlOp::Ping | ControlOp::Kill => Reply::Now(Ok(ControlReply {
@@ -349,6 +397,12 @@ impl<S: Subsystem> Handle<S> {
             .send(env)
             .await
             .map_err(|e| mailbox_error(S::NAME, e))?
+    }
+
+    /// Failures counted towards a crash loop (tests).
+    #[cfg(test)]
+    pub(crate) fn cell_failures(&self) -> usize {
+        self.cell.recent_failures()
     }
 
     pub async fn control(&self, op: ControlOp) -> Result<ControlReply> {

@@ -48,6 +48,9 @@ impl NetworkConfig {
 pub struct Network {
     pub(super) allocations: Table<NetworkAllocation>,
     pub(super) config: NetworkConfig,
+    /// Pods whose namespace or CNI ADD is under way: a DEL now would race
+    /// the ADD, so it waits (Unavailable, retried by the caller).
+    pub(super) busy: std::collections::BTreeSet<String>,
 }
 
 /// How often DELs that failed during a removal are tried again.
@@ -61,6 +64,7 @@ impl Subsystem for Network {
         Ok(Network {
             allocations: Table::open(journal, Self::NAME)?,
             config: deps.clone(),
+            busy: Default::default(),
         })
     }
 
@@ -114,5 +118,29 @@ impl Handles<RemovePodNetwork> for Network {
 
     fn handle(&mut self, msg: RemovePodNetwork, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
         self.detach(msg.sandbox_id, true)
+    }
+}
+
+impl Handles<super::recover::RecoverNetwork> for Network {
+    type Output = crate::kernel::Recovered;
+
+    fn handle(
+        &mut self,
+        msg: super::recover::RecoverNetwork,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, crate::kernel::Recovered> {
+        self.recover(msg.pods)
+    }
+}
+
+impl Handles<super::recover::ListAllocations> for Network {
+    type Output = Vec<NetworkAllocation>;
+
+    fn handle(
+        &mut self,
+        _msg: super::recover::ListAllocations,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<NetworkAllocation>> {
+        Reply::Now(Ok(self.allocations.iter().cloned().collect()))
     }
 }

@@ -40,6 +40,7 @@ impl Network {
         if let Err(e) = self.allocations.put(intent) {
             return Reply::Now(Err(e.into()));
         }
+        self.busy.insert(sandbox_id.clone());
         let work = async move {
             let p = pin.clone();
             tokio::task::spawn_blocking(move || netns::create(&p))
@@ -49,8 +50,9 @@ impl Network {
         };
         Reply::Later(Box::pin(wrap_future(work).map(
             move |res: Result<String>, act: &mut NetworkActor, _| {
-                if res.is_err() {
-                    if let Some(me) = act.state_mut() {
+                if let Some(me) = act.state_mut() {
+                    me.busy.remove(&sandbox_id);
+                    if res.is_err() {
                         let _ = me.allocations.remove(&sandbox_id);
                     }
                 }
@@ -89,6 +91,7 @@ impl Network {
         if let Err(e) = self.allocations.put(record.clone()) {
             return Reply::Now(Err(e.into()));
         }
+        self.busy.insert(id.clone());
         let attachment = Attachment {
             container_id: id.clone(),
             netns: record.netns_path.clone().into(),
@@ -111,6 +114,7 @@ impl Network {
         Reply::Later(Box::pin(wrap_future(work).map(
             move |res: Result<Value>, act: &mut NetworkActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
+                me.busy.remove(&id);
                 let mut record = me.allocations.get(&id).cloned().ok_or_else(|| {
                     Error::FailedPrecondition(format!("pod {id} was removed during CNI ADD"))
                 })?;

@@ -17,11 +17,16 @@ use std::time::Duration;
 const ATTEMPTS: usize = 3;
 
 /// DEL with retries; `Ok` when nothing was ever added.
-async fn del(plugins: super::cni::Plugins, record: NetworkAllocation) -> Result<()> {
+pub(super) async fn del(plugins: super::cni::Plugins, record: NetworkAllocation) -> Result<()> {
     let Some(list) = NetworkList::from_json(&record.list) else {
         return Ok(());
     };
-    let attachment = Network::attachment(&record);
+    let mut attachment = Network::attachment(&record);
+    if !netns::is_pinned(&attachment.netns) {
+        // The namespace is gone (a reboot, a removal half done): DEL
+        // without one still releases the IP and the host's rules.
+        attachment.netns = std::path::PathBuf::new();
+    }
     let mut last = None;
     for attempt in 0..ATTEMPTS {
         match plugins.del(&list, &attachment, &record.result).await {
@@ -40,6 +45,11 @@ impl Network {
             // Unknown or already removed: stop and remove are idempotent.
             return Reply::Now(Ok(()));
         };
+        if self.busy.contains(&sandbox_id) {
+            return Reply::Now(Err(Error::Unavailable(format!(
+                "the network of pod {sandbox_id} is being set up; retry"
+            ))));
+        }
         let plugins = self.config.plugins();
         let needs_del = record.attached || !record.list.is_null();
         let pin = record.netns_path.clone();

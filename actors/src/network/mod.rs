@@ -8,6 +8,7 @@ pub mod cni;
 mod detach;
 pub mod messages;
 pub mod netns;
+pub mod recover;
 mod status;
 pub mod store;
 

@@ -68,6 +68,22 @@ impl Subsystem for Sandboxes {
     fn records(&self) -> usize {
         self.records.len()
     }
+
+    fn restarted(&mut self, ctx: &mut actix::Context<SandboxActor>) {
+        self.recover().detach(ctx, "sandbox recovery");
+    }
+}
+
+impl Handles<super::recover::RecoverSandboxes> for Sandboxes {
+    type Output = crate::kernel::Recovered;
+
+    fn handle(
+        &mut self,
+        _msg: super::recover::RecoverSandboxes,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, crate::kernel::Recovered> {
+        self.recover()
+    }
 }
 
 impl Handles<RunPodSandbox> for Sandboxes {

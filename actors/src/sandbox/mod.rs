@@ -3,6 +3,7 @@
 mod actor;
 pub mod files;
 pub mod messages;
+pub mod recover;
 mod run;
 pub use run::new_id;
 pub mod spec;

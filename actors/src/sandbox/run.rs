@@ -11,7 +11,7 @@ use super::spec::PauseSpec;
 use super::store::{SandboxRecord, SandboxState};
 use super::validate;
 use crate::image::messages::{EnsureSandboxImage, SandboxImage};
-use crate::kernel::Reply;
+use crate::kernel::{patiently, Reply};
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
 use crate::shim::messages::{CreateTask, DeleteTask, StartTask};
 use crate::{Error, Result};
@@ -35,43 +35,49 @@ struct Made {
     image: SandboxImage,
 }
 
-/// The undo of every step done so far, run in reverse on failure.
-struct Undo {
-    deps: SandboxDeps,
-    id: String,
-    task: bool,
-    network: bool,
-    files: Option<PodFiles>,
+/// The undo of every step done so far, run in reverse on failure (and by
+/// recovery, for a pod whose making was cut short).
+pub(super) struct Undo {
+    pub(super) deps: SandboxDeps,
+    pub(super) id: String,
+    pub(super) task: bool,
+    pub(super) network: bool,
+    pub(super) files: Option<PodFiles>,
 }
 
 impl Undo {
-    async fn run(self) {
+    /// Undoes every step; true if all of it went.
+    pub(super) async fn run(self) -> bool {
+        let mut clean = true;
         if self.task {
-            if let Err(e) = self
-                .deps
-                .shim
-                .call(DeleteTask {
-                    id: self.id.clone(),
-                })
-                .await
-            {
+            let shim = &self.deps.shim;
+            let id = &self.id;
+            if let Err(e) = patiently(|| shim.call(DeleteTask { id: id.clone() })).await {
                 tracing::warn!(sandbox = %self.id, error = %e, "rollback: pause task not deleted");
+                clean = false;
             }
         }
         if self.network {
-            let msg = RemovePodNetwork {
-                sandbox_id: self.id.clone(),
+            let network = &self.deps.network;
+            let id = &self.id;
+            let remove = || {
+                network.call(RemovePodNetwork {
+                    sandbox_id: id.clone(),
+                })
             };
-            if let Err(e) = self.deps.network.call(msg).await {
+            if let Err(e) = patiently(remove).await {
                 tracing::warn!(sandbox = %self.id, error = %e, "rollback: network not removed");
+                clean = false;
             }
         }
         if let Some(files) = self.files {
             let removed = tokio::task::spawn_blocking(move || files.remove()).await;
             if !matches!(removed, Ok(Ok(()))) {
                 tracing::warn!(sandbox = %self.id, "rollback: pod files not removed");
+                clean = false;
             }
         }
+        clean
     }
 }
 
@@ -317,6 +323,18 @@ impl Sandboxes {
                 .map(|r| r.id.clone())
         });
         if let Some(holder) = holder {
+            // A holder still Creating that no call is making was cut short
+            // (a restart) and is being undone: the name is free soon.
+            let undoing = !self.reserved.contains_key(&name)
+                && self
+                    .records
+                    .get(&holder)
+                    .is_some_and(|r| r.state == SandboxState::Creating);
+            if undoing {
+                return Err(Error::Unavailable(format!(
+                    "pod sandbox name {name:?} is held by {holder}, whose making was cut short and is being undone; retry"
+                )));
+            }
             return Err(Error::AlreadyExists(format!(
                 "pod sandbox name {name:?} is reserved for {holder}"
             )));

@@ -4,11 +4,12 @@
 
 use super::client::ShimClient;
 use super::messages::*;
+use super::recover::{ListShims, RecoverShims, ShimHealth, ShimReport};
 use super::store::ShimRecord;
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::Result;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -57,6 +58,10 @@ pub struct Shims {
     pub(super) config: Arc<ShimConfig>,
     /// Connections, made when first needed (also after a restart).
     pub(super) clients: HashMap<String, ShimClient>,
+    /// Tasks whose dead shim was already cleaned up after.
+    pub(super) buried: BTreeSet<String>,
+    /// Tasks being deleted: their shims' end is expected.
+    pub(super) deleting: BTreeSet<String>,
 }
 
 impl Subsystem for Shims {
@@ -68,11 +73,37 @@ impl Subsystem for Shims {
             records: Table::open(journal, Self::NAME)?,
             config: deps.clone(),
             clients: HashMap::new(),
+            buried: BTreeSet::new(),
+            deleting: BTreeSet::new(),
         })
     }
 
     fn records(&self) -> usize {
         self.records.len()
+    }
+
+    fn started(&mut self, ctx: &mut actix::Context<ShimSupervisor>) {
+        self.watch(ctx);
+    }
+
+    fn restarted(&mut self, ctx: &mut actix::Context<ShimSupervisor>) {
+        self.recover(false).detach(ctx, "shim recovery");
+    }
+}
+
+impl Handles<RecoverShims> for Shims {
+    type Output = ShimReport;
+
+    fn handle(&mut self, _msg: RecoverShims, _cx: Cx<'_, Self>) -> Reply<Self, ShimReport> {
+        self.recover(true)
+    }
+}
+
+impl Handles<ListShims> for Shims {
+    type Output = Vec<ShimHealth>;
+
+    fn handle(&mut self, _msg: ListShims, _cx: Cx<'_, Self>) -> Reply<Self, Vec<ShimHealth>> {
+        Reply::Now(Ok(self.list_shims()))
     }
 }
 

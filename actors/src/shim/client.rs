@@ -168,7 +168,9 @@ fn map_error(id: &str, what: &str, e: ttrpc::Error) -> Error {
             Error::DeadlineExceeded(msg(&e.to_string()))
         }
         // The connection's writer ends when the socket does.
-        ttrpc::Error::Others(ref m) if m.contains("Writer task failed") => {
+        ttrpc::Error::Others(ref m)
+            if m.contains("Writer task failed") || m.contains("channel closed") =>
+        {
             Error::Unavailable(msg(&format!("the shim is gone ({e})")))
         }
         other => Error::Internal(msg(&other.to_string())),

@@ -5,6 +5,7 @@ pub mod client;
 mod exec;
 pub mod launch;
 pub mod messages;
+pub mod recover;
 pub mod store;
 mod task;
 

@@ -101,6 +101,7 @@ impl Shims {
         if let Err(e) = self.records.put(record) {
             return Reply::Now(Err(e.into()));
         }
+        let runtime_for_undo = runtime.clone();
         let opts = LaunchOpts {
             shim_binary: self.config.shim_binary.clone(),
             id: id.clone(),
@@ -158,8 +159,19 @@ impl Shims {
                     let _ = client.shutdown(true).await;
                 }
                 kill_shim(&bundle);
-                let (b, s) = (bundle.clone(), socket.clone());
-                let _ = tokio::task::spawn_blocking(move || remove_bundle(&b, &s)).await;
+                let (b, s, id, rt) = (
+                    bundle.clone(),
+                    socket.clone(),
+                    opts.id.clone(),
+                    runtime_for_undo,
+                );
+                let _ = tokio::task::spawn_blocking(move || {
+                    // A runtime killed half-way through create leaves
+                    // its state (and a waiting init) behind.
+                    super::recover::force_delete(&rt, &id);
+                    remove_bundle(&b, &s)
+                })
+                .await;
             }
             started
         };
@@ -213,7 +225,15 @@ impl Shims {
                     Err(_) => return Ok((None, launch::read_exit(&bundle)?.map(exit))),
                 },
             };
-            let state = client.state(None).await?;
+            let state = match client.state(None).await {
+                Ok(s) => s,
+                // The shim holds no task any more (a delete that was cut
+                // short): it has ended, as its exit record says.
+                Err(Error::NotFound(_)) => {
+                    return Ok((Some(client), launch::read_exit(&bundle)?.map(exit)))
+                }
+                Err(e) => return Err(e),
+            };
             if state.status == TaskStatus::Stopped {
                 return Ok((Some(client), state.exit.map(exit)));
             }
@@ -244,6 +264,15 @@ impl Shims {
         let Some((client, record)) = self.client(&id) else {
             return Reply::Now(Ok(()));
         };
+        if record.pid == 0 && client.is_none() {
+            // Its shim is still starting: deleting now would race the
+            // start.
+            return Reply::Now(Err(Error::Unavailable(format!(
+                "the shim of task {id} is starting; retry"
+            ))));
+        }
+        self.deleting.insert(id.clone());
+        let runtime = self.runtime_of(&record);
         let task = id.clone();
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
@@ -252,6 +281,26 @@ impl Shims {
                 Some(c) => Some(c),
                 None => ShimClient::connect(&task, &socket).await.ok(),
             };
+            // A cached connection to a shim that has since died.
+            let client = match client {
+                Some(c)
+                    if c.state(None)
+                        .await
+                        .is_err_and(|e| matches!(e, Error::Unavailable(_))) =>
+                {
+                    None
+                }
+                other => other,
+            };
+            if client.is_none() {
+                // No shim to ask: the runtime ends what it still holds.
+                if let Some(rt) = runtime {
+                    let t = task.clone();
+                    tokio::task::spawn_blocking(move || super::recover::force_delete(&rt, &t))
+                        .await
+                        .map_err(|e| Error::Internal(format!("runtime task: {e}")))?;
+                }
+            }
             if let Some(c) = client {
                 // A task still running is killed first: delete wants it
                 // stopped.
@@ -291,9 +340,11 @@ impl Shims {
         };
         Reply::Later(Box::pin(wrap_future(work).map(
             move |res: Result<()>, act: &mut ShimSupervisor, _| {
-                res?;
                 let me = act.state_mut().ok_or_else(restarting)?;
+                me.deleting.remove(&id);
+                res?;
                 me.clients.remove(&id);
+                me.buried.remove(&id);
                 me.records.remove(&id)?;
                 Ok(())
             },
@@ -320,7 +371,17 @@ impl Shims {
                     exit: ended,
                 });
             };
-            let s = c.state(None).await?;
+            let s = match c.state(None).await {
+                Ok(s) => s,
+                Err(Error::NotFound(_)) => {
+                    return Ok(TaskInfo {
+                        pid: 0,
+                        running: false,
+                        exit: launch::read_exit(&bundle)?.map(exit),
+                    })
+                }
+                Err(e) => return Err(e),
+            };
             Ok(TaskInfo {
                 pid: s.pid,
                 running: matches!(s.status, TaskStatus::Running | TaskStatus::Created),

@@ -48,6 +48,37 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// A table of every shim: container, pid, alive, socket.
+    Shims,
+    /// Compare the journal with the machine (shims, runtime state, mounts,
+    /// namespaces, IPs, cgroups) and list what is leaked or missing. Exits
+    /// 1 if anything is found.
+    Fsck,
+    /// Chaos: kill random actors on a schedule.
+    Chaos {
+        #[command(subcommand)]
+        command: ChaosCommand,
+    },
+    /// What recovery found and repaired when berthd started.
+    Recovery,
+}
+
+#[derive(Subcommand)]
+enum ChaosCommand {
+    /// Start (or replace) the schedule.
+    Start {
+        /// Time between kills, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        interval: u64,
+        /// Actors to pick from, comma-separated; all if not given.
+        #[arg(long, value_delimiter = ',')]
+        actors: Vec<String>,
+        /// Panic inside a handler instead of stopping the actor.
+        #[arg(long)]
+        panic: bool,
+    },
+    Stop,
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -90,10 +121,15 @@ fn actor_table(actors: &[ActorInfo]) -> String {
         "NAME", "STATUS", "HANDLED", "FAILED", "MAILBOX", "RESTARTS", "UPTIME", "LAST ERROR"
     );
     for a in actors {
+        let status = if a.crash_loop {
+            "crash-loop"
+        } else {
+            status_name(a.status)
+        };
         out.push_str(&format!(
             "{:<10} {:<10} {:>8} {:>7} {:>7} {:>8} {:>8}  {}\n",
             a.name,
-            status_name(a.status),
+            status,
             a.handled,
             a.failed,
             a.mailbox,
@@ -299,9 +335,113 @@ async fn run(args: Args) -> Result<String> {
             let list = admin.list_images(ListImagesRequest {}).await?.into_inner();
             image_table(&list.images)
         }
+        Command::Shims => {
+            let list = admin.list_shims(ListShimsRequest {}).await?.into_inner();
+            let mut out = format!(
+                "{:<13} {:>8} {:<6} {:<7} {:<8} {}\n",
+                "CONTAINER", "PID", "ALIVE", "EXITED", "RUNTIME", "ADDRESS"
+            );
+            for s in &list.shims {
+                out.push_str(&format!(
+                    "{:<13} {:>8} {:<6} {:<7} {:<8} {}\n",
+                    short_id(&s.container_id),
+                    s.pid,
+                    if s.alive { "yes" } else { "no" },
+                    if s.exited { "yes" } else { "no" },
+                    s.runtime_handler,
+                    s.address
+                ));
+            }
+            out
+        }
+        Command::Fsck => {
+            let r = admin.fsck(FsckRequest {}).await?.into_inner();
+            let mut out = String::new();
+            for f in &r.findings {
+                out.push_str(&format!(
+                    "{:<8} {:<8} {}  ({})\n",
+                    f.problem, f.kind, f.object, f.detail
+                ));
+            }
+            out.push_str(&format!(
+                "checked {} objects: {} problems\n",
+                r.checked,
+                r.findings.len()
+            ));
+            if !r.findings.is_empty() {
+                return Err(Found(out).into());
+            }
+            out
+        }
+        Command::Chaos { command } => {
+            let s = match command {
+                ChaosCommand::Start {
+                    interval,
+                    actors,
+                    panic,
+                } => {
+                    let mode = if panic {
+                        KillMode::Panic
+                    } else {
+                        KillMode::Stop
+                    };
+                    admin
+                        .start_chaos(StartChaosRequest {
+                            interval_ms: interval,
+                            actors,
+                            mode: mode as i32,
+                        })
+                        .await?
+                }
+                ChaosCommand::Stop => admin.stop_chaos(StopChaosRequest {}).await?,
+                ChaosCommand::Status => admin.get_chaos(GetChaosRequest {}).await?,
+            }
+            .into_inner();
+            if s.running {
+                let actors = if s.actors.is_empty() {
+                    "all actors".to_string()
+                } else {
+                    s.actors.join(",")
+                };
+                format!(
+                    "chaos running: every {} ms among {actors}; {} kills, last {}\n",
+                    s.interval_ms, s.kills, s.last_victim
+                )
+            } else {
+                format!("chaos stopped; {} kills so far\n", s.kills)
+            }
+        }
+        Command::Recovery => {
+            let r = admin
+                .get_recovery(GetRecoveryRequest {})
+                .await?
+                .into_inner();
+            let mut out = format!(
+                "recovery took {} ms; {} live shims reconnected; {} repairs\n",
+                r.took_ms,
+                r.live_shims,
+                r.fixed.len()
+            );
+            for line in &r.fixed {
+                out.push_str(&format!("  {line}\n"));
+            }
+            out
+        }
     };
     Ok(out)
 }
+
+/// fsck's report when it found something: printed, and berthctl exits 1.
+#[derive(Debug)]
+struct Found(String);
+
+impl std::fmt::Display for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Found {}
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -309,6 +449,10 @@ async fn main() {
     match run(args).await {
         Ok(out) => print!("{out}"),
         Err(e) => {
+            if let Some(Found(report)) = e.downcast_ref::<Found>() {
+                print!("{report}");
+                std::process::exit(1);
+            }
             let msg = match e.downcast_ref::<tonic::Status>() {
                 Some(s) => format!("{:?}: {}", s.code(), s.message()),
                 None => format!("{e:#}"),

@@ -1,7 +1,9 @@
 //! berth's admin.v1 service on the admin socket: the actor registry, chaos
-//! controls, the journal's statistics, and image import and listing
-//! (through the ImageActor).
+//! controls, the journal's statistics, shims, the consistency check, what
+//! recovery did, and image import and listing (through the ImageActor).
 
+use crate::chaos::{Chaos, ChaosState, Schedule};
+use crate::config::Config;
 use crate::door::serve;
 use berth_actors::image::messages as msg;
 use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, ControlOp, Kernel};
@@ -14,11 +16,24 @@ use tonic::{Request, Response, Status};
 
 pub struct AdminService {
     kernel: Arc<Kernel>,
+    config: Arc<Config>,
+    chaos: Arc<Chaos>,
+    recovery: crate::recover::Report,
 }
 
 impl AdminService {
-    pub fn new(kernel: Arc<Kernel>) -> Self {
-        AdminService { kernel }
+    pub fn new(
+        kernel: Arc<Kernel>,
+        config: Arc<Config>,
+        chaos: Arc<Chaos>,
+        recovery: crate::recover::Report,
+    ) -> Self {
+        AdminService {
+            kernel,
+            config,
+            chaos,
+            recovery,
+        }
     }
 
     fn journal_stats(&self) -> Result<JournalStatsResponse> {
@@ -72,6 +87,38 @@ fn import_path(path: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+fn kill_op(mode: i32) -> Result<ControlOp> {
+    match KillMode::try_from(mode) {
+        Ok(KillMode::Stop) => Ok(ControlOp::Kill),
+        Ok(KillMode::Panic) => Ok(ControlOp::Panic),
+        Err(_) => Err(Error::InvalidArgument(format!("unknown kill mode {mode}"))),
+    }
+}
+
+fn chaos_status(s: ChaosState) -> ChaosStatus {
+    let (running, interval_ms, actors, mode) = match s.schedule {
+        Some(sc) => (
+            true,
+            sc.interval.as_millis() as u64,
+            sc.actors,
+            if sc.op == ControlOp::Panic {
+                KillMode::Panic
+            } else {
+                KillMode::Stop
+            },
+        ),
+        None => (false, 0, Vec::new(), KillMode::Stop),
+    };
+    ChaosStatus {
+        running,
+        interval_ms,
+        actors,
+        mode: mode as i32,
+        kills: s.kills,
+        last_victim: s.last_victim,
+    }
+}
+
 fn info(s: ActorSnapshot) -> ActorInfo {
     let status = match s.status {
         ActorStatus::Running => berth_protocol::admin::ActorStatus::Running,
@@ -87,6 +134,7 @@ fn info(s: ActorSnapshot) -> ActorInfo {
         restarts: s.restarts,
         last_error: s.last_error,
         uptime_ms: s.uptime.as_millis() as u64,
+        crash_loop: s.crash_loop,
     }
 }
 
@@ -125,14 +173,7 @@ impl Admin for AdminService {
         request: Request<KillActorRequest>,
     ) -> Result<Response<KillActorResponse>, Status> {
         let req = request.into_inner();
-        let op = match KillMode::try_from(req.mode) {
-            Ok(KillMode::Stop) => Ok(ControlOp::Kill),
-            Ok(KillMode::Panic) => Ok(ControlOp::Panic),
-            Err(_) => Err(Error::InvalidArgument(format!(
-                "unknown kill mode {}",
-                req.mode
-            ))),
-        };
+        let op = kill_op(req.mode);
         serve("admin.KillActor", async {
             let reply = self.kernel.control(&req.name, op?).await?;
             Ok(KillActorResponse {
@@ -206,6 +247,103 @@ impl Admin for AdminService {
                         size: i.record.size,
                     })
                     .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn list_shims(
+        &self,
+        _request: Request<ListShimsRequest>,
+    ) -> Result<Response<ListShimsResponse>, Status> {
+        serve("admin.ListShims", async {
+            let shims = self
+                .kernel
+                .shim
+                .call(berth_actors::shim::recover::ListShims)
+                .await?;
+            Ok(ListShimsResponse {
+                shims: shims
+                    .into_iter()
+                    .map(|s| ShimInfo {
+                        container_id: s.container_id,
+                        pid: s.pid,
+                        address: s.address,
+                        alive: s.alive,
+                        exited: s.exited,
+                        runtime_handler: s.runtime_handler,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn fsck(&self, _request: Request<FsckRequest>) -> Result<Response<FsckResponse>, Status> {
+        serve("admin.Fsck", async {
+            let report = crate::fsck::run(&self.kernel, &self.config).await?;
+            Ok(FsckResponse {
+                checked: report.checked,
+                findings: report
+                    .findings
+                    .into_iter()
+                    .map(|f| Finding {
+                        kind: f.kind.into(),
+                        object: f.object,
+                        problem: f.problem.into(),
+                        detail: f.detail,
+                    })
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    async fn start_chaos(
+        &self,
+        request: Request<StartChaosRequest>,
+    ) -> Result<Response<ChaosStatus>, Status> {
+        let req = request.into_inner();
+        serve("admin.StartChaos", async {
+            let schedule = Schedule {
+                interval: std::time::Duration::from_millis(req.interval_ms),
+                actors: req.actors,
+                op: kill_op(req.mode)?,
+            };
+            self.chaos.start(schedule).map(chaos_status)
+        })
+        .await
+    }
+
+    async fn stop_chaos(
+        &self,
+        _request: Request<StopChaosRequest>,
+    ) -> Result<Response<ChaosStatus>, Status> {
+        serve("admin.StopChaos", async {
+            Ok(chaos_status(self.chaos.stop()))
+        })
+        .await
+    }
+
+    async fn get_chaos(
+        &self,
+        _request: Request<GetChaosRequest>,
+    ) -> Result<Response<ChaosStatus>, Status> {
+        serve("admin.GetChaos", async {
+            Ok(chaos_status(self.chaos.state()))
+        })
+        .await
+    }
+
+    async fn get_recovery(
+        &self,
+        _request: Request<GetRecoveryRequest>,
+    ) -> Result<Response<RecoveryReport>, Status> {
+        serve("admin.GetRecovery", async {
+            Ok(RecoveryReport {
+                took_ms: self.recovery.took_ms,
+                live_shims: self.recovery.live_shims as u64,
+                fixed: self.recovery.fixed.clone(),
             })
         })
         .await

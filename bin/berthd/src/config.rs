@@ -20,6 +20,7 @@ pub struct Config {
     pub image: Image,
     pub sandbox: Sandbox,
     pub shim: Shim,
+    pub chaos: Chaos,
     /// OCI runtimes by CRI runtime handler; "" means "runc".
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Per registry host (as named in image references, e.g. `docker.io`,
@@ -122,6 +123,37 @@ pub struct Cni {
     pub plugin_timeout_secs: u64,
 }
 
+/// Chaos mode: kills random actors on a schedule (each is restarted by its
+/// supervisor and rebuilds its state).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Chaos {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    /// Actors to pick from; empty means all.
+    pub actors: Vec<String>,
+    /// "kill" (stopped as after a fatal error) or "panic" (in a handler).
+    pub mode: ChaosMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChaosMode {
+    Kill,
+    Panic,
+}
+
+impl Default for Chaos {
+    fn default() -> Self {
+        Chaos {
+            enabled: false,
+            interval_ms: 5000,
+            actors: Vec::new(),
+            mode: ChaosMode::Kill,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Daemon {
@@ -143,6 +175,7 @@ impl Default for Config {
             image: Image::default(),
             sandbox: Sandbox::default(),
             shim: Shim::default(),
+            chaos: Chaos::default(),
             runtimes: default_runtimes(),
             registries: BTreeMap::new(),
         }
@@ -255,6 +288,21 @@ impl Config {
                 self.log.level
             )
         })?;
+        if self.chaos.interval_ms < 10 {
+            return Err("chaos.interval_ms: must be at least 10".into());
+        }
+        const ACTORS: [&str; 5] = ["network", "shim", "image", "sandbox", "container"];
+        if let Some(a) = self
+            .chaos
+            .actors
+            .iter()
+            .find(|a| !ACTORS.contains(&a.as_str()))
+        {
+            return Err(format!(
+                "chaos.actors: {a:?} is not an actor (actors: {})",
+                ACTORS.join(", ")
+            ));
+        }
         if self.cni.bin_dirs.iter().any(|d| !d.is_absolute()) {
             return Err("cni.bin_dirs: every directory must be an absolute path".into());
         }

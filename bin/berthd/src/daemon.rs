@@ -5,6 +5,8 @@
 //! them.
 
 use crate::admin::AdminService;
+use crate::chaos::{Chaos, Schedule};
+use crate::config::ChaosMode;
 use crate::config::Config;
 use crate::cri::Cri;
 use anyhow::{anyhow, bail, Context, Result};
@@ -12,6 +14,7 @@ use berth_actors::image::manifest::Platform;
 use berth_actors::image::registry::HostConfig;
 use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
+use berth_actors::kernel::ControlOp;
 use berth_actors::kernel::{Kernel, KernelConfig};
 use berth_actors::network::NetworkConfig;
 use berth_actors::sandbox::SandboxConfig;
@@ -85,6 +88,21 @@ pub async fn run(config: Config) -> Result<()> {
     .map_err(|e| anyhow!("start-up: {e}"))?;
     let kernel = Arc::new(kernel);
     let events = crate::events::serve(&config.state.join("events.sock"), kernel.clone())?;
+    let recovery = crate::recover::run(&kernel).await?;
+    let chaos = Arc::new(Chaos::new(kernel.clone()));
+    if config.chaos.enabled {
+        let op = match config.chaos.mode {
+            ChaosMode::Kill => ControlOp::Kill,
+            ChaosMode::Panic => ControlOp::Panic,
+        };
+        chaos
+            .start(Schedule {
+                interval: Duration::from_millis(config.chaos.interval_ms),
+                actors: config.chaos.actors.clone(),
+                op,
+            })
+            .map_err(|e| anyhow!("chaos: {e}"))?;
+    }
 
     // Bound only now: no call reaches berth before every actor holds its state.
     let cri_listener = bind("cri.socket", &config.cri.socket, 0o660)?;
@@ -106,7 +124,12 @@ pub async fn run(config: Config) -> Result<()> {
             stopped(stop_rx.clone()),
         );
     let admin_server = Server::builder()
-        .add_service(AdminServer::new(AdminService::new(kernel.clone())))
+        .add_service(AdminServer::new(AdminService::new(
+            kernel.clone(),
+            config.clone(),
+            chaos.clone(),
+            recovery,
+        )))
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
     let servers = async { tokio::try_join!(cri_server, admin_server) };
 

@@ -6,11 +6,14 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod chaos;
 mod config;
 mod cri;
 mod daemon;
 mod door;
 mod events;
+mod fsck;
+mod recover;
 
 use clap::Parser;
 use config::Config;

@@ -60,7 +60,18 @@ impl Cri {
     async fn status(&self, verbose: bool) -> Result<StatusResponse, Error> {
         let registry = self.kernel.registry();
         let down = registry.not_running();
-        let runtime = if down.is_empty() {
+        let looping = registry.crash_looping();
+        let runtime = if !looping.is_empty() {
+            condition(
+                "RuntimeReady",
+                false,
+                "ActorCrashLoop",
+                &format!(
+                    "actors failing repeatedly, restarts held back: {}",
+                    looping.join(", ")
+                ),
+            )
+        } else if down.is_empty() {
             condition("RuntimeReady", true, "", "")
         } else {
             condition(

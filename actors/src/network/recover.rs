@@ -1,0 +1,133 @@
+//! Network recovery: allocations whose pod is gone (a RunPodSandbox that
+//! never finished, a removal cut short) get their CNI DEL and lose their
+//! namespace; namespace pins no allocation knows are unpinned.
+
+use super::actor::{Network, NetworkActor};
+use super::detach::del;
+use super::netns;
+use super::store::NetworkAllocation;
+use crate::kernel::{short, Recovered, Reply, Swept};
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use actix::Message;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// Releases every allocation whose pod is not in `pods`.
+#[derive(Debug, Clone, Default)]
+pub struct RecoverNetwork {
+    pub pods: BTreeSet<String>,
+}
+
+impl Message for RecoverNetwork {
+    type Result = Result<Recovered>;
+}
+
+/// Every allocation (admin consistency check).
+#[derive(Debug, Clone, Default)]
+pub struct ListAllocations;
+
+impl Message for ListAllocations {
+    type Result = Result<Vec<NetworkAllocation>>;
+}
+
+impl Network {
+    pub(super) fn recover(&mut self, pods: BTreeSet<String>) -> Reply<Self, Recovered> {
+        let (orphans, kept): (Vec<NetworkAllocation>, Vec<NetworkAllocation>) = self
+            .allocations
+            .iter()
+            .filter(|a| !self.busy.contains(&a.sandbox_id))
+            .cloned()
+            .partition(|a| !pods.contains(&a.sandbox_id) && !a.removed);
+        let mut pins: BTreeSet<PathBuf> =
+            kept.iter().map(|a| PathBuf::from(&a.netns_path)).collect();
+        pins.extend(
+            self.busy
+                .iter()
+                .map(|id| netns::pin_path(&self.config.netns_dir, id)),
+        );
+        let dir = self.config.netns_dir.clone();
+        let plugins = self.config.plugins();
+        let kept = kept.len();
+        let work = async move {
+            let jobs = orphans.into_iter().map(|a| {
+                let plugins = plugins.clone();
+                async move {
+                    let id = a.sandbox_id.clone();
+                    let pin = PathBuf::from(&a.netns_path);
+                    let needs_del = a.attached || !a.list.is_null();
+                    let deleted = if needs_del {
+                        del(plugins, a).await
+                    } else {
+                        Ok(())
+                    };
+                    let unpinned = tokio::task::spawn_blocking(move || netns::remove(&pin))
+                        .await
+                        .map_err(|e| Error::Internal(format!("netns task: {e}")))
+                        .and_then(|r| r);
+                    (id, deleted.and(unpinned))
+                }
+            });
+            let released = futures::future::join_all(jobs).await;
+            let strays = tokio::task::spawn_blocking(move || stray_pins(&dir, &pins))
+                .await
+                .map_err(|e| Error::Internal(format!("netns task: {e}")))?;
+            Ok((released, strays))
+        };
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<Swept>, act: &mut NetworkActor, _| {
+                let (released, strays) = res?;
+                let me = act
+                    .state_mut()
+                    .ok_or_else(|| Error::Unavailable("the network actor is restarting; retry".into()))?;
+                let mut report = Recovered {
+                    kept,
+                    fixed: Vec::new(),
+                };
+                for (id, outcome) in released {
+                    match outcome {
+                        Ok(()) => {
+                            me.allocations.remove(&id)?;
+                            report.fixed(format!("network of pod {}: no pod, released", short(&id)));
+                        }
+                        Err(e) => {
+                            if let Some(mut a) = me.allocations.get(&id).cloned() {
+                                a.removed = true;
+                                me.allocations.put(a)?;
+                            }
+                            report.fixed(format!(
+                                "network of pod {}: no pod, DEL failed ({e}), retried in the background",
+                                short(&id)
+                            ));
+                        }
+                    }
+                }
+                for pin in strays {
+                    report.fixed(format!("netns {}: no allocation, removed", pin.display()));
+                }
+                Ok(report)
+            },
+        )))
+    }
+}
+
+/// Unpins and removes every namespace under `dir` not in `known`.
+fn stray_pins(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if known.contains(&path) {
+            continue;
+        }
+        match netns::remove(&path) {
+            Ok(()) => removed.push(path),
+            Err(e) => {
+                tracing::warn!(netns = %path.display(), error = %e, "cannot remove a stray namespace")
+            }
+        }
+    }
+    removed
+}

@@ -1,0 +1,181 @@
+//! Recovery at start-up: what berthd assumes and does, in order, between
+//! building the actors' state from the journal and opening the CRI socket.
+//! Until it is done no CRI call is served (a client gets UNAVAILABLE from
+//! the closed socket and retries), so no call sees a half-recovered node.
+//!
+//! What it assumes:
+//! - the journal is the truth about what berth made; the machine is the
+//!   truth about what still exists. Every intent record without an outcome
+//!   is work that was cut short by the crash.
+//! - shims outlive berthd. A shim whose process is there serves its
+//!   container, which keeps its PID; a shim that is gone (killed, or a
+//!   reboot emptied the state directory) leaves a container that must be
+//!   reported exited.
+//! - every step is idempotent: a crash during recovery is recovered from
+//!   by the next start.
+//!
+//! What it does:
+//! 1. Shims: live ones are reconnected; dead ones have their containers
+//!    ended by the runtime and an exit recorded (theirs, or 255 with a
+//!    note); shims whose start never finished, and bundles or shim
+//!    processes no record knows, are ended and removed.
+//! 2. Containers: one cut short in CreateContainer is undone (task, shim,
+//!    rootfs, record); one whose exit is on record is EXITED with its code
+//!    and time. The rest run on.
+//! 3. Pods: one cut short in RunPodSandbox is undone (pause task, CNI DEL,
+//!    netns, pod files, record); a ready pod whose pause container is gone
+//!    is NOTREADY.
+//! 4. Network: an allocation whose pod is gone gets its CNI DEL (so the IP
+//!    is released) and loses its namespace; namespace pins no allocation
+//!    knows are removed.
+//! 5. Root filesystems: one whose container is gone is unmounted and its
+//!    writable layer removed; so is any mount or layer directory no record
+//!    knows. (Half-pulled images were already dropped when the image actor
+//!    built its state.)
+//! 6. Shims again: one whose container and pod are both gone is deleted.
+
+use anyhow::{anyhow, Result};
+use berth_actors::container::messages::ListContainers;
+use berth_actors::container::recover::RecoverContainers;
+use berth_actors::image::recover::RecoverRootfs;
+use berth_actors::kernel::{short, Kernel, Recovered};
+use berth_actors::network::recover::RecoverNetwork;
+use berth_actors::sandbox::messages::ListPodSandbox;
+use berth_actors::sandbox::recover::RecoverSandboxes;
+use berth_actors::shim::messages::DeleteTask;
+use berth_actors::shim::recover::{ListShims, RecoverShims};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+/// What recovery found and did, for the log and the admin API.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub live_shims: usize,
+    /// One line per repair.
+    pub fixed: Vec<String>,
+    pub took_ms: u64,
+}
+
+fn absorb(report: &mut Report, step: &str, r: Recovered) {
+    tracing::debug!(
+        step,
+        kept = r.kept,
+        fixed = r.fixed.len(),
+        "recovery step done"
+    );
+    report.fixed.extend(r.fixed);
+}
+
+/// Runs the checklist above.
+pub async fn run(kernel: &Kernel) -> Result<Report> {
+    let started = Instant::now();
+    let mut report = Report::default();
+    let fail = |step: &str, e: berth_actors::Error| anyhow!("recovery, {step}: {e}");
+
+    // 1. Shims.
+    let shims = kernel
+        .shim
+        .call(RecoverShims)
+        .await
+        .map_err(|e| fail("shims", e))?;
+    report.live_shims = shims.live.len();
+    for id in &shims.dead {
+        report
+            .fixed
+            .push(format!("shim of {}: gone, exit recorded", short(id)));
+    }
+    for id in &shims.undone {
+        report
+            .fixed
+            .push(format!("shim of {}: start cut short, removed", short(id)));
+    }
+    for id in &shims.orphans {
+        report
+            .fixed
+            .push(format!("shim of {}: no record, removed", short(id)));
+    }
+
+    // 2. Containers, then 3. pods (a pod's undo needs its containers' done).
+    let containers = kernel
+        .container
+        .call(RecoverContainers)
+        .await
+        .map_err(|e| fail("containers", e))?;
+    absorb(&mut report, "containers", containers);
+    let pods = kernel
+        .sandbox
+        .call(RecoverSandboxes)
+        .await
+        .map_err(|e| fail("pods", e))?;
+    absorb(&mut report, "pods", pods);
+
+    // What exists now, for the steps that release what has no owner.
+    let pod_ids: BTreeSet<String> = kernel
+        .sandbox
+        .call(ListPodSandbox::default())
+        .await
+        .map_err(|e| fail("pods", e))?
+        .into_iter()
+        .map(|p| p.id)
+        .collect();
+    let container_ids: BTreeSet<String> = kernel
+        .container
+        .call(ListContainers::default())
+        .await
+        .map_err(|e| fail("containers", e))?
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+
+    // 4. Network.
+    let network = kernel
+        .network
+        .call(RecoverNetwork {
+            pods: pod_ids.clone(),
+        })
+        .await
+        .map_err(|e| fail("network", e))?;
+    absorb(&mut report, "network", network);
+
+    // 5. Root filesystems.
+    let rootfs = kernel
+        .image
+        .call(RecoverRootfs {
+            containers: container_ids.clone(),
+        })
+        .await
+        .map_err(|e| fail("rootfs", e))?;
+    absorb(&mut report, "rootfs", rootfs);
+
+    // 6. Shims without an owner.
+    let owned = |id: &str| pod_ids.contains(id) || container_ids.contains(id);
+    let shims = kernel
+        .shim
+        .call(ListShims)
+        .await
+        .map_err(|e| fail("shims", e))?;
+    for shim in shims.into_iter().filter(|s| !owned(&s.container_id)) {
+        let id = shim.container_id;
+        match kernel.shim.call(DeleteTask { id: id.clone() }).await {
+            Ok(()) => report.fixed.push(format!(
+                "shim of {}: no container or pod, deleted",
+                short(&id)
+            )),
+            Err(e) => {
+                tracing::warn!(task = %id, error = %e, "recovery: cannot delete an unowned task")
+            }
+        }
+    }
+
+    report.took_ms = started.elapsed().as_millis() as u64;
+    for line in &report.fixed {
+        tracing::info!(%line, "recovered");
+    }
+    tracing::info!(
+        live_shims = report.live_shims,
+        repairs = report.fixed.len(),
+        took_ms = report.took_ms,
+        "recovery done"
+    );
+    Ok(report)
+}

@@ -1,0 +1,289 @@
+//! A node for end-to-end tests of pods and containers: a registry serving
+//! a busybox image built from busybox-static, and a berthd (not started:
+//! tests may add to its configuration first) with a CNI network of its own
+//! (bridge, subnet, host-local store), so that tests run side by side.
+//! The bridge goes when the node is dropped.
+
+use crate::image::{Compression, ImageBuilder, LayerBuilder};
+use crate::registry::Registry;
+use crate::Daemon;
+use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
+use berth_protocol::cri::*;
+use std::path::{Path, PathBuf};
+use tonic::transport::Channel;
+
+pub struct Node {
+    pub d: Daemon,
+    /// The busybox image's reference in the registry.
+    pub image: String,
+    pub registry: Registry,
+    pub bridge: String,
+    /// The node's own cgroup parent, so that fsck sees only its pods.
+    pub cgroup_parent: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(std::process::Stdio::null())
+            .status();
+        // After the daemon's processes are gone (Daemon's drop runs after
+        // this one, so end them first): the node's cgroups, deepest first.
+        crate::reap(self.d.dir.path());
+        remove_cgroups(&self.cgroup_parent);
+    }
+}
+
+/// Removes the cgroup `parent` and everything below it, in every
+/// hierarchy (cgroup v1 and v2).
+pub fn remove_cgroups(parent: &str) {
+    let rel = parent.trim_start_matches('/');
+    let mut dirs = vec![std::path::Path::new("/sys/fs/cgroup").join(rel)];
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        dirs.push(h.path().join(rel));
+    }
+    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
+        let mut all = vec![dir.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            for e in std::fs::read_dir(&all[i]).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    all.push(e.path());
+                }
+            }
+            i += 1;
+        }
+        for d in all.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// A bridge name and a /24 no other test of this run uses.
+fn network_slot(tag: &str) -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let pid = std::process::id();
+    let bridge = format!("{tag}{}x{k}", pid % 10_000);
+    let subnet = format!("10.{}.{}.0/24", 160 + pid % 40, (pid / 40 % 50) * 5 + k % 5);
+    (bridge, subnet)
+}
+
+impl Node {
+    /// A node whose berthd configuration has `extra` (TOML) appended and
+    /// whose CNI network is bridge (`bridge_tag` names it) + loopback.
+    pub fn new(bridge_tag: &str, extra: &str) -> Node {
+        let registry = Registry::start();
+        let img = ImageBuilder::new()
+            .layer(LayerBuilder::new().busybox().build(Compression::Gzip))
+            .env("PATH", "/bin")
+            .cmd(&["sh"])
+            .build();
+        registry.push_image("busybox", Some("node"), &img);
+        let (bridge, subnet) = network_slot(bridge_tag);
+        let cgroup_parent = format!("/berth-e2e-{bridge}");
+        let d = Daemon::configure(&format!(
+            "{extra}\n[sandbox]\ncgroup_parent = \"{cgroup_parent}\"\n[registries.\"{}\"]\ninsecure = true\n",
+            registry.host()
+        ));
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "node",
+            "plugins": [
+                {"type": "bridge", "bridge": bridge, "isGateway": true,
+                 "ipam": {"type": "host-local", "dataDir": d.dir.path().join("ipam"),
+                          "ranges": [[{"subnet": subnet}]]}},
+                {"type": "loopback"}
+            ]
+        });
+        std::fs::write(d.cni_dir().join("10-node.conflist"), conf.to_string()).expect("conflist");
+        Node {
+            image: registry.image_ref("busybox", "node"),
+            d,
+            registry,
+            bridge,
+            cgroup_parent,
+        }
+    }
+
+    /// Where pods' logs go.
+    pub fn logs(&self) -> PathBuf {
+        self.d.dir.path().join("logs")
+    }
+
+    /// Pulls the busybox image.
+    pub async fn pull(&self) {
+        self.d
+            .images()
+            .await
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: self.image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .expect("PullImage");
+    }
+
+    /// The consistency check: (exit success, its report).
+    pub fn fsck(&self) -> (bool, String) {
+        let out = self.d.berthctl(&["fsck"]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Asserts that fsck finds nothing leaked or missing. A removal's
+    /// last steps finish just after the call returns (a shim exits after
+    /// it answered): what is still there after a few seconds is a leak.
+    pub fn assert_consistent(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let (ok, report) = self.fsck();
+            if ok {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "fsck found problems:\n{report}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+pub fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "e2e".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    config: PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+pub async fn create_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: ContainerConfig,
+) -> Result<String, tonic::Status> {
+    rt.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: None,
+    })
+    .await
+    .map(|r| r.into_inner().container_id)
+}
+
+pub async fn start_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    rt.start_container(StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+pub async fn container_status(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<ContainerStatus, tonic::Status> {
+    rt.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .map(|r| r.into_inner().status.unwrap_or_default())
+}
+
+pub async fn pod_status(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<PodSandboxStatus, tonic::Status> {
+    rt.pod_sandbox_status(PodSandboxStatusRequest {
+        pod_sandbox_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .map(|r| r.into_inner().status.unwrap_or_default())
+}
+
+/// StopPodSandbox then RemovePodSandbox.
+pub async fn remove_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+) -> Result<(), tonic::Status> {
+    rt.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await?;
+    rt.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .map(|_| ())
+}
+
+/// The pid of a running container's process as the CRI reports it
+/// (verbose status `info.pid`), or 0.
+pub async fn container_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
+    let r = rt
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await;
+    let Ok(r) = r else { return 0 };
+    r.into_inner()
+        .info
+        .get("info")
+        .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+        .and_then(|v| v.get("pid").and_then(|p| p.as_u64()))
+        .unwrap_or(0) as u32
+}
