@@ -179,7 +179,21 @@ async fn after_a_reboot_pods_are_not_ready_containers_exited_and_removal_cleans_
     // state directory empty, the journal on disk kept.
     n.d.kill9();
     berth_tests::reap(n.d.dir.path());
-    remove_cgroups(&n.cgroup_parent);
+    // The killed processes leave their cgroups once they are gone.
+    eventually(
+        Duration::from_secs(5),
+        "the node's cgroups to go",
+        || async {
+            remove_cgroups(&n.cgroup_parent);
+            let left = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"].iter().any(|h| {
+                std::path::Path::new(h)
+                    .join(n.cgroup_parent.trim_start_matches('/'))
+                    .is_dir()
+            });
+            (!left).then_some(())
+        },
+    )
+    .await;
     let state = n.d.dir.path().join("run");
     let runc_root = state.join("runc");
     std::fs::remove_dir_all(&state).expect("empty the state directory");
@@ -773,6 +787,40 @@ async fn a_restart_with_a_hundred_running_containers_serves_again_quickly_and_ke
     assert!(report.contains("101 live shims"), "{report}");
     println!("berthd served again {serving:?} after its start, with 100 running containers");
     assert!(serving < Duration::from_secs(10), "{serving:?}");
+    remove_pod(&mut rt, &pod).await.expect("remove pod");
+    n.assert_consistent();
+}
+
+#[tokio::test]
+async fn an_unreadable_journal_record_is_quarantined_and_the_rest_recovers() {
+    let mut n = Node::new("rq", "");
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let (pod, ctr) = pod_with(&n, &mut rt, "survivor", &["sleep", "1000"]).await;
+    n.d.kill9();
+    {
+        use berth_actors::journal::{Journal, Kind, SledJournal};
+        let j = SledJournal::open(&n.d.root().join("journal")).expect("journal");
+        j.put(
+            Kind::Container,
+            &"ef".repeat(32),
+            b"{\"v\":1,\"data\":{\"id\":7}}",
+        )
+        .expect("put a record no berthd can read");
+    }
+    n.d.spawn();
+    let mut rt = n.d.runtime().await;
+    let c = container_status(&mut rt, &ctr).await.expect("status");
+    assert_eq!(c.state, ContainerState::ContainerRunning as i32);
+    let stats = String::from_utf8_lossy(&n.d.berthctl(&["journal", "stats"]).stdout).to_string();
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["quarantine", "1"]),
+        "{stats}"
+    );
+    assert!(n.d.log().contains("journal record quarantined"));
     remove_pod(&mut rt, &pod).await.expect("remove pod");
     n.assert_consistent();
 }

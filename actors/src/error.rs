@@ -31,10 +31,14 @@ pub enum Error {
     DataLoss(String),
     #[error("{0}")]
     Internal(String),
+    /// The journal failed a read or write: the actor's state may no longer
+    /// match the disk, so the actor is restarted to rebuild it.
+    #[error("journal: {0}")]
+    Journal(String),
 }
 
 impl From<JournalError> for Error {
     fn from(e: JournalError) -> Self {
-        Error::Internal(format!("journal: {e}"))
+        Error::Journal(e.to_string())
     }
 }

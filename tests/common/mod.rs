@@ -139,7 +139,7 @@ impl Daemon {
             if ready {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(2));
         }
         panic!("berthd did not serve within 20 s:\n{}", self.log());
     }

@@ -218,6 +218,7 @@ fn within(what: &str, e: Error) -> Error {
         Error::Unauthenticated(s) => Error::Unauthenticated(m(s)),
         Error::DataLoss(s) => Error::DataLoss(m(s)),
         Error::Internal(s) => Error::Internal(m(s)),
+        Error::Journal(s) => Error::Journal(m(s)),
     }
 }
 

@@ -2,13 +2,15 @@
 
 use super::{unix_nanos, Journal, JournalError, JournalStats, Kind};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct MemoryJournal {
     trees: Mutex<BTreeMap<(Kind, String), Vec<u8>>>,
     last_flush: AtomicI64,
+    /// Durable writes (puts and removals) since opening.
+    writes: AtomicU64,
 }
 
 impl MemoryJournal {
@@ -26,12 +28,14 @@ impl Journal for MemoryJournal {
     fn put(&self, kind: Kind, key: &str, value: &[u8]) -> Result<(), JournalError> {
         self.trees().insert((kind, key.to_string()), value.to_vec());
         self.last_flush.store(unix_nanos(), Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     fn remove(&self, kind: Kind, key: &str) -> Result<(), JournalError> {
         self.trees().remove(&(kind, key.to_string()));
         self.last_flush.store(unix_nanos(), Ordering::Relaxed);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -68,6 +72,7 @@ impl Journal for MemoryJournal {
             counts,
             size_bytes,
             last_flush_unix_nanos: self.last_flush.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
         })
     }
 

@@ -21,6 +21,15 @@ pub use memory::MemoryJournal;
 pub use sled_store::SledJournal;
 pub use table::Table;
 
+/// Every quarantined record.
+pub fn quarantined(journal: &dyn Journal) -> Result<Vec<Quarantined>, JournalError> {
+    Ok(journal
+        .scan(Kind::Quarantine)?
+        .into_iter()
+        .filter_map(|(_, b)| serde_json::from_slice(&b).ok())
+        .collect())
+}
+
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -57,10 +66,13 @@ pub enum Kind {
     Rootfs,
     /// The kernel's own records (boots).
     Meta,
+    /// Records no berthd could read, moved aside whole (with why) so they
+    /// neither stop recovery nor get lost.
+    Quarantine,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Sandbox,
         Kind::Container,
         Kind::Image,
@@ -68,6 +80,7 @@ impl Kind {
         Kind::Shim,
         Kind::Rootfs,
         Kind::Meta,
+        Kind::Quarantine,
     ];
 
     /// The sled tree's name, also shown by `berthctl journal stats`.
@@ -80,6 +93,7 @@ impl Kind {
             Kind::Shim => "shim",
             Kind::Rootfs => "rootfs",
             Kind::Meta => "meta",
+            Kind::Quarantine => "quarantine",
         }
     }
 
@@ -87,7 +101,7 @@ impl Kind {
     /// the kernel for its own records.
     pub fn owner(self) -> &'static str {
         match self {
-            Kind::Meta => "kernel",
+            Kind::Meta | Kind::Quarantine => "kernel",
             Kind::Rootfs => "image",
             kind => kind.name(),
         }
@@ -102,6 +116,8 @@ pub struct JournalStats {
     pub size_bytes: u64,
     /// Unix time in ns of the last durable write; 0 before the first.
     pub last_flush_unix_nanos: i64,
+    /// Durable writes since the journal was opened.
+    pub writes: u64,
 }
 
 /// Raw storage: bytes by kind and key. Every mutation is durable on return.
@@ -149,6 +165,19 @@ pub struct Envelope {
 pub struct Loaded<R> {
     pub records: Vec<R>,
     pub unreadable: Vec<JournalError>,
+    /// Keys of records read from an older version (to be written anew).
+    pub migrated: Vec<String>,
+}
+
+/// A record moved to quarantine: where it was, why it could not be read,
+/// and its bytes as they were.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Quarantined {
+    pub kind: String,
+    pub key: String,
+    pub reason: String,
+    pub raw: String,
+    pub at_unix_nanos: i64,
 }
 
 /// The typed view of one kind, held by that kind's owner.
@@ -210,10 +239,18 @@ impl<R: Record> Tree<R> {
         let mut loaded = Loaded {
             records: Vec::new(),
             unreadable: Vec::new(),
+            migrated: Vec::new(),
         };
         for (key, bytes) in self.journal.scan(R::KIND)? {
             match self.decode(&key, &bytes) {
-                Ok(r) => loaded.records.push(r),
+                Ok(r) => {
+                    let old = serde_json::from_slice::<Envelope>(&bytes)
+                        .is_ok_and(|env| env.v < R::VERSION);
+                    if old {
+                        loaded.migrated.push(key.clone());
+                    }
+                    loaded.records.push(r)
+                }
                 Err(e) => {
                     tracing::warn!(kind = R::KIND.name(), %key, error = %e, "unreadable journal record");
                     loaded.unreadable.push(e);
@@ -221,6 +258,27 @@ impl<R: Record> Tree<R> {
             }
         }
         Ok(loaded)
+    }
+
+    /// Moves the record at `key` aside, whole, with why it is unreadable.
+    pub fn quarantine(&self, key: &str, reason: &str) -> Result<(), JournalError> {
+        let Some(raw) = self.journal.get(R::KIND, key)? else {
+            return Ok(());
+        };
+        let q = Quarantined {
+            kind: R::KIND.name().into(),
+            key: key.into(),
+            reason: reason.into(),
+            raw: String::from_utf8_lossy(&raw).into_owned(),
+            at_unix_nanos: unix_nanos(),
+        };
+        let bytes = serde_json::to_vec(&q).map_err(|e| self.corrupt(key, e))?;
+        self.journal.put(
+            Kind::Quarantine,
+            &format!("{}/{key}", R::KIND.name()),
+            &bytes,
+        )?;
+        self.journal.remove(R::KIND, key)
     }
 
     fn decode(&self, key: &str, bytes: &[u8]) -> Result<R, JournalError> {

@@ -4,13 +4,15 @@
 
 use super::{unix_nanos, Journal, JournalError, JournalStats, Kind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 pub struct SledJournal {
     path: PathBuf,
     db: sled::Db,
     trees: Vec<(Kind, sled::Tree)>,
     last_flush: AtomicI64,
+    /// Durable writes (puts and removals) since opening.
+    writes: AtomicU64,
 }
 
 fn storage(e: impl std::fmt::Display) -> JournalError {
@@ -35,6 +37,7 @@ impl SledJournal {
             db,
             trees,
             last_flush: AtomicI64::new(0),
+            writes: AtomicU64::new(0),
         })
     }
 
@@ -55,11 +58,13 @@ impl Journal for SledJournal {
         self.tree(kind)
             .insert(key.as_bytes(), value)
             .map_err(storage)?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.durable()
     }
 
     fn remove(&self, kind: Kind, key: &str) -> Result<(), JournalError> {
         self.tree(kind).remove(key.as_bytes()).map_err(storage)?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         self.durable()
     }
 
@@ -91,6 +96,7 @@ impl Journal for SledJournal {
                 .collect(),
             size_bytes: self.db.size_on_disk().map_err(storage)?,
             last_flush_unix_nanos: self.last_flush.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
         })
     }
 

@@ -17,11 +17,29 @@ impl<R: Record> Table<R> {
         Self::load(Tree::open(journal.clone(), owner)?)
     }
 
-    /// Loads every readable record of the kind; unreadable ones are logged
-    /// by [`Tree::load`] and left where they are.
+    /// Loads every readable record of the kind. A record of an older
+    /// version is written anew in the current one; an unreadable one is
+    /// logged (by [`Tree::load`]) and moved to quarantine, so that it
+    /// neither stops the rest nor is lost.
     pub fn load(tree: Tree<R>) -> Result<Self, JournalError> {
-        let Loaded { records, .. } = tree.load()?;
-        let rows = records.into_iter().map(|r| (r.key(), r)).collect();
+        let Loaded {
+            records,
+            unreadable,
+            migrated,
+        } = tree.load()?;
+        for e in unreadable {
+            if let JournalError::Corrupt { key, reason, .. } = &e {
+                tree.quarantine(key, reason)?;
+                tracing::error!(kind = R::KIND.name(), %key, %reason, "journal record quarantined");
+            }
+        }
+        let rows: BTreeMap<String, R> = records.into_iter().map(|r| (r.key(), r)).collect();
+        for key in migrated {
+            if let Some(r) = rows.get(&key) {
+                tree.put(r)?;
+                tracing::info!(kind = R::KIND.name(), %key, version = R::VERSION, "journal record migrated");
+            }
+        }
         Ok(Table { tree, rows })
     }
 

@@ -108,3 +108,44 @@ fn sled_records_survive_reopen() {
     let seqs: Vec<_> = boots.iter().map(|b| (b.seq, b.clean_shutdown)).collect();
     assert_eq!(seqs, vec![(1, true), (2, false), (3, false)]);
 }
+
+#[test]
+fn a_table_rewrites_old_records_and_quarantines_unreadable_ones() {
+    for (j, _dir) in journals() {
+        j.put(
+            Kind::Image,
+            "old",
+            br#"{"v":1,"data":{"id":"old","bytes":7}}"#,
+        )
+        .expect("put");
+        j.put(Kind::Image, "junk", b"not json").expect("put");
+        j.put(
+            Kind::Image,
+            "good",
+            br#"{"v":2,"data":{"id":"good","size":1}}"#,
+        )
+        .expect("put");
+        let table =
+            Table::load(Tree::<Thing>::open(j.clone(), "image").expect("owner")).expect("load");
+        assert_eq!(table.len(), 2, "the rest loads");
+        assert_eq!(table.get("old").map(|t| t.size), Some(7));
+        // Migrated records are stored in the new version.
+        let stored: Envelope =
+            serde_json::from_slice(&j.get(Kind::Image, "old").expect("get").expect("there"))
+                .expect("envelope");
+        assert_eq!(stored.v, 2);
+        assert_eq!(stored.data["size"], 7);
+        // The unreadable one is out of the way, kept whole with why.
+        assert_eq!(j.get(Kind::Image, "junk").expect("get"), None);
+        let q = quarantined(j.as_ref()).expect("quarantine");
+        assert_eq!(q.len(), 1);
+        assert_eq!((q[0].kind.as_str(), q[0].key.as_str()), ("image", "junk"));
+        assert_eq!(q[0].raw, "not json");
+        assert!(!q[0].reason.is_empty());
+        // A second load finds nothing more to do.
+        let again =
+            Table::load(Tree::<Thing>::open(j.clone(), "image").expect("owner")).expect("load");
+        assert_eq!(again.len(), 2);
+        assert_eq!(quarantined(j.as_ref()).expect("quarantine").len(), 1);
+    }
+}

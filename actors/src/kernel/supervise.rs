@@ -201,11 +201,13 @@ impl<S: Subsystem> Shell<S> {
             Ok(Reply::Now(r)) => {
                 self.cell
                     .outcome(r.as_ref().err().map(|e| e.to_string()).as_deref());
+                self.poisoned(&r, ctx);
                 Reply::Now(r)
             }
-            Ok(Reply::Later(fut)) => Reply::Later(Box::pin(fut.map(|r, act: &mut Self, _| {
+            Ok(Reply::Later(fut)) => Reply::Later(Box::pin(fut.map(|r, act: &mut Self, ctx| {
                 act.cell
                     .outcome(r.as_ref().err().map(|e| e.to_string()).as_deref());
+                act.poisoned(&r, ctx);
                 r
             }))),
             Err(panic) => {
@@ -221,6 +223,21 @@ impl<S: Subsystem> Shell<S> {
                     "the {} actor failed ({what}) and is restarting; retry",
                     S::NAME
                 ))))
+            }
+        }
+    }
+}
+
+impl<S: Subsystem> Shell<S> {
+    /// A journal failure leaves the state maybe out of step with the disk:
+    /// the actor is restarted, which rebuilds it from the journal.
+    fn poisoned<T>(&mut self, r: &Result<T>, ctx: &mut Context<Self>) {
+        if let Err(Error::Journal(e)) = r {
+            if self.state.is_some() {
+                tracing::error!(actor = S::NAME, error = %e, "journal failure; restarting the actor to rebuild its state");
+                self.cell.failed_by_itself();
+                self.state = None;
+                ctx.stop();
             }
         }
     }

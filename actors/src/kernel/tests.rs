@@ -213,6 +213,21 @@ impl actix::Message for Explode {
     type Result = Result<()>;
 }
 
+/// A journal write that fails.
+struct Poison;
+
+impl actix::Message for Poison {
+    type Result = Result<()>;
+}
+
+impl Handles<Poison> for Bomb {
+    type Output = ();
+
+    fn handle(&mut self, _msg: Poison, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        Reply::Now(Err(Error::Journal("storage: disk full".into())))
+    }
+}
+
 impl Handles<Explode> for Bomb {
     type Output = ();
 
@@ -282,4 +297,27 @@ async fn an_actor_that_keeps_failing_is_held_back_and_reported_as_a_crash_loop()
         registry::CRASH_LOOP_FAILURES,
         "an injected panic is not counted as a failure"
     );
+}
+
+#[actix::test]
+async fn a_journal_failure_restarts_the_actor_to_rebuild_its_state() {
+    let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
+    let mut registry = Registry::default();
+    let bomb = spawn::<Bomb>((), &journal, &mut registry);
+    let first = bomb.control(ControlOp::Ping).await.expect("ping");
+    let err = bomb.call(Poison).await.unwrap_err();
+    assert!(matches!(err, Error::Journal(_)), "{err}");
+    let mut again = None;
+    for _ in 0..200 {
+        if let Ok(p) = bomb.control(ControlOp::Ping).await {
+            if p.generation > first.generation {
+                again = Some(p);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let again = again.expect("rebuilt");
+    assert_eq!(again.restarts_before, 1);
+    assert_eq!(bomb.cell_failures(), 1, "counted as a failure");
 }

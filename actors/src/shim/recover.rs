@@ -123,6 +123,43 @@ pub fn force_delete(runtime: &Runtime, id: &str) {
 pub const SHIM_DIED_NOTE: &str =
     "the container's shim died; the container was killed and its exit code is unknown";
 
+/// Removes the cgroup at `cgroups_path` (as in the OCI spec) in every
+/// hierarchy, after killing what is still in it: a runtime killed in the
+/// middle of `create` can leave the cgroup, and a waiting init process in
+/// it, without recording either in its state.
+pub fn remove_cgroup(cgroups_path: &str) {
+    let rel = cgroups_path.trim_start_matches('/');
+    if rel.is_empty() || rel.split('/').any(|c| c == "..") {
+        return;
+    }
+    let root = Path::new("/sys/fs/cgroup");
+    let mut dirs = vec![root.join(rel)];
+    for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        dirs.push(h.path().join(rel));
+    }
+    let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
+    for d in &dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for _ in 0..50 {
+        let left: Vec<&PathBuf> = dirs
+            .iter()
+            .filter(|d| d.is_dir() && std::fs::remove_dir(d).is_err())
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::warn!(cgroup = %cgroups_path, "cannot remove a cgroup left by a failed create");
+}
+
 /// Writes the exit record a dead shim could not (whole, or not at all),
 /// with a note saying why.
 pub fn write_exit(bundle: &Path, status: u32, note: &str) -> Result<()> {
@@ -317,12 +354,28 @@ impl Shims {
         };
         Reply::Later(Box::pin(wrap_future(work).map(
             |res: Result<(ShimReport, Vec<(String, ShimClient)>)>, act: &mut ShimSupervisor, _| {
-                let (report, clients) = res?;
+                let (mut report, clients) = res?;
                 let me = act.state_mut().ok_or_else(|| {
                     Error::Unavailable("the shim supervisor is restarting; retry".into())
                 })?;
                 for id in &report.undone {
                     me.records.remove(id)?;
+                }
+                // A shim whose start was cut short may have come up after
+                // its record was undone: on the actor, against the records
+                // as they are now (a start under way has its record), any
+                // shim process without one is ended.
+                let dir = me.config.state.join("shims");
+                for (pid, id) in shim_processes(&dir) {
+                    if me.records.get(&id).is_none() {
+                        tracing::warn!(container = %id, pid, "ending a shim no record knows");
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                        let _ = std::fs::remove_dir_all(dir.join(&id));
+                        report.orphans.push(id);
+                    }
                 }
                 for id in &report.dead {
                     me.buried.insert(id.clone());

@@ -112,6 +112,13 @@ impl Shims {
             events: self.config.events_socket.clone(),
             timeout: SHIM_TIMEOUT,
         };
+        let cgroups_path = msg
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
         let spec = msg.spec;
         let log = msg.log_path;
         let stdin = msg.stdin;
@@ -169,6 +176,7 @@ impl Shims {
                     // A runtime killed half-way through create leaves
                     // its state (and a waiting init) behind.
                     super::recover::force_delete(&rt, &id);
+                    super::recover::remove_cgroup(&cgroups_path);
                     remove_bundle(&b, &s)
                 })
                 .await;

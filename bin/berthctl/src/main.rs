@@ -286,10 +286,11 @@ async fn run(args: Args) -> Result<String> {
                 .await?
                 .into_inner();
             let mut out = format!(
-                "path:       {}\nsize:       {} bytes\nlast flush: {}\nrecords:\n",
+                "path:       {}\nsize:       {} bytes\nlast flush: {}\nwrites:     {} since berthd started\nrecords:\n",
                 s.path,
                 s.size_bytes,
-                when(s.last_flush_unix_nanos)
+                when(s.last_flush_unix_nanos),
+                s.writes
             );
             for k in &s.kinds {
                 out.push_str(&format!("  {:<10} {}\n", k.kind, k.count));

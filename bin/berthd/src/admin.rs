@@ -51,6 +51,7 @@ impl AdminService {
                 .collect(),
             size_bytes: stats.size_bytes,
             last_flush_unix_nanos: stats.last_flush_unix_nanos,
+            writes: stats.writes,
             boots: boots
                 .into_iter()
                 .map(|b| BootRecord {
