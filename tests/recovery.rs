@@ -277,21 +277,24 @@ async fn fsck_reports_what_leaked_while_berthd_was_not_looking() {
     let mut n = Node::new("rf", "");
     n.d.spawn();
     n.assert_consistent();
-    let leaked = n.d.dir.path().join("run/rootfs").join("cd".repeat(32));
-    std::fs::create_dir_all(&leaked).expect("dir");
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "leak"])
-        .arg(&leaked)
-        .status()
-        .expect("mount");
-    assert!(mounted.success());
+    // A pod cgroup no pod owns (as a runtime killed mid-create leaves).
+    let hierarchy = if std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        "/sys/fs/cgroup/memory"
+    } else {
+        "/sys/fs/cgroup"
+    };
+    let leaked = std::path::Path::new(hierarchy)
+        .join(n.cgroup_parent.trim_start_matches('/'))
+        .join("cd".repeat(32));
+    std::fs::create_dir_all(&leaked).expect("cgroup");
     let (ok, report) = n.fsck();
     assert!(!ok, "fsck exits 1 on a finding");
     assert!(
-        report.contains("leaked") && report.contains(&leaked.display().to_string()),
+        report.contains("leaked") && report.contains(&"cd".repeat(32)),
         "{report}"
     );
-    let _ = nix::mount::umount2(&leaked, nix::mount::MntFlags::MNT_DETACH);
+    std::fs::remove_dir(&leaked).expect("rmdir");
+    n.assert_consistent();
 }
 
 /// Retries `f` (a CRI call) until it succeeds, as kubelet would, for at

@@ -24,19 +24,22 @@ const LOAD: Duration = Duration::from_secs(15);
 /// Pod makers at a time during the throughput runs.
 const WORKERS: usize = 4;
 
-/// Starts `containers` running containers (in pods of 50), 10 at a time.
-async fn fill(n: &Node, rt: &mut RuntimeServiceClient<Channel>, containers: usize) {
-    let mut pods = Vec::new();
-    for p in 0..containers.div_ceil(50) {
-        pods.push(
-            run_pod(rt, pod_config(&format!("fill-{p}"), &n.logs()))
-                .await
-                .expect("RunPodSandbox"),
-        );
+/// Starts running containers `from..to` (in pods of 50, made as needed
+/// and kept in `pods`), 10 at a time.
+async fn fill(
+    n: &Node,
+    rt: &mut RuntimeServiceClient<Channel>,
+    pods: &mut Vec<String>,
+    from: usize,
+    to: usize,
+) {
+    while pods.len() < to.div_ceil(50) {
+        let config = pod_config(&format!("fill-{}", pods.len()), &n.logs());
+        pods.push(run_pod(rt, config).await.expect("RunPodSandbox"));
     }
-    let mut made = 0;
-    while made < containers {
-        let wave: Vec<_> = (made..(made + 10).min(containers))
+    let mut made = from;
+    while made < to {
+        let wave: Vec<_> = (made..(made + 10).min(to))
             .map(|i| {
                 let (mut rt, pod, image) = (rt.clone(), pods[i / 50].clone(), n.image.clone());
                 tokio::spawn(async move {
@@ -123,6 +126,24 @@ async fn load(n: &Node, tag: &str) -> (u64, f64) {
     (cycles, writes as f64 / secs)
 }
 
+/// The consistency check, repeated for up to 15 s while it finds
+/// something (a removal's last steps, such as a shim exiting, finish just
+/// after the call returns; berthd's sweeps run every 5 to 10 s): what it
+/// still finds then has leaked.
+fn settled_fsck(n: &Node) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (ok, found) = n.fsck();
+        if ok {
+            return "nothing leaked or missing".into();
+        }
+        if Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 4)]
 async fn main() {
     let mut n = Node::new("brec", "");
@@ -132,9 +153,10 @@ async fn main() {
 
     let mut rows = Vec::new();
     let mut filled = 0;
+    let mut pods = Vec::new();
     for size in [10usize, 100, 500] {
         let mut rt = n.d.runtime().await;
-        fill(&n, &mut rt, size - filled).await;
+        fill(&n, &mut rt, &mut pods, filled, size).await;
         filled = size;
         rows.push(restarts(&mut n, &format!("restart, {size} running containers")).await);
         let report = String::from_utf8_lossy(&n.d.berthctl(&["recovery"]).stdout).to_string();
@@ -166,14 +188,9 @@ async fn main() {
                 chaos.kills,
                 chaotic / quiet.max(1e-9)
             );
-            let (ok, found) = n.fsck();
             println!(
                 "consistency check after the chaos load: {}",
-                if ok {
-                    "nothing leaked or missing".to_string()
-                } else {
-                    found
-                }
+                settled_fsck(&n)
             );
         }
     }
@@ -191,13 +208,8 @@ async fn main() {
     for p in pods {
         let _ = remove_pod(&mut rt, &p.id).await;
     }
-    let (ok, found) = n.fsck();
     println!(
         "\nconsistency check after removing everything: {}",
-        if ok {
-            "nothing leaked or missing".to_string()
-        } else {
-            found
-        }
+        settled_fsck(&n)
     );
 }

@@ -146,9 +146,11 @@ impl Node {
 
     /// Asserts that fsck finds nothing leaked or missing. A removal's
     /// last steps finish just after the call returns (a shim exits after
-    /// it answered): what is still there after a few seconds is a leak.
+    /// it answered), and berthd's sweeps (every 5 to 10 s) remove what
+    /// work cut short by an actor's restart left: what is still there
+    /// after 15 s is a leak.
     pub fn assert_consistent(&self) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
             let (ok, report) = self.fsck();
             if ok {

@@ -55,6 +55,15 @@ impl Subsystem for Images {
     fn records(&self) -> usize {
         self.images.len()
     }
+
+    fn started(&mut self, ctx: &mut actix::Context<ImageActor>) {
+        use actix::AsyncContext;
+        ctx.run_interval(std::time::Duration::from_secs(10), |act, ctx| {
+            if let Some(me) = act.state_mut() {
+                me.sweep_rootfs(ctx);
+            }
+        });
+    }
 }
 
 impl Images {

@@ -5,12 +5,12 @@
 //! are dropped when the actor builds its state: see `Images::rebuild`.)
 
 use super::actor::{ImageActor, Images};
-use super::rootfs::{self, remove_rootfs};
+use super::rootfs::remove_rootfs;
 use super::store::RootfsRecord;
 use crate::kernel::{short, Recovered, Reply, Swept};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
-use actix::Message;
+use actix::{AsyncContext, Message};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
@@ -43,10 +43,17 @@ impl Images {
             .cloned()
             .partition(|r| !containers.contains(&r.container_id));
         let known: BTreeSet<String> = kept.iter().map(|r| r.container_id.clone()).collect();
-        let dirs = [
-            self.backend.config.state.join("rootfs"),
-            self.backend.config.root.join("rootfs"),
-        ];
+        let strays = list_strays(&self.rootfs_dirs(), &known);
+        // The orphans' own directories go with their records.
+        let strays: Vec<PathBuf> = strays
+            .into_iter()
+            .filter(|p| {
+                !orphans.iter().any(|o| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy() == o.container_id)
+                })
+            })
+            .collect();
         let kept = kept.len();
         let work = async move {
             tokio::task::spawn_blocking(move || {
@@ -54,7 +61,7 @@ impl Images {
                     .into_iter()
                     .map(|r| (r.container_id.clone(), remove_rootfs(&r)))
                     .collect();
-                let strays = stray_dirs(&dirs, &known);
+                let strays = remove_strays(strays);
                 (removed, strays)
             })
             .await
@@ -92,21 +99,24 @@ impl Images {
     }
 }
 
-/// Unmounts and removes entries of `dirs` whose name is not in `known`.
-fn stray_dirs(dirs: &[PathBuf], known: &BTreeSet<String>) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for dir in dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().to_string();
-            if known.contains(&name) {
-                continue;
-            }
-            let path = e.path();
+/// Entries of `dirs` whose name is not in `known`. Listed on the actor,
+/// against the records as they are then: a rootfs being mounted has its
+/// record already.
+fn list_strays(dirs: &[PathBuf], known: &BTreeSet<String>) -> Vec<PathBuf> {
+    dirs.iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| !known.contains(e.file_name().to_string_lossy().as_ref()))
+        .map(|e| e.path())
+        .collect()
+}
+
+/// Unmounts and removes `paths`; answers those that went.
+fn remove_strays(paths: Vec<PathBuf>) -> Vec<PathBuf> {
+    paths
+        .into_iter()
+        .filter(|path| {
             let record = RootfsRecord {
-                container_id: name,
+                container_id: String::new(),
                 image_id: String::new(),
                 chain_ids: Vec::new(),
                 target: path.display().to_string(),
@@ -114,15 +124,40 @@ fn stray_dirs(dirs: &[PathBuf], known: &BTreeSet<String>) -> Vec<PathBuf> {
                 work: String::new(),
                 read_only: false,
             };
-            if rootfs::is_mounted(&record.target) || path.exists() {
-                match remove_rootfs(&record) {
-                    Ok(()) => removed.push(path),
-                    Err(e) => {
-                        tracing::warn!(dir = %path.display(), error = %e, "cannot remove a stray rootfs")
-                    }
+            match remove_rootfs(&record) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(dir = %path.display(), error = %e, "cannot remove a stray rootfs");
+                    false
                 }
             }
-        }
+        })
+        .collect()
+}
+
+impl Images {
+    fn rootfs_dirs(&self) -> [PathBuf; 2] {
+        [
+            self.backend.config.state.join("rootfs"),
+            self.backend.config.root.join("rootfs"),
+        ]
     }
-    removed
+
+    /// Removes root filesystems no record owns: left by a mount that a
+    /// restart of this actor cut short and that finished after the
+    /// container's rootfs was undone. Runs on a timer.
+    pub(super) fn sweep_rootfs(&mut self, ctx: &mut actix::Context<ImageActor>) {
+        let known: BTreeSet<String> = self.rootfs.iter().map(|r| r.container_id.clone()).collect();
+        let strays = list_strays(&self.rootfs_dirs(), &known);
+        if strays.is_empty() {
+            return;
+        }
+        ctx.spawn(wrap_future(async move {
+            if let Ok(gone) = tokio::task::spawn_blocking(move || remove_strays(strays)).await {
+                for p in gone {
+                    tracing::warn!(dir = %p.display(), "removed a rootfs no record owns");
+                }
+            }
+        }));
+    }
 }

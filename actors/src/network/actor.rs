@@ -76,6 +76,7 @@ impl Subsystem for Network {
         ctx.run_interval(RETRY_EVERY, |act, ctx| {
             if let Some(me) = act.state_mut() {
                 me.retry_removed(ctx);
+                me.sweep_pins(ctx);
             }
         });
     }

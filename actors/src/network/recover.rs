@@ -9,7 +9,7 @@ use super::store::NetworkAllocation;
 use crate::kernel::{short, Recovered, Reply, Swept};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
-use actix::Message;
+use actix::{AsyncContext, Message};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -46,7 +46,7 @@ impl Network {
                 .iter()
                 .map(|id| netns::pin_path(&self.config.netns_dir, id)),
         );
-        let dir = self.config.netns_dir.clone();
+        let strays = list_strays(&self.config.netns_dir, &pins);
         let plugins = self.config.plugins();
         let kept = kept.len();
         let work = async move {
@@ -69,7 +69,7 @@ impl Network {
                 }
             });
             let released = futures::future::join_all(jobs).await;
-            let strays = tokio::task::spawn_blocking(move || stray_pins(&dir, &pins))
+            let strays = tokio::task::spawn_blocking(move || remove_pins(strays))
                 .await
                 .map_err(|e| Error::Internal(format!("netns task: {e}")))?;
             Ok((released, strays))
@@ -111,23 +111,53 @@ impl Network {
     }
 }
 
-/// Unpins and removes every namespace under `dir` not in `known`.
-fn stray_pins(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return removed;
-    };
-    for e in entries.flatten() {
-        let path = e.path();
-        if known.contains(&path) {
-            continue;
-        }
-        match netns::remove(&path) {
-            Ok(()) => removed.push(path),
+/// Namespace pins under `dir` not in `known`. Listed on the actor,
+/// against the allocations as they are then: a namespace being made has
+/// its allocation already, so what this finds has no owner.
+fn list_strays(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| !known.contains(p))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Unpins and removes `pins`; answers those that went.
+fn remove_pins(pins: Vec<PathBuf>) -> Vec<PathBuf> {
+    pins.into_iter()
+        .filter(|p| match netns::remove(p) {
+            Ok(()) => true,
             Err(e) => {
-                tracing::warn!(netns = %path.display(), error = %e, "cannot remove a stray namespace")
+                tracing::warn!(netns = %p.display(), error = %e, "cannot remove a stray namespace");
+                false
             }
+        })
+        .collect()
+}
+
+impl Network {
+    /// Removes namespace pins no allocation owns: left by namespace work
+    /// that a restart of this actor cut short and that finished after the
+    /// pod's network was undone. Runs on a timer.
+    pub(super) fn sweep_pins(&mut self, ctx: &mut actix::Context<NetworkActor>) {
+        let known: BTreeSet<PathBuf> = self
+            .allocations
+            .iter()
+            .map(|a| PathBuf::from(&a.netns_path))
+            .collect();
+        let strays = list_strays(&self.config.netns_dir, &known);
+        if strays.is_empty() {
+            return;
         }
+        ctx.spawn(wrap_future(async move {
+            if let Ok(gone) = tokio::task::spawn_blocking(move || remove_pins(strays)).await {
+                for p in gone {
+                    tracing::warn!(netns = %p.display(), "removed a namespace no allocation owns");
+                }
+            }
+        }));
     }
-    removed
 }

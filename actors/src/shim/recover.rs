@@ -31,6 +31,9 @@ pub const SHIM_DIED_STATUS: u32 = 255;
 /// How often the watcher looks for dead shims.
 const WATCH_EVERY: Duration = Duration::from_secs(1);
 
+/// Watcher rounds between sweeps for shims no record owns.
+const SWEEP_EVERY_ROUNDS: u64 = 5;
+
 /// How long recovery waits for one live shim to answer.
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -223,13 +226,61 @@ impl Shims {
         self.config.runtimes.get(&record.runtime_handler).cloned()
     }
 
-    /// Starts the dead-shim watcher.
+    /// Starts the dead-shim watcher, and every few rounds the sweep of
+    /// shims and bundles no record owns.
     pub(super) fn watch(&mut self, ctx: &mut Context<ShimSupervisor>) {
-        ctx.run_interval(WATCH_EVERY, |act, ctx| {
+        let mut round = 0u64;
+        ctx.run_interval(WATCH_EVERY, move |act, ctx| {
+            round += 1;
             if let Some(me) = act.state_mut() {
                 me.find_dead(ctx);
+                if round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
+                    me.sweep(ctx);
+                }
             }
         });
+    }
+
+    /// Ends shim processes and removes bundles that no record owns: left by
+    /// work a restart of this actor cut short, which finished after its
+    /// record was undone. Listed on the actor, against the records as they
+    /// are then: a task being created has its record before its bundle or
+    /// shim exists, and a deleted one loses its record last.
+    fn sweep(&mut self, ctx: &mut Context<ShimSupervisor>) {
+        let dir = self.config.state.join("shims");
+        let mut strays: BTreeSet<String> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .filter(|id| self.records.get(id).is_none())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (pid, id) in shim_processes(&dir) {
+            if self.records.get(&id).is_none() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                strays.insert(id);
+            }
+        }
+        if strays.is_empty() {
+            return;
+        }
+        let runtimes: Vec<Runtime> = self.config.runtimes.values().cloned().collect();
+        ctx.spawn(wrap_future(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                for id in strays {
+                    for rt in &runtimes {
+                        force_delete(rt, &id);
+                    }
+                    let _ = std::fs::remove_dir_all(dir.join(&id));
+                    tracing::warn!(container = %id, "removed a shim or bundle no record owns");
+                }
+            })
+            .await;
+        }));
     }
 
     fn find_dead(&mut self, ctx: &mut Context<ShimSupervisor>) {
