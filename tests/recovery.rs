@@ -297,10 +297,26 @@ async fn fsck_reports_what_leaked_while_berthd_was_not_looking() {
     n.assert_consistent();
 }
 
+/// How a call failed.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure(tonic::Code, String);
+
+impl Failure {
+    fn unavailable(&self) -> bool {
+        self.0 == tonic::Code::Unavailable
+    }
+
+    /// The connection broke under the call: berthd died in the middle of
+    /// it, and no runtime can answer then.
+    fn server_died(&self) -> bool {
+        self.0 == tonic::Code::Unknown && self.1 == "transport error"
+    }
+}
+
 /// Retries `f` (a CRI call) until it succeeds, as kubelet would, for at
 /// most a minute; every call must answer within 30 s. Answers the value
-/// and the error codes seen on the way.
-async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> (T, Vec<tonic::Code>)
+/// and the failures seen on the way.
+async fn until_ok<T, F, Fut>(what: &str, mut f: F) -> (T, Vec<Failure>)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -312,7 +328,7 @@ where
             Err(_) => panic!("{what}: a call hung for 30 s"),
             Ok(Ok(v)) => return (v, seen),
             Ok(Err(s)) => {
-                seen.push(s.code());
+                seen.push(Failure(s.code(), s.message().to_string()));
                 assert!(
                     std::time::Instant::now() < deadline,
                     "{what}: still failing after a minute: {s:?}"
@@ -340,7 +356,7 @@ async fn make_pod(
     name: String,
     image: String,
     logs: std::path::PathBuf,
-) -> (String, String, Vec<tonic::Code>) {
+) -> (String, String, Vec<Failure>) {
     let mut attempt = 0;
     let (pod, mut codes) = until_ok(&format!("RunPodSandbox {name}"), || {
         let mut config = pod_config(&name, &logs);
@@ -500,6 +516,16 @@ async fn twenty_pods_made_while_berthd_is_killed_three_times_end_consistent() {
     for w in workers {
         made.push(w.await.expect("worker"));
     }
+    let failures: Vec<Failure> = made.iter().flat_map(|(_, _, f)| f.clone()).collect();
+    let unexpected: Vec<_> = failures
+        .iter()
+        .filter(|f| !f.unavailable() && !f.server_died())
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "calls during the crashes failed otherwise than UNAVAILABLE or a broken connection: {unexpected:?}"
+    );
+    println!("{} calls failed across 3 crashes", failures.len());
     let mut rt = n.d.runtime().await;
     for (pod, ctr, _) in &made {
         let p = pod_status(&mut rt, pod).await.expect("pod status");
@@ -593,10 +619,7 @@ async fn actors_killed_under_load_fail_calls_only_as_unavailable_and_end_consist
         );
         let kills = chaos.kills - kills_before;
         kills_before = chaos.kills;
-        let unexpected: Vec<_> = codes
-            .iter()
-            .filter(|c| **c != tonic::Code::Unavailable)
-            .collect();
+        let unexpected: Vec<_> = codes.iter().filter(|f| !f.unavailable()).collect();
         assert!(
             unexpected.is_empty(),
             "calls failed otherwise than UNAVAILABLE: {unexpected:?}"
