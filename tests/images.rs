@@ -705,3 +705,38 @@ async fn concurrent_pulls_of_one_image_share_one_download_and_survive_kill_9() {
         img.config_digest
     );
 }
+
+#[tokio::test]
+async fn a_pull_cut_short_by_a_crash_leaves_nothing_after_the_restart() {
+    let reg = Registry::start();
+    let img = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .random_file("big", 8 << 20, 3)
+                .build(Compression::None),
+        )
+        .build();
+    reg.push_image("crash", Some("v1"), &img);
+    let proxy = StallProxy::start(&reg.host(), 1 << 20);
+    let mut d = daemon(&[proxy.host()], "");
+    let name = format!("{}/crash:v1", proxy.host());
+    let mut c = d.images().await;
+    let pulling = tokio::spawn(async move { pull(&mut c, &name).await });
+    berth_tests::eventually(
+        std::time::Duration::from_secs(20),
+        "the layer download to stall half-way",
+        || async { (proxy.stalled_connections() > 0).then_some(()) },
+    )
+    .await;
+    // The layer is half in the content store's ingest when berthd dies.
+    assert!(entries(&d.root().join("content/ingest")) > 0 || stored(&d.root()).0 > 0);
+    d.kill9();
+    assert!(
+        pulling.await.expect("task").is_err(),
+        "the pull died with berthd"
+    );
+    d.spawn();
+    let mut c = d.images().await;
+    assert!(list(&mut c).await.is_empty(), "no half-pulled image");
+    assert_nothing_left(&d, (0, 0));
+}

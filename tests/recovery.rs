@@ -850,3 +850,46 @@ async fn an_unreadable_journal_record_is_quarantined_and_the_rest_recovers() {
     remove_pod(&mut rt, &pod).await.expect("remove pod");
     n.assert_consistent();
 }
+
+#[tokio::test]
+async fn chaos_mode_from_the_config_kills_only_the_actors_it_names() {
+    let mut d = berth_tests::Daemon::configure(
+        "[chaos]\nenabled = true\ninterval_ms = 100\nactors = [\"image\"]\nmode = \"panic\"\n",
+    );
+    d.spawn();
+    let status = eventually(Duration::from_secs(10), "chaos kills", || async {
+        let out = String::from_utf8_lossy(&d.berthctl(&["chaos", "status"]).stdout).to_string();
+        let kills: u64 = out
+            .split("; ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        (kills >= 3).then_some(out)
+    })
+    .await;
+    assert!(
+        status.contains("chaos running: every 100 ms among image"),
+        "{status}"
+    );
+    let stopped = String::from_utf8_lossy(&d.berthctl(&["chaos", "stop"]).stdout).to_string();
+    assert!(stopped.starts_with("chaos stopped"), "{stopped}");
+    let actors = String::from_utf8_lossy(&d.berthctl(&["actors"]).stdout).to_string();
+    for line in actors.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let restarts: u64 = cols[5].parse().expect("restarts column");
+        if cols[0] == "image" {
+            assert!(restarts >= 3, "{actors}");
+        } else {
+            assert_eq!(restarts, 0, "{actors}");
+        }
+    }
+    assert!(
+        !actors.contains("crash-loop"),
+        "injected panics are no crash loop:\n{actors}"
+    );
+    // A schedule naming an unknown actor is refused.
+    let bad = d.berthctl(&["chaos", "start", "--actors", "nope"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
+}

@@ -423,6 +423,9 @@ mod tests {
                 "shutdown_grace_secs = -1",
             ),
             ("root = [\n", "line"),
+            ("[chaos]\ninterval_ms = 1\n", "chaos.interval_ms"),
+            ("[chaos]\nactors = [\"nope\"]\n", "chaos.actors: \"nope\""),
+            ("[chaos]\nmode = \"boom\"\n", "mode = \"boom\""),
         ];
         for (text, expected) in cases {
             let err = Config::parse(text).expect_err(text);
