@@ -351,49 +351,27 @@ impl Shims {
         let runtimes: Vec<Runtime> = self.config.runtimes.values().cloned().collect();
         let bundles = self.config.state.join("shims");
         let work = async move {
+            use futures::StreamExt;
+            // Each shim on its own, a few at a time: a node with hundreds
+            // of live shims reconnects in parallel, and after a reboot the
+            // runtime's deletes do not run one by one.
+            let outcomes: Vec<Result<(String, Fate)>> = futures::stream::iter(records)
+                .map(|(record, runtime)| sort_shim(record, runtime, sweep))
+                .buffer_unordered(RECOVERY_PARALLELISM)
+                .collect()
+                .await;
             let mut report = ShimReport::default();
             let mut clients = Vec::new();
-            for (record, runtime) in records {
-                let id = record.container_id.clone();
-                if record.pid == 0 {
-                    let rt = runtime.clone();
-                    tokio::task::spawn_blocking(move || {
-                        let bundle = PathBuf::from(&record.bundle);
-                        kill_shim_of(&bundle, &record.container_id);
-                        if let Some(rt) = rt {
-                            force_delete(&rt, &record.container_id);
-                        }
-                        let _ = std::fs::remove_file(&record.address);
-                        let _ = std::fs::remove_dir_all(&bundle);
-                    })
-                    .await
-                    .map_err(|e| Error::Internal(format!("recovery task: {e}")))?;
-                    report.undone.push(id);
-                    continue;
-                }
-                if shim_alive(record.pid, &id) {
-                    let connect = ShimClient::connect(&id, Path::new(&record.address));
-                    match tokio::time::timeout(RECONNECT_TIMEOUT, connect).await {
-                        Ok(Ok(client)) => {
-                            clients.push((id.clone(), client));
-                            report.live.push(id);
-                            continue;
-                        }
-                        _ => {
-                            tracing::warn!(container = %id, pid = record.pid, "shim alive but not answering: ending it");
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(record.pid as i32),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
+            for outcome in outcomes {
+                let (id, fate) = outcome?;
+                match fate {
+                    Fate::Live(client) => {
+                        clients.push((id.clone(), client));
+                        report.live.push(id);
                     }
+                    Fate::Dead => report.dead.push(id),
+                    Fate::Undone => report.undone.push(id),
                 }
-                // Only at berthd's start is a missing bundle a reboot's
-                // doing; after a restart of the actor it is a deletion's.
-                tokio::task::spawn_blocking(move || bury(&record, runtime.as_ref(), sweep))
-                    .await
-                    .map_err(|e| Error::Internal(format!("recovery task: {e}")))??;
-                report.dead.push(id);
             }
             if sweep {
                 report.orphans =
@@ -441,6 +419,66 @@ impl Shims {
             },
         )))
     }
+}
+
+/// How many shims recovery sorts at once.
+const RECOVERY_PARALLELISM: usize = 32;
+
+/// What recovery made of one journalled shim.
+enum Fate {
+    /// Serving: reconnected.
+    Live(ShimClient),
+    /// Gone: its container ended, its exit on record.
+    Dead,
+    /// Its start never finished: ended and forgotten.
+    Undone,
+}
+
+/// Sorts one journalled shim (see [`Fate`]). `reboot_ok`: a missing
+/// bundle is a reboot's doing (at berthd's start), and the exit is
+/// recorded in a new one.
+async fn sort_shim(
+    record: ShimRecord,
+    runtime: Option<Runtime>,
+    reboot_ok: bool,
+) -> Result<(String, Fate)> {
+    let id = record.container_id.clone();
+    let blocking = |f: Box<dyn FnOnce() -> Result<()> + Send>| async move {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| Error::Internal(format!("recovery task: {e}")))?
+    };
+    if record.pid == 0 {
+        blocking(Box::new(move || {
+            let bundle = PathBuf::from(&record.bundle);
+            kill_shim_of(&bundle, &record.container_id);
+            if let Some(rt) = runtime {
+                force_delete(&rt, &record.container_id);
+            }
+            let _ = std::fs::remove_file(&record.address);
+            let _ = std::fs::remove_dir_all(&bundle);
+            Ok(())
+        }))
+        .await?;
+        return Ok((id, Fate::Undone));
+    }
+    if shim_alive(record.pid, &id) {
+        let connect = ShimClient::connect(&id, Path::new(&record.address));
+        match tokio::time::timeout(RECONNECT_TIMEOUT, connect).await {
+            Ok(Ok(client)) => return Ok((id, Fate::Live(client))),
+            _ => {
+                tracing::warn!(container = %id, pid = record.pid, "shim alive but not answering: ending it");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(record.pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    // Only at berthd's start is a missing bundle a reboot's doing; after a
+    // restart of the actor it is a deletion's.
+    blocking(Box::new(move || bury(&record, runtime.as_ref(), reboot_ok))).await?;
+    Ok((id, Fate::Dead))
 }
 
 /// Bundles under `dir` and berth-shim processes serving them that no
