@@ -84,12 +84,7 @@ pub async fn launch(opts: &LaunchOpts) -> Result<Launched> {
         }
         Err(_) => {
             // A shim that came up after all would serve nobody.
-            if let Ok(pid) = read_shim_pid(&opts.bundle) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+            super::recover::kill_shim_of(&opts.bundle, id);
             return Err(Error::DeadlineExceeded(format!(
                 "container {id}: the shim did not start in {}s",
                 opts.timeout.as_secs_f64()

@@ -99,6 +99,14 @@ pub fn shim_alive(pid: u32, id: &str) -> bool {
         })
 }
 
+/// SIGKILL to `pid`; one that is gone already is fine.
+pub(super) fn sigkill(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+}
+
 /// Ends container `id` in the runtime's state, whatever state it is in.
 /// A container the runtime does not know is fine.
 pub fn force_delete(runtime: &Runtime, id: &str) {
@@ -143,11 +151,8 @@ pub fn remove_cgroup(cgroups_path: &str) {
     let dirs: Vec<PathBuf> = dirs.into_iter().filter(|d| d.is_dir()).collect();
     for d in &dirs {
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            sigkill(pid);
         }
     }
     for _ in 0..50 {
@@ -187,13 +192,10 @@ pub fn read_note(bundle: &Path) -> Option<String> {
 }
 
 /// Kills the process in `BUNDLE/shim.pid` if it is the shim of `id`.
-fn kill_shim_of(bundle: &Path, id: &str) {
+pub(super) fn kill_shim_of(bundle: &Path, id: &str) {
     if let Ok(pid) = launch::read_shim_pid(bundle) {
         if shim_alive(pid, id) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            sigkill(pid);
         }
     }
 }
@@ -241,12 +243,12 @@ impl Shims {
         });
     }
 
-    /// Ends shim processes and removes bundles that no record owns: left by
-    /// work a restart of this actor cut short, which finished after its
-    /// record was undone. Listed on the actor, against the records as they
-    /// are then: a task being created has its record before its bundle or
-    /// shim exists, and a deleted one loses its record last.
-    fn sweep(&mut self, ctx: &mut Context<ShimSupervisor>) {
+    /// Shim processes and bundles no record owns: the processes are
+    /// killed here, and their IDs answered for [`clear_unowned`]. Listed on
+    /// the actor, against the records as they are then: a task being
+    /// created has its record before its bundle or shim exists, and a
+    /// deleted one loses its record last.
+    fn unowned(&self) -> BTreeSet<String> {
         let dir = self.config.state.join("shims");
         let mut strays: BTreeSet<String> = std::fs::read_dir(&dir)
             .map(|d| {
@@ -258,28 +260,26 @@ impl Shims {
             .unwrap_or_default();
         for (pid, id) in shim_processes(&dir) {
             if self.records.get(&id).is_none() {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                sigkill(pid);
                 strays.insert(id);
             }
         }
+        strays
+    }
+
+    /// Ends shims and removes bundles no record owns: left by work a
+    /// restart of this actor cut short, which finished after its record
+    /// was undone. Runs on a timer, and after a restart.
+    fn sweep(&mut self, ctx: &mut Context<ShimSupervisor>) {
+        let strays = self.unowned();
         if strays.is_empty() {
             return;
         }
+        let dir = self.config.state.join("shims");
         let runtimes: Vec<Runtime> = self.config.runtimes.values().cloned().collect();
         ctx.spawn(wrap_future(async move {
-            let _ = tokio::task::spawn_blocking(move || {
-                for id in strays {
-                    for rt in &runtimes {
-                        force_delete(rt, &id);
-                    }
-                    let _ = std::fs::remove_dir_all(dir.join(&id));
-                    tracing::warn!(container = %id, "removed a shim or bundle no record owns");
-                }
-            })
-            .await;
+            let _ =
+                tokio::task::spawn_blocking(move || clear_unowned(&dir, strays, &runtimes)).await;
         }));
     }
 
@@ -344,10 +344,14 @@ impl Shims {
             .iter()
             .map(|r| (r.clone(), self.runtime_of(r)))
             .collect();
-        let known: BTreeSet<String> = records
-            .iter()
-            .map(|(r, _)| r.container_id.clone())
-            .collect();
+        // Only at berthd's start, when nothing else runs; after a restart of
+        // the actor alone the sweep runs once the pass is done, against the
+        // records as they are then.
+        let strays = if sweep {
+            self.unowned()
+        } else {
+            BTreeSet::new()
+        };
         let runtimes: Vec<Runtime> = self.config.runtimes.values().cloned().collect();
         let bundles = self.config.state.join("shims");
         let work = async move {
@@ -373,17 +377,17 @@ impl Shims {
                     Fate::Undone => report.undone.push(id),
                 }
             }
-            if sweep {
-                report.orphans =
-                    tokio::task::spawn_blocking(move || orphans(&bundles, &known, &runtimes))
-                        .await
-                        .map_err(|e| Error::Internal(format!("recovery task: {e}")))?;
-            }
+            report.orphans =
+                tokio::task::spawn_blocking(move || clear_unowned(&bundles, strays, &runtimes))
+                    .await
+                    .map_err(|e| Error::Internal(format!("recovery task: {e}")))?;
             Ok((report, clients))
         };
         Reply::Later(Box::pin(wrap_future(work).map(
-            |res: Result<(ShimReport, Vec<(String, ShimClient)>)>, act: &mut ShimSupervisor, _| {
-                let (mut report, clients) = res?;
+            move |res: Result<(ShimReport, Vec<(String, ShimClient)>)>,
+                  act: &mut ShimSupervisor,
+                  ctx| {
+                let (report, clients) = res?;
                 let me = act.state_mut().ok_or_else(|| {
                     Error::Unavailable("the shim supervisor is restarting; retry".into())
                 })?;
@@ -391,20 +395,9 @@ impl Shims {
                     me.records.remove(id)?;
                 }
                 // A shim whose start was cut short may have come up after
-                // its record was undone: on the actor, against the records
-                // as they are now (a start under way has its record), any
-                // shim process without one is ended.
-                let dir = me.config.state.join("shims");
-                for (pid, id) in shim_processes(&dir) {
-                    if me.records.get(&id).is_none() {
-                        tracing::warn!(container = %id, pid, "ending a shim no record knows");
-                        let _ = nix::sys::signal::kill(
-                            nix::unistd::Pid::from_raw(pid as i32),
-                            nix::sys::signal::Signal::SIGKILL,
-                        );
-                        let _ = std::fs::remove_dir_all(dir.join(&id));
-                        report.orphans.push(id);
-                    }
+                // its record was undone.
+                if !sweep {
+                    me.sweep(ctx);
                 }
                 for id in &report.dead {
                     me.buried.insert(id.clone());
@@ -468,10 +461,7 @@ async fn sort_shim(
             Ok(Ok(client)) => return Ok((id, Fate::Live(client))),
             _ => {
                 tracing::warn!(container = %id, pid = record.pid, "shim alive but not answering: ending it");
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(record.pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
+                sigkill(record.pid);
             }
         }
     }
@@ -481,38 +471,20 @@ async fn sort_shim(
     Ok((id, Fate::Dead))
 }
 
-/// Bundles under `dir` and berth-shim processes serving them that no
-/// record knows: their shims are killed, their containers deleted from
-/// every runtime, their bundles removed.
-fn orphans(dir: &Path, known: &BTreeSet<String>, runtimes: &[Runtime]) -> Vec<String> {
-    let mut found = BTreeSet::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            let id = e.file_name().to_string_lossy().to_string();
-            if !known.contains(&id) {
-                found.insert(id);
-            }
-        }
-    }
-    for (pid, id) in shim_processes(dir) {
-        if !known.contains(&id) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            found.insert(id);
-        }
-    }
-    for id in &found {
+/// For shims and bundles no record owns (see `Shims::unowned`): a shim
+/// named by the bundle's pid file is killed, the container deleted from
+/// every runtime, the bundle removed. Answers the IDs.
+fn clear_unowned(dir: &Path, strays: BTreeSet<String>, runtimes: &[Runtime]) -> Vec<String> {
+    for id in &strays {
         let bundle = dir.join(id);
         kill_shim_of(&bundle, id);
         for rt in runtimes {
             force_delete(rt, id);
         }
         let _ = std::fs::remove_dir_all(&bundle);
-        tracing::warn!(container = %id, "removed a shim bundle no record knew");
+        tracing::warn!(container = %id, "removed a shim or bundle no record owns");
     }
-    found.into_iter().collect()
+    strays.into_iter().collect()
 }
 
 /// Every berth-shim process whose bundle is under `dir`: (pid, container).

@@ -7,6 +7,7 @@ use super::actor::{ShimSupervisor, Shims};
 use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
 use super::launch::{self, LaunchOpts};
 use super::messages::*;
+use super::recover::{kill_shim_of, shim_alive, sigkill};
 use super::store::ShimRecord;
 use crate::kernel::Reply;
 use crate::{Error, Result};
@@ -30,27 +31,6 @@ fn exit(e: ExitInfo) -> Exit {
 
 fn restarting() -> Error {
     Error::Unavailable("the shim supervisor is restarting; retry".into())
-}
-
-/// Ends a shim that will not shut down by itself.
-fn kill_shim(bundle: &Path) {
-    if let Ok(pid) = launch::read_shim_pid(bundle) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Whether a process is there and not a zombie.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .is_some_and(|zombie| !zombie)
 }
 
 /// Removes a bundle; what is gone is fine.
@@ -165,7 +145,7 @@ impl Shims {
                     let _ = client.delete(None).await;
                     let _ = client.shutdown(true).await;
                 }
-                kill_shim(&bundle);
+                kill_shim_of(&bundle, &opts.id);
                 let (b, s, id, rt) = (
                     bundle.clone(),
                     socket.clone(),
@@ -327,18 +307,16 @@ impl Shims {
             // The shim ends by itself after shutdown; a watcher makes sure
             // of it without keeping the caller waiting.
             if let Ok(pid) = launch::read_shim_pid(&bundle) {
+                let task = task.clone();
                 tokio::spawn(async move {
                     for _ in 0..100 {
-                        if !alive(pid) {
+                        if !shim_alive(pid, &task) {
                             return;
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                     tracing::warn!(shim = pid, "shim did not exit after shutdown; killing it");
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    sigkill(pid);
                 });
             }
             tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
