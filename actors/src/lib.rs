@@ -12,6 +12,7 @@ pub mod error;
 pub mod image;
 pub mod journal;
 pub mod kernel;
+pub mod mounts;
 pub mod network;
 pub mod sandbox;
 pub mod shim;

@@ -257,15 +257,13 @@ pub fn reap(dir: &Path) {
         // SAFETY: kill(2) on pids that belong to this test's daemon.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<&str> = mounts
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&needle))
+    let mut points: Vec<PathBuf> = berth_actors::mounts::mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
         .collect();
-    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    points.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
     for p in points {
-        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -151,9 +151,7 @@ impl Images {
 
 /// Whether `target` is a mount point now.
 pub fn is_mounted(target: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(4) == Some(target)))
-        .unwrap_or(false)
+    crate::mounts::is_mount_point(Path::new(target))
 }
 
 #[cfg(test)]

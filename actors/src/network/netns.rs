@@ -64,13 +64,7 @@ pub fn remove(pin: &Path) -> Result<()> {
 
 /// Whether `pin` is a mounted namespace (not just a leftover file).
 pub fn is_pinned(pin: &Path) -> bool {
-    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = pin.display().to_string();
-    mounts
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    crate::mounts::is_mount_point(pin)
 }
 
 #[cfg(test)]

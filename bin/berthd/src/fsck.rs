@@ -154,7 +154,7 @@ fn check(j: &Journal, config: &Config) -> Fsck {
     let rootfs_dir = config.state.join("rootfs");
     let netns_dir = config.state.join("netns");
     let pods_dir = config.state.join("sandboxes");
-    for m in mounts() {
+    for m in berth_actors::mounts::mount_points() {
         let owner = |dir: &Path| -> Option<String> {
             m.strip_prefix(dir)
                 .ok()
@@ -215,18 +215,6 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .map(|d| {
             d.flatten()
                 .map(|e| e.file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Every mount point on the node.
-fn mounts() -> Vec<PathBuf> {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .map(|m| {
-            m.lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .map(|p| PathBuf::from(p.replace("\\040", " ")))
                 .collect()
         })
         .unwrap_or_default()
