@@ -183,7 +183,8 @@ impl Containers {
         Ok(())
     }
 
-    /// A container's process exited (event or exit record).
+    /// A container's process exited (event or exit record). The exit
+    /// record, when there is one, wins over the event's status.
     pub(super) fn exited(&mut self, id: &str, status: Option<u32>) -> Result<()> {
         let Some(r) = self.records.get(id) else {
             return Ok(());
@@ -191,12 +192,9 @@ impl Containers {
         if r.state != ContainerState::Running || self.busy.contains(id) {
             return Ok(());
         }
-        let recorded =
-            crate::shim::launch::read_exit(&crate::shim::bundle_dir(&self.deps.state, id))?;
-        match (recorded, status) {
-            (Some(_), _) => self.settle(id).map(|_| ()),
-            (None, Some(s)) => self.record_exit(id, s, 0),
-            (None, None) => Ok(()),
+        match (self.settle(id)?, status) {
+            (false, Some(s)) => self.record_exit(id, s, 0),
+            _ => Ok(()),
         }
     }
 

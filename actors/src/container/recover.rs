@@ -10,7 +10,7 @@
 use super::actor::{ContainerActor, Containers};
 use super::lifecycle::teardown;
 use super::store::ContainerState;
-use crate::kernel::{patiently, short, Recovered, Reply};
+use crate::kernel::{claim_cut_short, patiently, short, Recovered, Reply};
 use crate::shim::recover::SHIM_DIED_STATUS;
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
@@ -85,20 +85,15 @@ impl Containers {
                 Err(e) => return Reply::Now(Err(e)),
             }
         }
-        let in_flight: Vec<&String> = self.reserved.values().collect();
-        let cut_short: Vec<String> = self
+        let creating = self
             .records
             .iter()
-            .filter(|r| r.state == ContainerState::Creating && !in_flight.contains(&&r.id))
-            .filter(|r| !self.busy.contains(&r.id))
-            .map(|r| r.id.clone())
-            .collect();
+            .filter(|r| r.state == ContainerState::Creating)
+            .map(|r| r.id.as_str());
+        let cut_short = claim_cut_short(creating, &self.reserved, &mut self.busy);
         report.kept = self.records.len() - cut_short.len();
         if cut_short.is_empty() {
             return Reply::Now(Ok(report));
-        }
-        for id in &cut_short {
-            self.busy.insert(id.clone());
         }
         let deps = self.deps.clone();
         let jobs = cut_short.into_iter().map(move |id| {

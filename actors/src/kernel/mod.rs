@@ -15,7 +15,7 @@ mod recovered;
 mod registry;
 mod supervise;
 
-pub use recovered::{patiently, short, Recovered, Swept};
+pub use recovered::{claim_cut_short, patiently, short, Recovered, Swept};
 
 pub use registry::{ActorCell, ActorSnapshot, ActorStatus, Registry};
 pub use supervise::{

@@ -46,3 +46,21 @@ where
 /// What a sweep did: the outcome for each record it released, and the
 /// stray paths (owned by no record) it removed.
 pub type Swept = (Vec<(String, crate::Result<()>)>, Vec<std::path::PathBuf>);
+
+/// The objects still being made (`creating`: their IDs) that no call is
+/// making any more: a restart cut their making short. Those named in
+/// `reserved` (names to IDs of makings under way) or held in `busy` are
+/// left alone; the others are claimed in `busy` for the pass that undoes
+/// them, and answered.
+pub fn claim_cut_short<'a>(
+    creating: impl Iterator<Item = &'a str>,
+    reserved: &std::collections::BTreeMap<String, String>,
+    busy: &mut std::collections::BTreeSet<String>,
+) -> Vec<String> {
+    let cut: Vec<String> = creating
+        .filter(|id| !reserved.values().any(|r| r == id) && !busy.contains(*id))
+        .map(str::to_string)
+        .collect();
+    busy.extend(cut.iter().cloned());
+    cut
+}

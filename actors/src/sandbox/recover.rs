@@ -13,7 +13,7 @@ use super::actor::{SandboxActor, Sandboxes};
 use super::files::PodFiles;
 use super::run::Undo;
 use super::store::SandboxState;
-use crate::kernel::{short, Recovered, Reply};
+use crate::kernel::{claim_cut_short, short, Recovered, Reply};
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::Message;
@@ -50,20 +50,15 @@ impl Sandboxes {
                 ));
             }
         }
-        let in_flight: Vec<&String> = self.reserved.values().collect();
-        let cut_short: Vec<String> = self
+        let creating = self
             .records
             .iter()
-            .filter(|r| r.state == SandboxState::Creating && !in_flight.contains(&&r.id))
-            .filter(|r| !self.busy.contains(&r.id))
-            .map(|r| r.id.clone())
-            .collect();
+            .filter(|r| r.state == SandboxState::Creating)
+            .map(|r| r.id.as_str());
+        let cut_short = claim_cut_short(creating, &self.reserved, &mut self.busy);
         report.kept = self.records.len() - cut_short.len();
         if cut_short.is_empty() {
             return Reply::Now(Ok(report));
-        }
-        for id in &cut_short {
-            self.busy.insert(id.clone());
         }
         let deps = self.deps.clone();
         let undos = cut_short.clone().into_iter().map(move |id| {
