@@ -65,9 +65,7 @@ fn shim_pid(n: &Node, id: &str) -> u32 {
 
 #[tokio::test]
 async fn containers_outlive_a_crash_and_one_that_exited_meanwhile_reports_its_code() {
-    let mut n = Node::new("rc", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rc", "").await;
     let mut rt = n.d.runtime().await;
     let (pod, long) = pod_with(&n, &mut rt, "long", &["sleep", "1000"]).await;
     let short = create_container(
@@ -133,9 +131,7 @@ async fn containers_outlive_a_crash_and_one_that_exited_meanwhile_reports_its_co
 
 #[tokio::test]
 async fn a_killed_shim_leaves_its_container_exited_with_a_reason_and_nothing_behind() {
-    let mut n = Node::new("rs", "");
-    n.d.spawn();
-    n.pull().await;
+    let n = Node::running("rs", "").await;
     let mut rt = n.d.runtime().await;
     let (pod, ctr) = pod_with(&n, &mut rt, "victim", &["sleep", "1000"]).await;
     let pid = container_pid(&mut rt, &ctr).await;
@@ -169,9 +165,7 @@ async fn a_killed_shim_leaves_its_container_exited_with_a_reason_and_nothing_beh
 
 #[tokio::test]
 async fn after_a_reboot_pods_are_not_ready_containers_exited_and_removal_cleans_up() {
-    let mut n = Node::new("rb", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rb", "").await;
     let mut rt = n.d.runtime().await;
     let (pod, ctr) = pod_with(&n, &mut rt, "rebooted", &["sleep", "1000"]).await;
 
@@ -234,9 +228,7 @@ async fn after_a_reboot_pods_are_not_ready_containers_exited_and_removal_cleans_
 
 #[tokio::test]
 async fn leftovers_no_record_owns_are_removed_at_start() {
-    let mut n = Node::new("rl", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rl", "").await;
     n.d.kill9();
     let state = n.d.dir.path().join("run");
     let stray = "ab".repeat(32);
@@ -489,9 +481,7 @@ fn pseudo_random(seed: &mut u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_pods_made_while_berthd_is_killed_three_times_end_consistent() {
-    let mut n = Node::new("rk", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rk", "").await;
     let workers: Vec<_> = (0..20)
         .map(|i| {
             tokio::spawn(make_pod(
@@ -551,9 +541,7 @@ async fn twenty_pods_made_while_berthd_is_killed_three_times_end_consistent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actors_killed_under_load_fail_calls_only_as_unavailable_and_end_consistent() {
-    let mut n = Node::new("ra", "");
-    n.d.spawn();
-    n.pull().await;
+    let n = Node::running("ra", "").await;
     let mut admin = n.d.admin().await;
     let mut kills_before = 0;
     for mode in [
@@ -764,9 +752,7 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_with_a_hundred_running_containers_serves_again_quickly_and_keeps_them() {
-    let mut n = Node::new("rh", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rh", "").await;
     let mut rt = n.d.runtime().await;
     let pod = run_pod(&mut rt, pod_config("hundred", &n.logs()))
         .await
@@ -794,7 +780,7 @@ async fn a_restart_with_a_hundred_running_containers_serves_again_quickly_and_ke
             ids.push(j.await.expect("job"));
         }
     }
-    let before = running_pids(&mut rt).await;
+    let mut before = running_pids(&mut rt).await;
     assert_eq!(before.len(), 100);
 
     n.d.kill9();
@@ -802,9 +788,7 @@ async fn a_restart_with_a_hundred_running_containers_serves_again_quickly_and_ke
     n.d.spawn();
     let serving = t.elapsed();
     let mut rt = n.d.runtime().await;
-    let after = running_pids(&mut rt).await;
-    let mut before = before;
-    let mut after = after;
+    let mut after = running_pids(&mut rt).await;
     before.sort();
     after.sort();
     assert_eq!(after, before, "every container runs on with its PID");
@@ -819,9 +803,7 @@ async fn a_restart_with_a_hundred_running_containers_serves_again_quickly_and_ke
 
 #[tokio::test]
 async fn an_unreadable_journal_record_is_quarantined_and_the_rest_recovers() {
-    let mut n = Node::new("rq", "");
-    n.d.spawn();
-    n.pull().await;
+    let mut n = Node::running("rq", "").await;
     let mut rt = n.d.runtime().await;
     let (pod, ctr) = pod_with(&n, &mut rt, "survivor", &["sleep", "1000"]).await;
     n.d.kill9();

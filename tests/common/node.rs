@@ -110,6 +110,15 @@ impl Node {
         }
     }
 
+    /// A node as [`Node::new`] makes it, with its berthd running and the
+    /// busybox image pulled.
+    pub async fn running(bridge_tag: &str, extra: &str) -> Node {
+        let mut n = Node::new(bridge_tag, extra);
+        n.d.spawn();
+        n.pull().await;
+        n
+    }
+
     /// Where pods' logs go.
     pub fn logs(&self) -> PathBuf {
         self.d.dir.path().join("logs")
