@@ -42,6 +42,7 @@ mod daemon;
 mod events;
 mod exitfile;
 mod io;
+mod pidfd;
 mod reaper;
 mod runc;
 mod service;

@@ -78,6 +78,9 @@ struct Proc {
     stdin: Option<OwnedFd>,
     /// The master of the init's terminal, kept open while it lives.
     console: Option<OwnedFd>,
+    /// The init's pidfd: signals reach it without a runtime call, and
+    /// never another process that got its pid.
+    pidfd: Option<OwnedFd>,
 }
 
 #[derive(Default)]
@@ -457,6 +460,15 @@ impl Shared {
             Box::new(move |exit| me.process_exited(&id, pid, exit)),
         );
         Ok(pid)
+    }
+
+    /// Signals the init through its pidfd, the way `runc kill` without
+    /// `--all` does, without running the runtime. None: no pidfd, the
+    /// runtime must do it. ESRCH: it has been reaped.
+    fn signal_init(&self, signal: i32) -> Option<std::io::Result<()>> {
+        let tasks = self.tasks();
+        let fd = tasks.init.as_ref()?.pidfd.as_ref()?;
+        Some(crate::pidfd::signal(fd, signal))
     }
 
     fn require_running(&self, tasks: &Tasks) -> TResult<()> {
@@ -876,6 +888,10 @@ impl Task for Service {
                 })?)
             };
         let pid = read_pid(&pid_file)?;
+        // It waits for `start`, unreaped: the pid is still its own.
+        let pidfd = crate::pidfd::open(pid)
+            .map_err(|e| log::warn!("container {}: no pidfd for pid {pid}: {e}", s.id))
+            .ok();
         s.tasks().init = Some(Proc {
             pid,
             phase: Phase::Created,
@@ -885,6 +901,7 @@ impl Task for Service {
             logs: stdio.logs,
             stdin: stdin_keep,
             console,
+            pidfd,
         });
         let me = s.clone();
         s.reaper.watch(
@@ -988,6 +1005,19 @@ impl Task for Service {
         if let Phase::Stopped(_) = phase {
             return Err(finished());
         }
+        if req.exec_id.is_empty() && !req.all {
+            match s.signal_init(req.signal as i32) {
+                Some(Ok(())) => return Ok(Empty::new()),
+                Some(Err(e)) if e.raw_os_error() == Some(libc::ESRCH) => return Err(finished()),
+                Some(Err(e)) => {
+                    return Err(status(
+                        Code::INTERNAL,
+                        format!("container {}: kill: {e}", s.id),
+                    ))
+                }
+                None => {}
+            }
+        }
         if req.exec_id.is_empty() {
             let signal = req.signal.to_string();
             let mut args = vec!["kill"];
@@ -1072,6 +1102,7 @@ impl Task for Service {
                 logs: Vec::new(),
                 stdin: None,
                 console: None,
+                pidfd: None,
             },
         );
         Ok(Empty::new())
