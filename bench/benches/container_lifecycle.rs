@@ -789,9 +789,10 @@ async fn main() {
     let ipam = d.dir.path().join("ipam");
     std::fs::write(
         d.cni_dir().join("10-bench.conflist"),
-        conflist(BRIDGE, SUBNET, &ipam).to_string(),
+        conflist(BRIDGE, SUBNET, &ipam, false).to_string(),
     )
     .expect("conflist");
+    d.masquerade(&[SUBNET]);
     d.spawn();
     let berth = measure("berth", &d.cri_socket(), &image, &d.dir.path().join("logs")).await;
     if !berth.errors.is_empty() {

@@ -212,8 +212,11 @@ async fn floor(pause_rootfs: &Path, work: &Path, n: usize) -> [Samples; 4] {
     let ipam = work.join("floor-ipam");
     let list = NetworkList::load(&{
         let f = work.join("floor.conflist");
-        std::fs::write(&f, conflist("bfloor0", "10.93.0.0/16", &ipam).to_string())
-            .expect("conflist");
+        std::fs::write(
+            &f,
+            conflist("bfloor0", "10.93.0.0/16", &ipam, false).to_string(),
+        )
+        .expect("conflist");
         f
     })
     .expect("conflist");
@@ -318,9 +321,10 @@ async fn main() {
     let ipam = d.dir.path().join("ipam");
     std::fs::write(
         d.cni_dir().join("10-bench.conflist"),
-        conflist("bbench0", "10.92.0.0/16", &ipam).to_string(),
+        conflist("bbench0", "10.92.0.0/16", &ipam, false).to_string(),
     )
     .expect("conflist");
+    d.masquerade(&["10.92.0.0/16"]);
     d.spawn();
 
     // Warm up: the first pod makes the sandbox image.
@@ -378,6 +382,7 @@ async fn main() {
         format!("{}={}", reg.host(), reg.url()),
     ]);
     let mut peer_rows: Option<([Samples; 4], [Samples; 4])> = None;
+    let mut peer_plain: Option<[Samples; 4]> = None;
     let (mut containerd_kib, mut cshim_kib) = (0, 0);
     if let Some(p) = &peer {
         let mut images = ImageServiceClient::new(berth_tests::connect(&p.socket()).await);
@@ -402,6 +407,19 @@ async fn main() {
         .await
         .samples("containerd", "10 at a time");
         peer_rows = Some((s, w));
+        // The same network without the bridge plugin's per-pod ipMasq
+        // (and so with no NAT at all for containerd's pods): what
+        // containerd does when the plugins run no iptables.
+        let conf = p.dir.path().join("net.d/10-peer.conflist");
+        let text = std::fs::read_to_string(&conf).expect("the peer's conflist");
+        std::fs::write(&conf, text.replace("\"ipMasq\": true", "\"ipMasq\": false"))
+            .expect("the peer's conflist");
+        // containerd watches its CNI directory and reloads.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let plain = lifecycle(&p.socket(), "cn", 1, || {})
+            .await
+            .samples("containerd (ipMasq off: no NAT)", "serial");
+        peer_plain = Some(plain);
     } else {
         println!("(containerd peer not available)");
     }
@@ -412,12 +430,24 @@ async fn main() {
         rows.extend(s.iter());
         rows.extend(w.iter());
     }
+    if let Some(p) = &peer_plain {
+        rows.extend(p.iter());
+    }
     table(&format!("pod lifecycle, {PODS} pods"), &rows, &[]);
     println!();
     if let Some((s, w)) = &peer_rows {
         for i in [0usize, 2] {
             ratio_line(&serial[i].name, &serial[i], &s[i]);
             ratio_line(&wave[i].name, &wave[i], &w[i]);
+        }
+    }
+    if let Some(p) = &peer_plain {
+        for i in [0usize, 2] {
+            ratio_line(
+                &format!("{} against containerd with ipMasq off", serial[i].name),
+                &serial[i],
+                &p[i],
+            );
         }
     }
     let floor_run = floor[0].p50() + floor[1].p50() + floor[3].p50() / 2;

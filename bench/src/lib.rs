@@ -209,13 +209,19 @@ pub fn push_pause(reg: &berth_tests::registry::Registry, pause: &std::path::Path
     reg.image_ref("pause", "bench")
 }
 
-/// The pod network the benchmarks give berth: bridge (with ipMasq) +
-/// host-local + portmap + loopback, as the default network is.
-pub fn conflist(bridge: &str, subnet: &str, ipam: &std::path::Path) -> serde_json::Value {
+/// The pod network the benchmarks give berth: bridge + host-local +
+/// portmap + loopback, as the default network is (`ip_masq` false: berthd
+/// masquerades the subnet with its node-wide chain, `[cni] masquerade`).
+pub fn conflist(
+    bridge: &str,
+    subnet: &str,
+    ipam: &std::path::Path,
+    ip_masq: bool,
+) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "1.0.0", "name": "bench",
         "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true, "hairpinMode": true,
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": ip_masq, "hairpinMode": true,
              "ipam": {"type": "host-local", "dataDir": ipam, "ranges": [[{"subnet": subnet}]],
                       "routes": [{"dst": "0.0.0.0/0"}]}},
             {"type": "portmap", "capabilities": {"portMappings": true}},

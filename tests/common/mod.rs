@@ -64,7 +64,7 @@ impl Daemon {
         std::fs::create_dir_all(d.join("cni")).expect("cni dir");
         let config = d.join("config.toml");
         let text = format!(
-            "root = \"{root}\"\nstate = \"{state}\"\n{extra}\n[cri]\nsocket = \"{state}/berth.sock\"\n[admin]\nsocket = \"{state}/admin.sock\"\n[cni]\nconf_dir = \"{cni}\"\n[log]\nlevel = \"{level}\"\n",
+            "root = \"{root}\"\nstate = \"{state}\"\n{extra}\n[cri]\nsocket = \"{state}/berth.sock\"\n[admin]\nsocket = \"{state}/admin.sock\"\n[cni]\nconf_dir = \"{cni}\"\nmasquerade = []\n[log]\nlevel = \"{level}\"\n",
             root = d.join("root").display(),
             state = d.join("run").display(),
             cni = d.join("cni").display(),
@@ -90,6 +90,29 @@ impl Daemon {
 
     pub fn admin_socket(&self) -> PathBuf {
         self.dir.path().join("run/admin.sock")
+    }
+
+    /// Has berthd masquerade `subnets` (`[cni] masquerade`); its chain
+    /// goes when the daemon is dropped.
+    pub fn masquerade(&self, subnets: &[&str]) {
+        let text = std::fs::read_to_string(&self.config).expect("read config");
+        let list: Vec<String> = subnets.iter().map(|s| format!("{s:?}")).collect();
+        let text = text.replacen(
+            "masquerade = []",
+            &format!("masquerade = [{}]", list.join(", ")),
+            1,
+        );
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
+    fn masquerading(&self) -> bool {
+        std::fs::read_to_string(&self.config)
+            .is_ok_and(|t| t.lines().any(|l| l.starts_with("masquerade = [\"")))
+    }
+
+    /// The iptables chain berthd keeps for masquerading.
+    pub fn masquerade_chain(&self) -> String {
+        berth_actors::network::masquerade::chain_name(&self.dir.path().join("run"))
     }
 
     pub fn cni_dir(&self) -> PathBuf {
@@ -219,6 +242,9 @@ impl Drop for Daemon {
         // their containers and mounts behind: nothing of this daemon's may
         // outlive it.
         reap(self.dir.path());
+        if self.masquerading() {
+            berth_actors::network::masquerade::remove(&self.masquerade_chain());
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! A node for end-to-end tests of pods and containers: a registry serving
 //! a busybox image built from busybox-static, and a berthd (not started:
 //! tests may add to its configuration first) with a CNI network of its own
-//! (bridge, subnet, host-local store), so that tests run side by side.
-//! The bridge goes when the node is dropped.
+//! (bridge, subnet, host-local store; the subnet masqueraded by berthd),
+//! so that tests run side by side. The bridge goes when the node is
+//! dropped, and berthd's masquerade chain with its daemon.
 
 use crate::image::{Compression, ImageBuilder, LayerBuilder};
 use crate::registry::Registry;
@@ -18,6 +19,8 @@ pub struct Node {
     pub image: String,
     pub registry: Registry,
     pub bridge: String,
+    /// Its pod subnet, masqueraded by berthd on the way out.
+    pub subnet: String,
     /// The node's own cgroup parent, so that fsck sees only its pods.
     pub cgroup_parent: String,
 }
@@ -96,16 +99,19 @@ impl Node {
             "plugins": [
                 {"type": "bridge", "bridge": bridge, "isGateway": true,
                  "ipam": {"type": "host-local", "dataDir": d.dir.path().join("ipam"),
-                          "ranges": [[{"subnet": subnet}]]}},
+                          "ranges": [[{"subnet": subnet}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
                 {"type": "loopback"}
             ]
         });
         std::fs::write(d.cni_dir().join("10-node.conflist"), conf.to_string()).expect("conflist");
+        d.masquerade(&[&subnet]);
         Node {
             image: registry.image_ref("busybox", "node"),
             d,
             registry,
             bridge,
+            subnet,
             cgroup_parent,
         }
     }

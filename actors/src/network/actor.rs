@@ -24,6 +24,11 @@ pub struct NetworkConfig {
     pub netns_dir: PathBuf,
     /// How long one CNI plugin may run.
     pub plugin_timeout: Duration,
+    /// Pod subnets whose traffic leaving the node is masqueraded by one
+    /// node-wide chain (see [`super::masquerade`]); empty: none.
+    pub masquerade: Vec<String>,
+    /// That chain's name.
+    pub masquerade_chain: String,
 }
 
 impl NetworkConfig {
@@ -34,6 +39,8 @@ impl NetworkConfig {
             cni_bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             netns_dir: dir.join("netns"),
             plugin_timeout: Duration::from_secs(60),
+            masquerade: Vec::new(),
+            masquerade_chain: super::masquerade::chain_name(dir),
         }
     }
 
@@ -51,6 +58,8 @@ pub struct Network {
     /// Pods whose namespace or CNI ADD is under way: a DEL now would race
     /// the ADD, so it waits (Unavailable, retried by the caller).
     pub(super) busy: std::collections::BTreeSet<String>,
+    /// Whether the masquerade rules are known to be in place.
+    pub(super) masquerading: bool,
 }
 
 /// How often DELs that failed during a removal are tried again.
@@ -65,6 +74,7 @@ impl Subsystem for Network {
             allocations: Table::open(journal, Self::NAME)?,
             config: deps.clone(),
             busy: Default::default(),
+            masquerading: false,
         })
     }
 
@@ -73,12 +83,43 @@ impl Subsystem for Network {
     }
 
     fn started(&mut self, ctx: &mut Context<Shell<Self>>) {
+        self.masquerade(ctx);
         ctx.run_interval(RETRY_EVERY, |act, ctx| {
             if let Some(me) = act.state_mut() {
                 me.retry_removed(ctx);
                 me.sweep_pins(ctx);
+                if !me.masquerading {
+                    me.masquerade(ctx);
+                }
             }
         });
+    }
+}
+
+impl Network {
+    /// Puts the node's masquerade rules in place, off the actor; tried
+    /// again on the retry timer until it works.
+    fn masquerade(&mut self, ctx: &mut Context<Shell<Self>>) {
+        let (chain, subnets) = (
+            self.config.masquerade_chain.clone(),
+            self.config.masquerade.clone(),
+        );
+        // Not tried again while this attempt runs.
+        self.masquerading = true;
+        let work = tokio::task::spawn_blocking(move || super::masquerade::apply(&chain, &subnets));
+        ctx.spawn(
+            actix::fut::wrap_future(work).map(|done, act: &mut NetworkActor, _| {
+                let err = match done {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) => e,
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(error = %err, "pod subnets not masqueraded; trying again");
+                if let Some(me) = act.state_mut() {
+                    me.masquerading = false;
+                }
+            }),
+        );
     }
 }
 

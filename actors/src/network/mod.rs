@@ -6,6 +6,7 @@ mod actor;
 mod attach;
 pub mod cni;
 mod detach;
+pub mod masquerade;
 pub mod messages;
 pub mod netns;
 pub mod recover;

@@ -121,6 +121,8 @@ pub struct Cni {
     pub conf_dir: PathBuf,
     pub bin_dirs: Vec<PathBuf>,
     pub plugin_timeout_secs: u64,
+    /// Pod subnets masqueraded by one node-wide chain (CIDRs).
+    pub masquerade: Vec<String>,
 }
 
 /// Chaos mode: kills random actors on a schedule (each is restarted by its
@@ -221,6 +223,7 @@ impl Default for Cni {
             conf_dir: "/etc/cni/net.d".into(),
             bin_dirs: vec!["/usr/lib/cni".into(), "/opt/cni/bin".into()],
             plugin_timeout_secs: 60,
+            masquerade: vec!["10.89.0.0/16".into()],
         }
     }
 }
@@ -308,6 +311,10 @@ impl Config {
         }
         if self.cni.plugin_timeout_secs == 0 {
             return Err("cni.plugin_timeout_secs: must be at least 1".into());
+        }
+        for subnet in &self.cni.masquerade {
+            berth_actors::network::masquerade::parse_cidr(subnet)
+                .map_err(|e| format!("cni.masquerade: {e}"))?;
         }
         for (name, r) in &self.runtimes {
             if name.is_empty()
@@ -426,6 +433,14 @@ mod tests {
             ("[chaos]\ninterval_ms = 1\n", "chaos.interval_ms"),
             ("[chaos]\nactors = [\"nope\"]\n", "chaos.actors: \"nope\""),
             ("[chaos]\nmode = \"boom\"\n", "mode = \"boom\""),
+            (
+                "[cni]\nmasquerade = [\"10.89.0.0\"]\n",
+                "cni.masquerade: \"10.89.0.0\" is not a CIDR",
+            ),
+            (
+                "[cni]\nmasquerade = [\"10.89.0.0/40\"]\n",
+                "cni.masquerade: \"10.89.0.0/40\": the prefix length",
+            ),
         ];
         for (text, expected) in cases {
             let err = Config::parse(text).expect_err(text);

@@ -57,6 +57,8 @@ pub async fn run(config: Config) -> Result<()> {
                 cni_bin_dirs: config.cni.bin_dirs.clone(),
                 netns_dir: config.state.join("netns"),
                 plugin_timeout: Duration::from_secs(config.cni.plugin_timeout_secs),
+                masquerade: config.cni.masquerade.clone(),
+                masquerade_chain: berth_actors::network::masquerade::chain_name(&config.state),
             },
             image: image_config(&config),
             sandbox: SandboxConfig {
