@@ -556,38 +556,49 @@ async fn actors_killed_under_load_fail_calls_only_as_unavailable_and_end_consist
             })
             .await
             .expect("start chaos");
+        // Rounds until the load has run long enough for several kills,
+        // however fast the calls are.
+        let until = std::time::Instant::now() + Duration::from_secs(2);
         let workers: Vec<_> = (0..8)
             .map(|i| {
                 let (socket, image, logs) = (n.d.cri_socket(), n.image.clone(), n.logs());
                 tokio::spawn(async move {
-                    let name = format!("load-{}-{i}", mode as i32);
-                    let (pod, ctr, mut codes) = make_pod(socket.clone(), name, image, logs).await;
-                    let (_, more) = until_ok("ContainerStatus", || {
-                        let (ctr, socket) = (ctr.clone(), socket.clone());
-                        async move { container_status(&mut client(&socket).await?, &ctr).await }
-                    })
-                    .await;
-                    codes.extend(more);
-                    let (_, more) = until_ok("StopContainer", || {
-                        let (ctr, socket) = (ctr.clone(), socket.clone());
-                        async move {
-                            client(&socket)
-                                .await?
-                                .stop_container(StopContainerRequest {
-                                    container_id: ctr,
-                                    timeout: 1,
-                                })
-                                .await
+                    let mut codes = Vec::new();
+                    for round in 0.. {
+                        if round > 0 && std::time::Instant::now() > until {
+                            break;
                         }
-                    })
-                    .await;
-                    codes.extend(more);
-                    let (_, more) = until_ok("remove the pod", || {
-                        let (pod, socket) = (pod.clone(), socket.clone());
-                        async move { remove_pod(&mut client(&socket).await?, &pod).await }
-                    })
-                    .await;
-                    codes.extend(more);
+                        let name = format!("load-{}-{i}-{round}", mode as i32);
+                        let (pod, ctr, more) =
+                            make_pod(socket.clone(), name, image.clone(), logs.clone()).await;
+                        codes.extend(more);
+                        let (_, more) = until_ok("ContainerStatus", || {
+                            let (ctr, socket) = (ctr.clone(), socket.clone());
+                            async move { container_status(&mut client(&socket).await?, &ctr).await }
+                        })
+                        .await;
+                        codes.extend(more);
+                        let (_, more) = until_ok("StopContainer", || {
+                            let (ctr, socket) = (ctr.clone(), socket.clone());
+                            async move {
+                                client(&socket)
+                                    .await?
+                                    .stop_container(StopContainerRequest {
+                                        container_id: ctr,
+                                        timeout: 1,
+                                    })
+                                    .await
+                            }
+                        })
+                        .await;
+                        codes.extend(more);
+                        let (_, more) = until_ok("remove the pod", || {
+                            let (pod, socket) = (pod.clone(), socket.clone());
+                            async move { remove_pod(&mut client(&socket).await?, &pod).await }
+                        })
+                        .await;
+                        codes.extend(more);
+                    }
                     codes
                 })
             })

@@ -18,6 +18,9 @@ use std::sync::Arc;
 
 pub type ContainerActor = Shell<Containers>;
 
+/// How often exits that came with no event are looked for.
+const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct ContainerDeps {
     pub sandbox: Handle<Sandboxes>,
@@ -55,6 +58,15 @@ impl Subsystem for Containers {
 
     fn records(&self) -> usize {
         self.records.len()
+    }
+
+    fn started(&mut self, ctx: &mut actix::Context<ContainerActor>) {
+        use actix::AsyncContext;
+        ctx.run_interval(SETTLE_EVERY, |act, _| {
+            if let Some(me) = act.state_mut() {
+                me.settle_running();
+            }
+        });
     }
 
     fn restarted(&mut self, ctx: &mut actix::Context<ContainerActor>) {

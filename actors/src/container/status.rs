@@ -1,6 +1,8 @@
 //! ContainerStatus and ListContainers. IDs may be unique prefixes. A
 //! running container whose shim left an exit record (it exited, maybe
-//! while berthd was down) is reported exited with its real code.
+//! while berthd was down) is reported exited with its real code: by
+//! ContainerStatus at once, by ListContainers once the exit event arrived
+//! or, without one, within a second.
 
 use super::actor::Containers;
 use super::messages::ListContainers;
@@ -23,7 +25,10 @@ impl Containers {
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
     }
 
-    pub(super) fn list(&mut self, f: &ListContainers) -> Vec<ContainerRecord> {
+    /// Records the exits shims left for running containers whose exit
+    /// event berthd did not get (run every second, so that a list never
+    /// reads 200 files).
+    pub(super) fn settle_running(&mut self) {
         let running: Vec<String> = self
             .records
             .iter()
@@ -35,6 +40,9 @@ impl Containers {
                 tracing::warn!(container = %id, error = %e, "cannot record the exit");
             }
         }
+    }
+
+    pub(super) fn list(&self, f: &ListContainers) -> Vec<ContainerRecord> {
         self.records
             .iter()
             .filter(|r| r.state != ContainerState::Creating)
