@@ -688,7 +688,7 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
         &tools.path().join("runc"),
         &which("runc"),
         &runc_trigger,
-        "echo \" $* \" | grep -q ' create '",
+        "echo \" $* \" | grep -qE ' (create|run) '",
     );
     let plugins = tools.path().join("cni");
     std::fs::create_dir_all(&plugins).expect("plugins dir");
@@ -741,21 +741,28 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
         .items;
     assert!(pods.is_empty(), "no half-made pod: {pods:?} ({e:?})");
 
-    // Retried, the pod is made; then runc dies creating a container.
+    // Retried, the pod is made; then runc dies running a container (at
+    // StartContainer: CreateContainer only defines it).
     let pod = run(&mut rt).await.expect("RunPodSandbox retried");
     std::fs::write(&runc_trigger, "").expect("trigger");
     let config = container_config("app", &n.image, &["sleep", "1000"]);
-    create_container(&mut rt, &pod, config.clone())
-        .await
-        .expect_err("runc create was killed");
-    assert!(!runc_trigger.exists(), "the fault fired");
-    n.assert_consistent();
     let ctr = create_container(&mut rt, &pod, config)
         .await
-        .expect("CreateContainer retried, with the same name");
+        .expect("CreateContainer");
     start_container(&mut rt, &ctr)
         .await
-        .expect("StartContainer");
+        .expect_err("runc run was killed");
+    assert!(!runc_trigger.exists(), "the fault fired");
+    n.assert_consistent();
+    let status = container_status(&mut rt, &ctr).await.expect("status");
+    assert_eq!(
+        status.state,
+        ContainerState::ContainerCreated as i32,
+        "a failed start leaves it created"
+    );
+    start_container(&mut rt, &ctr)
+        .await
+        .expect("StartContainer retried");
     assert!(alive(container_pid(&mut rt, &ctr).await));
     remove_pod(&mut rt, &pod).await.expect("remove pod");
     n.assert_consistent();

@@ -193,7 +193,29 @@ impl Shims {
                 Some(c) => c,
                 None => ShimClient::connect(&id, Path::new(&record.address)).await?,
             };
-            client.start(None).await
+            let started = client.start(None).await;
+            // A run that failed leaves the task created (a start refused
+            // because it already ran does not): the shim removed what the
+            // runtime left, but a runtime killed half-way may leave the
+            // cgroup too, with a waiting init in it.
+            let unrun = started.is_err()
+                && client
+                    .state(None)
+                    .await
+                    .is_ok_and(|s| s.status == TaskStatus::Created && s.pid == 0);
+            if unrun {
+                let config = Path::new(&record.bundle).join("config.json");
+                let _ = tokio::task::spawn_blocking(move || {
+                    let path = oci_spec::runtime::Spec::load(&config)
+                        .ok()
+                        .and_then(|s| s.linux().as_ref()?.cgroups_path().clone());
+                    if let Some(path) = path {
+                        super::recover::remove_cgroup(&path.display().to_string());
+                    }
+                })
+                .await;
+            }
+            started
         };
         Reply::Later(Box::pin(wrap_future(work)))
     }

@@ -81,6 +81,12 @@ struct Proc {
     /// The init's pidfd: signals reach it without a runtime call, and
     /// never another process that got its pid.
     pidfd: Option<OwnedFd>,
+    /// The init's create request, kept until `start` runs it (`runc run
+    /// --detach`: one runtime call instead of create and start).
+    pending: Option<CreateTaskRequest>,
+    /// Whether the runtime holds the container (run, or created by an
+    /// older shim): only then do kill, delete, pids and update ask it.
+    ran: bool,
 }
 
 #[derive(Default)]
@@ -355,13 +361,175 @@ impl Shared {
         Ok((to_stdio(out), to_stdio(err)))
     }
 
+    /// Runs the init defined by `create`: `runc run --detach`, with its
+    /// stdio, terminal and log copier set up as `create` asked.
+    fn run_init(self: &Arc<Self>, req: &CreateTaskRequest) -> TResult<u32> {
+        let s = self;
+        let refuse = |what: &str| {
+            Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("container {}: {what}", s.id),
+            ))
+        };
+        let terminal = req.terminal || s.spec_wants_terminal();
+        let mut stdin_keep = None;
+        // A terminal's output goes to the stdout log, opened before runc
+        // runs so that a bad path leaves no container behind.
+        let tty_log = if terminal {
+            let log_path = if req.stdout.is_empty() {
+                "/dev/null"
+            } else {
+                req.stdout.as_str()
+            };
+            if !Path::new(log_path).is_absolute() {
+                return refuse(&format!("the log path {log_path:?} must be absolute"));
+            }
+            Some(LogFile::open(Path::new(log_path)).map_err(|e| {
+                status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {}: cannot open the log {log_path}: {e}", s.id),
+                )
+            })?)
+        } else {
+            None
+        };
+        let (stdin, mut stdio) = if terminal {
+            // Everything goes through the terminal; runc's own output is
+            // in its log.
+            let stdio = ContainerStdio {
+                stdout: Stdio::null(),
+                stderr: Stdio::null(),
+                streams: Vec::new(),
+                logs: Vec::new(),
+            };
+            (Stdio::null(), stdio)
+        } else {
+            let stdin = if req.stdin.is_empty() {
+                Stdio::null()
+            } else {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| status(Code::INTERNAL, format!("cannot make a pipe: {e}")))?;
+                stdin_keep = Some(write);
+                Stdio::from(read)
+            };
+            (stdin, s.container_stdio(&req.stdout, &req.stderr)?)
+        };
+        let console_socket = terminal.then(|| PathBuf::from(CONSOLE_SOCKET));
+        let listener = match &console_socket {
+            Some(path) => {
+                let _ = std::fs::remove_file(path);
+                Some(UnixListener::bind(path).map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("container {}: cannot bind the console socket: {e}", s.id),
+                    )
+                })?)
+            }
+            None => None,
+        };
+        let pid_file = s.bundle.join("init.pid");
+        let _ = std::fs::remove_file(&pid_file);
+        // runc writes the pid file through this one; a runc killed
+        // half-way leaves it, and the next run would refuse to start.
+        let _ = std::fs::remove_file(s.bundle.join(".init.pid"));
+        let since = s.reaper.mark();
+        let mut args: Vec<&OsStr> = vec![
+            "run".as_ref(),
+            "--detach".as_ref(),
+            "--bundle".as_ref(),
+            s.bundle.as_os_str(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+        ];
+        if let Some(path) = &console_socket {
+            args.extend(["--console-socket".as_ref(), path.as_os_str()]);
+        }
+        args.push(s.id.as_ref());
+        let ran = s.runc.run(
+            &args,
+            Io::Pass {
+                stdin,
+                stdout: stdio.stdout,
+                stderr: stdio.stderr,
+            },
+        );
+        let console = match listener {
+            Some(listener) => {
+                let got = ran.map_err(|e| s.runc_failed(e)).and_then(|_| {
+                    receive_console(&listener).map_err(|e| {
+                        status(
+                            Code::INTERNAL,
+                            format!("container {}: the terminal: {e}", s.id),
+                        )
+                    })
+                });
+                drop(listener);
+                if let Some(path) = &console_socket {
+                    let _ = std::fs::remove_file(path);
+                }
+                let master = got?;
+                let copy = master
+                    .try_clone()
+                    .map_err(|e| status(Code::INTERNAL, format!("cannot duplicate a fd: {e}")))?;
+                let Some(log) = tty_log else {
+                    return Err(status(Code::INTERNAL, "no log for the terminal"));
+                };
+                if !req.stdout.is_empty() {
+                    stdio.logs.push(log.clone());
+                }
+                stdio.streams.push(Stream {
+                    pipe: copy,
+                    log,
+                    tag: "stdout",
+                });
+                Some(master)
+            }
+            None => {
+                ran.map_err(|e| s.runc_failed(e))?;
+                None
+            }
+        };
+        let drained =
+            if stdio.streams.is_empty() {
+                None
+            } else {
+                Some(io::spawn_copier(stdio.streams).map_err(|e| {
+                    status(Code::INTERNAL, format!("cannot start the log copier: {e}"))
+                })?)
+            };
+        let pid = read_pid(&pid_file)?;
+        // It may have exited already: then there is no pidfd, and signals
+        // go through the runtime.
+        let pidfd = crate::pidfd::open(pid)
+            .map_err(|e| log::warn!("container {}: no pidfd for pid {pid}: {e}", s.id))
+            .ok();
+        if let Some(init) = s.tasks().init.as_mut() {
+            init.pid = pid;
+            init.phase = Phase::Running;
+            init.logs = stdio.logs;
+            init.stdin = stdin_keep;
+            init.console = console;
+            init.pidfd = pidfd;
+            init.ran = true;
+        }
+        // Watched once it is Running: an exit delivered at once ends it.
+        let me = s.clone();
+        s.reaper.watch(
+            pid as i32,
+            since,
+            Box::new(move |exit| me.init_exited(pid, exit, drained)),
+        );
+        log::info!("container {} started (pid {pid})", s.id);
+        Ok(pid)
+    }
+
     fn start_init(self: &Arc<Self>) -> TResult<u32> {
         let _op = self.ops();
-        let pid = {
-            let tasks = self.tasks();
-            let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
+        let (pid, pending) = {
+            let mut tasks = self.tasks();
+            let init = tasks.init.as_mut().ok_or_else(|| self.not_found(""))?;
             match init.phase {
-                Phase::Created => init.pid,
+                Phase::Created => (init.pid, init.pending.take()),
                 Phase::Running => {
                     return Err(status(
                         Code::FAILED_PRECONDITION,
@@ -376,6 +544,24 @@ impl Shared {
                 }
             }
         };
+        if let Some(req) = pending {
+            return self.run_init(&req).inspect_err(|_| {
+                // What a failed run left (a runtime killed half-way leaves
+                // its state and a waiting init) goes; the start may be
+                // tried again.
+                let _ = self.runc.run(
+                    &["delete", "--force", &self.id],
+                    Io::Capture { stdin: None },
+                );
+                // A runtime killed before it wrote its state leaves a
+                // directory its delete does not know.
+                let _ = std::fs::remove_dir_all(self.runc.root.join(&self.id));
+                if let Some(init) = self.tasks().init.as_mut() {
+                    init.pending = Some(req);
+                }
+            });
+        }
+        // Created by `runc create` (a shim of an earlier version).
         self.runc
             .run(&["start", &self.id], Io::Capture { stdin: None })
             .map_err(|e| self.runc_failed(e))?;
@@ -462,6 +648,31 @@ impl Shared {
         Ok(pid)
     }
 
+    /// A signal for an init that never ran ends it there (as if it had
+    /// been killed before its first instruction). None: it ran, or is
+    /// being run; the signal goes to the process.
+    fn end_unstarted_init(&self, signal: u32) -> Option<TResult<Empty>> {
+        let mut tasks = self.tasks();
+        let init = tasks.init.as_mut()?;
+        if init.ran {
+            return None;
+        }
+        if init.pending.take().is_none() {
+            return Some(Err(status(
+                Code::UNAVAILABLE,
+                format!("container {} is being started; retry", self.id),
+            )));
+        }
+        init.phase = Phase::Stopped(Exit {
+            status: 128 + signal,
+            at: SystemTime::now(),
+        });
+        drop(tasks);
+        self.changed.notify_all();
+        log::info!("container {} ended before it started", self.id);
+        Some(Ok(Empty::new()))
+    }
+
     /// Signals the init through its pidfd, the way `runc kill` without
     /// `--all` does, without running the runtime. None: no pidfd, the
     /// runtime must do it. ESRCH: it has been reaped.
@@ -484,16 +695,23 @@ impl Shared {
 
     fn delete_init(&self) -> TResult<DeleteResponse> {
         let _op = self.ops();
-        let phase = {
+        let (phase, ran) = {
             let tasks = self.tasks();
             let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
-            init.phase
+            (init.phase, init.ran)
         };
         if phase == Phase::Running {
             return Err(status(
                 Code::FAILED_PRECONDITION,
                 format!("container {} is running; kill it first", self.id),
             ));
+        }
+        if !ran {
+            // Never run: the runtime holds nothing of it.
+            let init = self.tasks().init.take().ok_or_else(|| self.not_found(""))?;
+            self.changed.notify_all();
+            log::info!("container {} deleted (never started)", self.id);
+            return Ok(delete_response(&init));
         }
         self.runc
             .run(
@@ -765,154 +983,27 @@ impl Task for Service {
                 format!("container {} already exists", s.id),
             ));
         }
-        let terminal = req.terminal || s.spec_wants_terminal();
-        let mut stdin_keep = None;
-        // A terminal's output goes to the stdout log, opened before runc
-        // runs so that a bad path leaves no container behind.
-        let tty_log = if terminal {
-            let log_path = if req.stdout.is_empty() {
-                "/dev/null"
-            } else {
-                req.stdout.as_str()
-            };
-            if !Path::new(log_path).is_absolute() {
-                return refuse(&format!("the log path {log_path:?} must be absolute"));
+        for path in [&req.stdout, &req.stderr] {
+            if !path.is_empty() && !Path::new(path).is_absolute() {
+                return refuse(&format!("the log path {path:?} must be absolute"));
             }
-            Some(LogFile::open(Path::new(log_path)).map_err(|e| {
-                status(
-                    Code::FAILED_PRECONDITION,
-                    format!("container {}: cannot open the log {log_path}: {e}", s.id),
-                )
-            })?)
-        } else {
-            None
-        };
-        let (stdin, mut stdio) = if terminal {
-            // Everything goes through the terminal; runc's own output is
-            // in its log.
-            let stdio = ContainerStdio {
-                stdout: Stdio::null(),
-                stderr: Stdio::null(),
-                streams: Vec::new(),
-                logs: Vec::new(),
-            };
-            (Stdio::null(), stdio)
-        } else {
-            let stdin = if req.stdin.is_empty() {
-                Stdio::null()
-            } else {
-                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                    .map_err(|e| status(Code::INTERNAL, format!("cannot make a pipe: {e}")))?;
-                stdin_keep = Some(write);
-                Stdio::from(read)
-            };
-            (stdin, s.container_stdio(&req.stdout, &req.stderr)?)
-        };
-        let console_socket = terminal.then(|| PathBuf::from(CONSOLE_SOCKET));
-        let listener = match &console_socket {
-            Some(path) => {
-                let _ = std::fs::remove_file(path);
-                Some(UnixListener::bind(path).map_err(|e| {
-                    status(
-                        Code::INTERNAL,
-                        format!("container {}: cannot bind the console socket: {e}", s.id),
-                    )
-                })?)
-            }
-            None => None,
-        };
-        let pid_file = s.bundle.join("init.pid");
-        let _ = std::fs::remove_file(&pid_file);
-        let since = s.reaper.mark();
-        let mut args: Vec<&OsStr> = vec![
-            "create".as_ref(),
-            "--bundle".as_ref(),
-            s.bundle.as_os_str(),
-            "--pid-file".as_ref(),
-            pid_file.as_os_str(),
-        ];
-        if let Some(path) = &console_socket {
-            args.extend(["--console-socket".as_ref(), path.as_os_str()]);
         }
-        args.push(s.id.as_ref());
-        let ran = s.runc.run(
-            &args,
-            Io::Pass {
-                stdin,
-                stdout: stdio.stdout,
-                stderr: stdio.stderr,
-            },
-        );
-        let console = match listener {
-            Some(listener) => {
-                let got = ran.map_err(|e| s.runc_failed(e)).and_then(|_| {
-                    receive_console(&listener).map_err(|e| {
-                        status(
-                            Code::INTERNAL,
-                            format!("container {}: the terminal: {e}", s.id),
-                        )
-                    })
-                });
-                drop(listener);
-                if let Some(path) = &console_socket {
-                    let _ = std::fs::remove_file(path);
-                }
-                let master = got?;
-                let copy = master
-                    .try_clone()
-                    .map_err(|e| status(Code::INTERNAL, format!("cannot duplicate a fd: {e}")))?;
-                let Some(log) = tty_log else {
-                    return Err(status(Code::INTERNAL, "no log for the terminal"));
-                };
-                if !req.stdout.is_empty() {
-                    stdio.logs.push(log.clone());
-                }
-                stdio.streams.push(Stream {
-                    pipe: copy,
-                    log,
-                    tag: "stdout",
-                });
-                Some(master)
-            }
-            None => {
-                ran.map_err(|e| s.runc_failed(e))?;
-                None
-            }
-        };
-        let drained =
-            if stdio.streams.is_empty() {
-                None
-            } else {
-                Some(io::spawn_copier(stdio.streams).map_err(|e| {
-                    status(Code::INTERNAL, format!("cannot start the log copier: {e}"))
-                })?)
-            };
-        let pid = read_pid(&pid_file)?;
-        // It waits for `start`, unreaped: the pid is still its own.
-        let pidfd = crate::pidfd::open(pid)
-            .map_err(|e| log::warn!("container {}: no pidfd for pid {pid}: {e}", s.id))
-            .ok();
+        // Defined now, run by `start`.
         s.tasks().init = Some(Proc {
-            pid,
+            pid: 0,
             phase: Phase::Created,
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             spec: Vec::new(),
-            logs: stdio.logs,
-            stdin: stdin_keep,
-            console,
-            pidfd,
+            logs: Vec::new(),
+            stdin: None,
+            console: None,
+            pidfd: None,
+            pending: Some(req),
+            ran: false,
         });
-        let me = s.clone();
-        s.reaper.watch(
-            pid as i32,
-            since,
-            Box::new(move |exit| me.init_exited(pid, exit, drained)),
-        );
-        log::info!("container {} created (pid {pid})", s.id);
-        let mut resp = CreateTaskResponse::new();
-        resp.pid = pid;
-        Ok(resp)
+        log::info!("container {} created; it runs at start", s.id);
+        Ok(CreateTaskResponse::new())
     }
 
     fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> TResult<StartResponse> {
@@ -941,10 +1032,10 @@ impl Task for Service {
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
         let s = &self.0;
         s.check_id(&req.id)?;
-        let phase = s.tasks().init.as_ref().map(|p| p.phase);
+        let phase = s.tasks().init.as_ref().map(|p| (p.phase, p.ran));
         let pids = match phase {
             None => return Err(s.not_found("")),
-            Some(Phase::Stopped(_)) => Vec::new(),
+            Some((Phase::Stopped(_), _)) | Some((_, false)) => Vec::new(),
             Some(_) => {
                 let out = s
                     .runc
@@ -1004,6 +1095,11 @@ impl Task for Service {
         };
         if let Phase::Stopped(_) = phase {
             return Err(finished());
+        }
+        if req.exec_id.is_empty() && phase == Phase::Created {
+            if let Some(sent) = s.end_unstarted_init(req.signal) {
+                return sent;
+            }
         }
         if req.exec_id.is_empty() && !req.all {
             match s.signal_init(req.signal as i32) {
@@ -1103,6 +1199,8 @@ impl Task for Service {
                 stdin: None,
                 console: None,
                 pidfd: None,
+                pending: None,
+                ran: false,
             },
         );
         Ok(Empty::new())
@@ -1168,12 +1266,18 @@ impl Task for Service {
         let _op = s.ops();
         {
             let tasks = s.tasks();
-            match tasks.init.as_ref().map(|p| p.phase) {
+            match tasks.init.as_ref().map(|p| (p.phase, p.ran)) {
                 None => return Err(s.not_found("")),
-                Some(Phase::Stopped(_)) => {
+                Some((Phase::Stopped(_), _)) => {
                     return Err(status(
                         Code::FAILED_PRECONDITION,
                         format!("container {} has exited", s.id),
+                    ))
+                }
+                Some((_, false)) => {
+                    return Err(status(
+                        Code::FAILED_PRECONDITION,
+                        format!("container {} has not started", s.id),
                     ))
                 }
                 Some(_) => {}

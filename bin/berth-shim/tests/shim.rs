@@ -140,8 +140,12 @@ impl Fixture {
             })
             .await
             .expect("create");
+        // Defined: it runs at start (runc run --detach).
+        assert_eq!(pid, 0);
+        let state = self.client.state(None).await.expect("state");
+        assert_eq!((state.status, state.pid), (TaskStatus::Created, 0));
+        let pid = self.client.start(None).await.expect("start");
         assert!(pid > 0);
-        assert_eq!(self.client.start(None).await.expect("start"), pid);
         pid
     }
 
