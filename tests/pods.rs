@@ -525,10 +525,16 @@ async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
         not_ready_soon(&mut rt, &a).await,
         "not ready after the pause died"
     );
-    assert!(
-        n.d.log().contains("TaskExit"),
-        "learnt through the events endpoint"
-    );
+    // Status may read the exit record the shim writes before it sends
+    // the event: the event comes just after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !n.d.log().contains("TaskExit") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "learnt through the events endpoint"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 
     // While berthd is down: the exit record the shim left says so.
     let b = run(&mut rt, config("dies-alone")).await.expect("run");
