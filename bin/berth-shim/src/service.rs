@@ -652,6 +652,16 @@ impl Shared {
     /// been killed before its first instruction). None: it ran, or is
     /// being run; the signal goes to the process.
     fn end_unstarted_init(&self, signal: u32) -> Option<TResult<Empty>> {
+        let starting = {
+            let tasks = self.tasks();
+            let init = tasks.init.as_ref()?;
+            !init.ran && init.pending.is_none()
+        };
+        if starting {
+            // A start holds the operations lock until its run is done: the
+            // signal then goes to what it made, or ends what it left.
+            drop(self.ops());
+        }
         let mut tasks = self.tasks();
         let init = tasks.init.as_mut()?;
         if init.ran {
