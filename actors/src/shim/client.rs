@@ -245,7 +245,8 @@ impl ShimClient {
         context::Context::default()
     }
 
-    /// Creates the container (`runc create`); returns its init's pid.
+    /// Defines the container's task (the shim runs it at `start`);
+    /// answers its init's pid, 0 until it runs.
     pub async fn create(&self, opts: &CreateOpts) -> Result<u32> {
         let mut req = api::CreateTaskRequest::new();
         req.id = self.id.clone();

@@ -795,7 +795,7 @@ impl Shared {
 const CONSOLE_SOCKET: &str = "console.sock";
 
 /// How long runc's connection to the console socket is waited for after
-/// `runc create` returned.
+/// `runc run --detach` returned.
 const CONSOLE_LIMIT: Duration = Duration::from_secs(5);
 
 impl Shared {
