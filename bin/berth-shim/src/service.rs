@@ -84,9 +84,14 @@ struct Proc {
     /// The init's create request, kept until `start` runs it (`runc run
     /// --detach`: one runtime call instead of create and start).
     pending: Option<CreateTaskRequest>,
-    /// Whether the runtime holds the container (run, or created by an
-    /// older shim): only then do kill, delete, pids and update ask it.
-    ran: bool,
+}
+
+impl Proc {
+    /// Whether the runtime holds the init (it has a pid once run): only
+    /// then do kill, delete, pids and update ask the runtime.
+    fn ran(&self) -> bool {
+        self.pid != 0
+    }
 }
 
 #[derive(Default)]
@@ -365,25 +370,17 @@ impl Shared {
     /// stdio, terminal and log copier set up as `create` asked.
     fn run_init(self: &Arc<Self>, req: &CreateTaskRequest) -> TResult<u32> {
         let s = self;
-        let refuse = |what: &str| {
-            Err(status(
-                Code::INVALID_ARGUMENT,
-                format!("container {}: {what}", s.id),
-            ))
-        };
         let terminal = req.terminal || s.spec_wants_terminal();
         let mut stdin_keep = None;
-        // A terminal's output goes to the stdout log, opened before runc
-        // runs so that a bad path leaves no container behind.
+        // A terminal's output goes to the stdout log (absolute: `create`
+        // checked), opened before runc runs so that a bad path leaves no
+        // container behind.
         let tty_log = if terminal {
             let log_path = if req.stdout.is_empty() {
                 "/dev/null"
             } else {
                 req.stdout.as_str()
             };
-            if !Path::new(log_path).is_absolute() {
-                return refuse(&format!("the log path {log_path:?} must be absolute"));
-            }
             Some(LogFile::open(Path::new(log_path)).map_err(|e| {
                 status(
                     Code::FAILED_PRECONDITION,
@@ -510,7 +507,6 @@ impl Shared {
             init.stdin = stdin_keep;
             init.console = console;
             init.pidfd = pidfd;
-            init.ran = true;
         }
         // Watched once it is Running: an exit delivered at once ends it.
         let me = s.clone();
@@ -525,11 +521,11 @@ impl Shared {
 
     fn start_init(self: &Arc<Self>) -> TResult<u32> {
         let _op = self.ops();
-        let (pid, pending) = {
+        let pending = {
             let mut tasks = self.tasks();
             let init = tasks.init.as_mut().ok_or_else(|| self.not_found(""))?;
             match init.phase {
-                Phase::Created => (init.pid, init.pending.take()),
+                Phase::Created => init.pending.take(),
                 Phase::Running => {
                     return Err(status(
                         Code::FAILED_PRECONDITION,
@@ -544,36 +540,30 @@ impl Shared {
                 }
             }
         };
-        if let Some(req) = pending {
-            return self.run_init(&req).inspect_err(|_| {
-                // What a failed run left (a runtime killed half-way leaves
-                // its state and a waiting init) goes; the start may be
-                // tried again.
-                let _ = self.runc.run(
-                    &["delete", "--force", &self.id],
-                    Io::Capture { stdin: None },
-                );
-                // A runtime killed before it wrote its state leaves a
-                // directory its delete does not know.
-                let _ = std::fs::remove_dir_all(self.runc.root.join(&self.id));
-                if let Some(init) = self.tasks().init.as_mut() {
-                    init.pending = Some(req);
-                }
-            });
-        }
-        // Created by `runc create` (a shim of an earlier version).
-        self.runc
-            .run(&["start", &self.id], Io::Capture { stdin: None })
-            .map_err(|e| self.runc_failed(e))?;
-        let mut tasks = self.tasks();
-        if let Some(init) = tasks.init.as_mut() {
-            // It may have exited already; that is not undone.
-            if init.phase == Phase::Created {
-                init.phase = Phase::Running;
+        // Starts are one at a time (the operations lock), and a failed run
+        // puts the request back: a created init always has it.
+        let req = pending.ok_or_else(|| {
+            status(
+                Code::INTERNAL,
+                format!("container {} has no create request to run", self.id),
+            )
+        })?;
+        let run = self.run_init(&req);
+        if run.is_err() {
+            // What a failed run left (a runtime killed half-way leaves its
+            // state and a waiting init) goes; the start may be tried again.
+            let _ = self.runc.run(
+                &["delete", "--force", &self.id],
+                Io::Capture { stdin: None },
+            );
+            // A runtime killed before it wrote its state leaves a
+            // directory its delete does not know.
+            let _ = std::fs::remove_dir_all(self.runc.root.join(&self.id));
+            if let Some(init) = self.tasks().init.as_mut() {
+                init.pending = Some(req);
             }
         }
-        log::info!("container {} started (pid {pid})", self.id);
-        Ok(pid)
+        run
     }
 
     fn start_exec(self: &Arc<Self>, exec_id: &str) -> TResult<u32> {
@@ -655,7 +645,7 @@ impl Shared {
         let starting = {
             let tasks = self.tasks();
             let init = tasks.init.as_ref()?;
-            !init.ran && init.pending.is_none()
+            !init.ran() && init.pending.is_none()
         };
         if starting {
             // A start holds the operations lock until its run is done: the
@@ -664,7 +654,7 @@ impl Shared {
         }
         let mut tasks = self.tasks();
         let init = tasks.init.as_mut()?;
-        if init.ran {
+        if init.ran() {
             return None;
         }
         if init.pending.take().is_none() {
@@ -708,7 +698,7 @@ impl Shared {
         let (phase, ran) = {
             let tasks = self.tasks();
             let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
-            (init.phase, init.ran)
+            (init.phase, init.ran())
         };
         if phase == Phase::Running {
             return Err(status(
@@ -1010,7 +1000,6 @@ impl Task for Service {
             console: None,
             pidfd: None,
             pending: Some(req),
-            ran: false,
         });
         log::info!("container {} created; it runs at start", s.id);
         Ok(CreateTaskResponse::new())
@@ -1042,7 +1031,7 @@ impl Task for Service {
     fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> TResult<PidsResponse> {
         let s = &self.0;
         s.check_id(&req.id)?;
-        let phase = s.tasks().init.as_ref().map(|p| (p.phase, p.ran));
+        let phase = s.tasks().init.as_ref().map(|p| (p.phase, p.ran()));
         let pids = match phase {
             None => return Err(s.not_found("")),
             Some((Phase::Stopped(_), _)) | Some((_, false)) => Vec::new(),
@@ -1210,7 +1199,6 @@ impl Task for Service {
                 console: None,
                 pidfd: None,
                 pending: None,
-                ran: false,
             },
         );
         Ok(Empty::new())
@@ -1276,7 +1264,7 @@ impl Task for Service {
         let _op = s.ops();
         {
             let tasks = s.tasks();
-            match tasks.init.as_ref().map(|p| (p.phase, p.ran)) {
+            match tasks.init.as_ref().map(|p| (p.phase, p.ran())) {
                 None => return Err(s.not_found("")),
                 Some((Phase::Stopped(_), _)) => {
                     return Err(status(
