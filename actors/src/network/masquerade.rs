@@ -145,16 +145,8 @@ fn jump_args<'a>(op: &'a str, chain: &'a str) -> Vec<&'a str> {
 /// Makes one family's chain hold exactly `subnets`, or removes chain and
 /// jump when there are none.
 fn apply_family(chain: &str, family: &Family, subnets: &[&str]) -> Result<(), String> {
-    let exists = run(
-        family.iptables,
-        &["-w", "5", "-t", "nat", "-S", chain],
-        None,
-    )
-    .is_ok();
     if subnets.is_empty() {
-        if exists {
-            remove_family(chain, family);
-        }
+        remove_family(chain, family);
         return Ok(());
     }
     run(
@@ -168,7 +160,17 @@ fn apply_family(chain: &str, family: &Family, subnets: &[&str]) -> Result<(), St
     Ok(())
 }
 
+/// Removes one family's chain and its jump, if the chain is there.
 fn remove_family(chain: &str, family: &Family) {
+    let exists = run(
+        family.iptables,
+        &["-w", "5", "-t", "nat", "-S", chain],
+        None,
+    )
+    .is_ok();
+    if !exists {
+        return;
+    }
     while run(family.iptables, &jump_args("-D", chain), None).is_ok() {}
     let _ = run(
         family.iptables,
@@ -209,15 +211,7 @@ pub fn apply(chain: &str, subnets: &[String]) -> Result<(), String> {
 /// Removes `chain` and its jump, in both families (tests, uninstall).
 pub fn remove(chain: &str) {
     for family in &FAMILIES {
-        if run(
-            family.iptables,
-            &["-w", "5", "-t", "nat", "-S", chain],
-            None,
-        )
-        .is_ok()
-        {
-            remove_family(chain, family);
-        }
+        remove_family(chain, family);
     }
 }
 
