@@ -4,6 +4,7 @@
 
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
+use berth_tests::node::{remove_pod, run_pod};
 use berth_tests::Daemon;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -72,18 +73,6 @@ fn config(name: &str) -> PodSandboxConfig {
     }
 }
 
-async fn run(
-    rt: &mut RuntimeServiceClient<Channel>,
-    c: PodSandboxConfig,
-) -> Result<String, tonic::Status> {
-    rt.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(c),
-        runtime_handler: String::new(),
-    })
-    .await
-    .map(|r| r.into_inner().pod_sandbox_id)
-}
-
 async fn status(
     rt: &mut RuntimeServiceClient<Channel>,
     id: &str,
@@ -94,19 +83,6 @@ async fn status(
     })
     .await
     .map(|r| r.into_inner())
-}
-
-async fn stop_and_remove(rt: &mut RuntimeServiceClient<Channel>, id: &str) {
-    rt.stop_pod_sandbox(StopPodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .expect("stop");
-    rt.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: id.into(),
-    })
-    .await
-    .expect("remove");
 }
 
 fn info(s: &PodSandboxStatusResponse) -> serde_json::Value {
@@ -169,7 +145,9 @@ fn allocations(ipam: &Path) -> usize {
 async fn a_pod_gets_an_ip_the_host_reaches_and_leaves_nothing_behind() {
     let n = node();
     let mut rt = n.d.runtime().await;
-    let id = run(&mut rt, config("web")).await.expect("RunPodSandbox");
+    let id = run_pod(&mut rt, config("web"))
+        .await
+        .expect("RunPodSandbox");
     let s = status(&mut rt, &id).await.expect("status");
     let st = s.status.as_ref().expect("status");
     assert_eq!(st.state, PodSandboxState::SandboxReady as i32);
@@ -261,8 +239,8 @@ async fn a_pod_gets_an_ip_the_host_reaches_and_leaves_nothing_behind() {
 async fn two_pods_reach_each_other_and_a_host_network_pod_has_no_netns() {
     let n = node();
     let mut rt = n.d.runtime().await;
-    let a = run(&mut rt, config("a")).await.expect("a");
-    let b = run(&mut rt, config("b")).await.expect("b");
+    let a = run_pod(&mut rt, config("a")).await.expect("a");
+    let b = run_pod(&mut rt, config("b")).await.expect("b");
     let ip_b = status(&mut rt, &b)
         .await
         .expect("b")
@@ -296,7 +274,7 @@ async fn two_pods_reach_each_other_and_a_host_network_pod_has_no_netns() {
         }),
         ..Default::default()
     });
-    let h = run(&mut rt, host).await.expect("host network pod");
+    let h = run_pod(&mut rt, host).await.expect("host network pod");
     let s = status(&mut rt, &h).await.expect("status");
     assert_eq!(info(&s)["netns"], "");
     let pid = info(&s)["pid"].as_u64().expect("pid");
@@ -304,7 +282,7 @@ async fn two_pods_reach_each_other_and_a_host_network_pod_has_no_netns() {
     let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("pause netns");
     assert_eq!(own, theirs, "the host's network namespace");
     for id in [a, b, h] {
-        stop_and_remove(&mut rt, &id).await;
+        remove_pod(&mut rt, &id).await.expect("stop and remove");
     }
     assert_eq!(allocations(&n.ipam), 0);
 }
@@ -314,7 +292,7 @@ async fn a_failing_cni_plugin_rolls_everything_back_and_a_retry_succeeds() {
     let n = node();
     write_network(&n.d, &n.bridge, &n.subnet, &n.ipam, "no-such-plugin");
     let mut rt = n.d.runtime().await;
-    let err = run(&mut rt, config("rb"))
+    let err = run_pod(&mut rt, config("rb"))
         .await
         .expect_err("broken network");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -336,8 +314,8 @@ async fn a_failing_cni_plugin_rolls_everything_back_and_a_retry_succeeds() {
     assert_eq!(allocations(&n.ipam), 0);
     // The same name is free again, and works once the network is fixed.
     write_network(&n.d, &n.bridge, &n.subnet, &n.ipam, "bridge");
-    let id = run(&mut rt, config("rb")).await.expect("retry");
-    stop_and_remove(&mut rt, &id).await;
+    let id = run_pod(&mut rt, config("rb")).await.expect("retry");
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
 }
 
 #[tokio::test]
@@ -361,7 +339,7 @@ async fn bad_input_is_refused_and_names_are_reserved() {
         ("sysctl", bad_sysctl, "kernel.hostname"),
         ("cgroup parent", bad_parent, "cgroup parent"),
     ] {
-        let err = run(&mut rt, c).await.expect_err(what);
+        let err = run_pod(&mut rt, c).await.expect_err(what);
         assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err:?}");
         assert!(err.message().contains(needle), "{what}: {err:?}");
     }
@@ -390,18 +368,20 @@ async fn bad_input_is_refused_and_names_are_reserved() {
     .await
     .expect("remove of an unknown pod is success");
 
-    let id = run(&mut rt, config("dup")).await.expect("first");
-    let err = run(&mut rt, config("dup")).await.expect_err("duplicate");
+    let id = run_pod(&mut rt, config("dup")).await.expect("first");
+    let err = run_pod(&mut rt, config("dup"))
+        .await
+        .expect_err("duplicate");
     assert_eq!(err.code(), Code::AlreadyExists);
     assert!(err.message().contains(&id), "names the holder: {err:?}");
-    stop_and_remove(&mut rt, &id).await;
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
 }
 
 #[tokio::test]
 async fn the_pause_process_survives_kill_9_of_berthd() {
     let mut n = node();
     let mut rt = n.d.runtime().await;
-    let id = run(&mut rt, config("survivor")).await.expect("run");
+    let id = run_pod(&mut rt, config("survivor")).await.expect("run");
     let pid = info(&status(&mut rt, &id).await.expect("status"))["pid"]
         .as_u64()
         .expect("pid") as u32;
@@ -415,7 +395,7 @@ async fn the_pause_process_survives_kill_9_of_berthd() {
         PodSandboxState::SandboxReady as i32
     );
     assert_eq!(comm(pid), "pause");
-    stop_and_remove(&mut rt, &id).await;
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
     assert!(gone(pid).await);
 }
 
@@ -431,7 +411,7 @@ async fn a_port_mapping_is_reachable_on_the_host_port() {
         host_port,
         host_ip: String::new(),
     }];
-    let id = run(&mut rt, c).await.expect("run");
+    let id = run_pod(&mut rt, c).await.expect("run");
     let s = status(&mut rt, &id).await.expect("status");
     let netns = info(&s)["netns"].as_str().expect("netns").to_string();
     // A server inside the pod's network namespace.
@@ -463,7 +443,7 @@ async fn a_port_mapping_is_reachable_on_the_host_port() {
         String::from_utf8_lossy(&reply.stdout).trim(),
         "hello from the pod"
     );
-    stop_and_remove(&mut rt, &id).await;
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
     let rules = std::process::Command::new("iptables-save")
         .output()
         .expect("iptables-save");
@@ -477,7 +457,7 @@ async fn a_port_mapping_is_reachable_on_the_host_port() {
 async fn the_sandbox_image_is_berths_own_pinned_and_shm_is_per_pod() {
     let n = node();
     let mut rt = n.d.runtime().await;
-    let id = run(&mut rt, config("shm")).await.expect("run");
+    let id = run_pod(&mut rt, config("shm")).await.expect("run");
     let shm = n.d.dir.path().join("run/sandboxes").join(&id).join("shm");
     assert!(mounted(&shm.display().to_string()), "a tmpfs for /dev/shm");
     let mut images = n.d.images().await;
@@ -496,7 +476,7 @@ async fn the_sandbox_image_is_berths_own_pinned_and_shm_is_per_pod() {
         })
         .expect("the sandbox image is listed");
     assert!(pause.pinned, "kubelet's GC leaves it alone");
-    stop_and_remove(&mut rt, &id).await;
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
     assert!(!mounted(&shm.display().to_string()), "shm unmounted");
 }
 
@@ -516,7 +496,7 @@ async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
     let mut n = node();
     let mut rt = n.d.runtime().await;
     // While berthd runs: the shim's exit event says so.
-    let a = run(&mut rt, config("dies")).await.expect("run");
+    let a = run_pod(&mut rt, config("dies")).await.expect("run");
     let pid = info(&status(&mut rt, &a).await.expect("status"))["pid"]
         .as_u64()
         .expect("pid");
@@ -537,7 +517,7 @@ async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
     }
 
     // While berthd is down: the exit record the shim left says so.
-    let b = run(&mut rt, config("dies-alone")).await.expect("run");
+    let b = run_pod(&mut rt, config("dies-alone")).await.expect("run");
     let pid = info(&status(&mut rt, &b).await.expect("status"))["pid"]
         .as_u64()
         .expect("pid");
@@ -548,7 +528,7 @@ async fn a_pause_container_that_dies_leaves_its_pod_not_ready() {
     let mut rt = n.d.runtime().await;
     assert!(not_ready_soon(&mut rt, &b).await, "not ready after restart");
     for id in [a, b] {
-        stop_and_remove(&mut rt, &id).await;
+        remove_pod(&mut rt, &id).await.expect("stop and remove");
     }
     assert_eq!(allocations(&n.ipam), 0);
 }
@@ -562,7 +542,7 @@ async fn a_pod_sysctl_is_set_in_its_network_namespace() {
         sysctls: HashMap::from([("net.ipv4.ip_unprivileged_port_start".into(), "80".into())]),
         ..Default::default()
     });
-    let id = run(&mut rt, c).await.expect("run");
+    let id = run_pod(&mut rt, c).await.expect("run");
     let netns = info(&status(&mut rt, &id).await.expect("status"))["netns"]
         .as_str()
         .expect("netns")
@@ -576,5 +556,5 @@ async fn a_pod_sysctl_is_set_in_its_network_namespace() {
     let host =
         std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").expect("host");
     assert_ne!(host.trim(), "80", "the host's own value is untouched");
-    stop_and_remove(&mut rt, &id).await;
+    remove_pod(&mut rt, &id).await.expect("stop and remove");
 }
