@@ -125,16 +125,17 @@ fn bandwidth(config: &PodConfig) -> Result<Option<crate::network::cni::Bandwidth
     )
 }
 
-fn hostname_of(config: &PodConfig, host_network: bool) -> String {
-    if host_network || config.hostname.is_empty() {
-        nix::unistd::gethostname()
-            .ok()
-            .and_then(|h| h.into_string().ok())
-            .filter(|_| host_network)
-            .unwrap_or_else(|| config.metadata.name.clone())
-    } else {
-        config.hostname.clone()
+/// The pod's hostname: kubelet's, or the node's when kubelet gives none or
+/// the pod shares the node's network (containerd and CRI-O do the same; a
+/// pod's metadata name can be longer than a hostname may be).
+fn hostname_of(config: &PodConfig, host_network: bool) -> Result<String> {
+    if !host_network && !config.hostname.is_empty() {
+        return Ok(config.hostname.clone());
     }
+    nix::unistd::gethostname()
+        .map_err(|e| Error::Internal(format!("the node's hostname: {e}")))?
+        .into_string()
+        .map_err(|h| Error::Internal(format!("the node's hostname {h:?} is not UTF-8")))
 }
 
 async fn make(
@@ -173,7 +174,7 @@ async fn make(
     };
     let files = PodFiles::new(&deps.config.state, id);
     undo.files = Some(files.clone());
-    let hostname = hostname_of(config, host_network);
+    let hostname = hostname_of(config, host_network)?;
     let (c, h, host_ipc) = (
         config.clone(),
         hostname.clone(),

@@ -40,6 +40,7 @@ pub fn pod(config: &PodConfig) -> Result<()> {
             )));
         }
     }
+    hostname(&config.hostname)?;
     let ns = &config.security.namespaces;
     for (name, value) in &config.sysctls {
         let valid_name = !name.is_empty()
@@ -95,6 +96,37 @@ pub fn pod(config: &PodConfig) -> Result<()> {
     Ok(())
 }
 
+/// The longest hostname the kernel takes (`HOST_NAME_MAX`).
+const HOSTNAME_MAX: usize = 64;
+
+/// A hostname kubelet may give (empty means the node's): at most 64 bytes
+/// of dot-separated labels of letters, digits and inner hyphens, as RFC
+/// 1123 has it. The kernel would take more, but runc and every resolver
+/// would not; refusing here names the field instead of failing in runc.
+pub fn hostname(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Ok(());
+    }
+    if name.len() > HOSTNAME_MAX {
+        return Err(invalid(format!(
+            "hostname {name:?} is {} bytes long; the most is {HOSTNAME_MAX}",
+            name.len()
+        )));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(invalid(format!(
+            "hostname {name:?} is not a valid hostname (dot-separated labels of letters, digits and inner hyphens)"
+        )));
+    }
+    Ok(())
+}
+
 /// A cgroup parent must be a path inside the cgroup hierarchy: absolute,
 /// with no `..` and no empty or dot components.
 pub fn cgroup_parent(parent: &str) -> Result<()> {
@@ -137,6 +169,9 @@ mod tests {
         c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
         c.sysctls.insert("kernel.shmmax".into(), "1000000".into());
         c.cgroup_parent = "/kubepods/besteffort/podu1".into();
+        c.hostname = "a".repeat(63) + ".example-1.org";
+        assert!(pod(&c).is_err(), "77 bytes");
+        c.hostname = "web-0.web.default.svc".into();
         pod(&c).expect("valid");
     }
 
@@ -159,6 +194,22 @@ mod tests {
         c.security.namespaces.network = NamespaceMode::Node;
         c.sysctls.insert("net.ipv4.ip_forward".into(), "1".into());
         assert!(pod(&c).unwrap_err().to_string().contains("host's network"));
+        for (name, why) in [
+            ("a".repeat(65), "bytes long"),
+            ("web server".into(), "not a valid hostname"),
+            ("-web".into(), "not a valid hostname"),
+            ("web..x".into(), "not a valid hostname"),
+            ("wëb".into(), "not a valid hostname"),
+            ("web\0".into(), "not a valid hostname"),
+        ] {
+            let mut c = good();
+            c.hostname = name.clone();
+            let err = pod(&c).unwrap_err().to_string();
+            assert!(
+                err.contains(why) && err.contains("hostname"),
+                "{name:?}: {err}"
+            );
+        }
         for parent in ["relative/x", "/a/../b", "/a//b"] {
             let mut c = good();
             c.cgroup_parent = parent.into();
