@@ -9,6 +9,7 @@
 
 pub mod container;
 pub mod error;
+pub mod host;
 pub mod image;
 pub mod journal;
 pub mod kernel;

@@ -32,6 +32,8 @@ pub struct ContainerDeps {
     pub default_log_dir: PathBuf,
     /// Where containers' writable layers are (`<dir>/<id>/upper`).
     pub rootfs_dir: PathBuf,
+    /// What this node offers containers (capabilities, hugetlb, rro).
+    pub host: Arc<crate::host::HostFacts>,
 }
 
 pub struct Containers {
@@ -212,7 +214,7 @@ impl Handles<UpdateContainerResources> for Containers {
             Ok(f) => f,
             Err(e) => return Reply::Now(Err(e)),
         };
-        let json = match super::spec::update_resources(&msg.resources)
+        let json = match super::spec::update_resources(&msg.resources, self.deps.host.hugetlb)
             .and_then(|r| serde_json::to_vec(&r).map_err(|e| crate::Error::Internal(e.to_string())))
         {
             Ok(j) => j,

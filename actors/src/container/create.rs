@@ -48,6 +48,14 @@ fn check(config: &ContainerConfig) -> Result<()> {
         return Err(invalid("container config names no image".into()));
     }
     check_log_path(&config.log_path)?;
+    let sec = &config.security;
+    // A group alone says nothing of who runs: containerd and CRI-O refuse
+    // it too, and critest expects the refusal.
+    if sec.run_as_group.is_some() && sec.run_as_user.is_none() && sec.run_as_username.is_empty() {
+        return Err(invalid(
+            "security context: run_as_group is set without run_as_user or run_as_username".into(),
+        ));
+    }
     for m in &config.mounts {
         if !m.container_path.starts_with('/') {
             return Err(invalid(format!(
@@ -240,6 +248,8 @@ async fn make(
         shm: (pod.config.security.namespaces.ipc != NamespaceMode::Node).then(|| files.shm()),
         cgroups_path: format!("{parent}/{id}"),
         sysctls: pod.config.sysctls.clone(),
+        host: deps.host.clone(),
+        runtime_handler: pod.runtime_handler.clone(),
     };
     let cgroups_path = inputs.cgroups_path.clone();
     let oci = spec::build(&inputs)?;
@@ -400,6 +410,27 @@ mod tests {
         assert!(check_log_path("../../etc/passwd").is_err());
         assert!(check_log_path("/var/log/x").is_err());
         assert!(check_log_path("a/../../b").is_err());
+    }
+
+    #[test]
+    fn a_group_needs_a_user() {
+        let mut config = ContainerConfig {
+            name: "app".into(),
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        check(&config).expect("plain");
+        config.security.run_as_group = Some(1000);
+        let err = check(&config).expect_err("group alone");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains("run_as_group")),
+            "{err:?}"
+        );
+        config.security.run_as_user = Some(1000);
+        check(&config).expect("with a uid");
+        config.security.run_as_user = None;
+        config.security.run_as_username = "nobody".into();
+        check(&config).expect("with a user name");
     }
 
     #[test]

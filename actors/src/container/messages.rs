@@ -140,6 +140,10 @@ pub struct SpecInputs {
     pub shm: Option<std::path::PathBuf>,
     pub cgroups_path: String,
     pub sysctls: BTreeMap<String, String>,
+    /// What this node offers: berthd's capabilities, hugetlb, rro mounts.
+    pub host: std::sync::Arc<crate::host::HostFacts>,
+    /// The pod's runtime handler ("" is the default).
+    pub runtime_handler: String,
 }
 
 /// Creates a container in a pod (CRI CreateContainer): answers its ID.

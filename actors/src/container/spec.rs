@@ -65,51 +65,6 @@ const DEFAULT_CAPABILITIES: [Capability; 14] = [
     Capability::AuditWrite,
 ];
 
-/// Every capability oci-spec knows: what "ALL" and privileged mean.
-const ALL_CAPABILITIES: [Capability; 41] = [
-    Capability::AuditControl,
-    Capability::AuditRead,
-    Capability::AuditWrite,
-    Capability::BlockSuspend,
-    Capability::Bpf,
-    Capability::CheckpointRestore,
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::DacReadSearch,
-    Capability::Fowner,
-    Capability::Fsetid,
-    Capability::IpcLock,
-    Capability::IpcOwner,
-    Capability::Kill,
-    Capability::Lease,
-    Capability::LinuxImmutable,
-    Capability::MacAdmin,
-    Capability::MacOverride,
-    Capability::Mknod,
-    Capability::NetAdmin,
-    Capability::NetBindService,
-    Capability::NetBroadcast,
-    Capability::NetRaw,
-    Capability::Perfmon,
-    Capability::Setgid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::Setuid,
-    Capability::SysAdmin,
-    Capability::SysBoot,
-    Capability::SysChroot,
-    Capability::SysModule,
-    Capability::SysNice,
-    Capability::SysPacct,
-    Capability::SysPtrace,
-    Capability::SysRawio,
-    Capability::SysResource,
-    Capability::SysTime,
-    Capability::SysTtyConfig,
-    Capability::Syslog,
-    Capability::WakeAlarm,
-];
-
 /// Kernel interfaces that leak host details or allow host-wide changes,
 /// hidden from unprivileged containers (containerd's list).
 pub const DEFAULT_MASKED_PATHS: [&str; 11] = [
@@ -231,7 +186,11 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
     } else {
         Some(inputs.sysctls.clone().into_iter().collect())
     });
-    linux.set_resources(Some(resources(&config.resources, rules)?));
+    linux.set_resources(Some(resources(
+        &config.resources,
+        rules,
+        inputs.host.hugetlb,
+    )?));
     linux.set_devices(if devices.is_empty() {
         None
     } else {
@@ -286,7 +245,7 @@ fn process(inputs: &SpecInputs) -> Result<Process> {
         .env(env)
         .cwd(cwd)
         .user(user)
-        .capabilities(capabilities(sec)?)
+        .capabilities(capabilities(sec, &inputs.host.capabilities)?)
         .no_new_privileges(sec.no_new_privs)
         .oom_score_adj(oom_score_adj(config.resources.oom_score_adj))
         .build()
@@ -653,8 +612,10 @@ fn parse_capability(field: &str, name: &str) -> Result<Option<Capability>> {
 
 /// containerd's order: "ALL" added, then "ALL" dropped, then each single
 /// add, then each single drop, so that add ALL + drop CHOWN is everything
-/// but CHOWN and drop ALL + add NET_ADMIN is NET_ADMIN alone.
-fn capability_set(sec: &ContainerSecurity) -> Result<Capabilities> {
+/// but CHOWN and drop ALL + add NET_ADMIN is NET_ADMIN alone. "ALL" and
+/// privileged mean every capability berthd holds (`held`), as containerd
+/// and CRI-O grant: no runtime can give more than its own bounding set.
+fn capability_set(sec: &ContainerSecurity, held: &Capabilities) -> Result<Capabilities> {
     let parse = |field: &str, list: &[String]| -> Result<(bool, Vec<Capability>)> {
         let mut all = false;
         let mut caps = Vec::new();
@@ -669,11 +630,19 @@ fn capability_set(sec: &ContainerSecurity) -> Result<Capabilities> {
     let (add_all, add) = parse("capabilities_add", &sec.capabilities_add)?;
     let (drop_all, drop) = parse("capabilities_drop", &sec.capabilities_drop)?;
     if sec.privileged {
-        return Ok(ALL_CAPABILITIES.into_iter().collect());
+        return Ok(held.clone());
     }
-    let mut set: Capabilities = DEFAULT_CAPABILITIES.into_iter().collect();
+    if let Some(c) = add.iter().find(|c| !held.contains(c)) {
+        return Err(Error::FailedPrecondition(format!(
+            "capabilities_add: CAP_{c} is not held by berthd on this node, so no container can have it"
+        )));
+    }
+    let mut set: Capabilities = DEFAULT_CAPABILITIES
+        .into_iter()
+        .filter(|c| held.contains(c))
+        .collect();
     if add_all {
-        set.extend(ALL_CAPABILITIES);
+        set.extend(held.iter().copied());
     }
     if drop_all {
         set.clear();
@@ -687,8 +656,8 @@ fn capability_set(sec: &ContainerSecurity) -> Result<Capabilities> {
 
 /// Inheritable and ambient stay empty: a non-root process in the container
 /// gets no capability it did not ask for through file capabilities.
-fn capabilities(sec: &ContainerSecurity) -> Result<LinuxCapabilities> {
-    let set = capability_set(sec)?;
+fn capabilities(sec: &ContainerSecurity, held: &Capabilities) -> Result<LinuxCapabilities> {
+    let set = capability_set(sec, held)?;
     let mut caps = LinuxCapabilities::default();
     caps.set_bounding(Some(set.clone()));
     caps.set_effective(Some(set.clone()));
@@ -787,8 +756,9 @@ fn propagation_option(p: Propagation) -> &'static str {
     }
 }
 
-/// A CRI mount as a bind mount, checked.
-fn cri_mount(m: &MountConfig) -> Result<Mount> {
+/// A CRI mount as a bind mount, checked. `rro` says whether the pod's
+/// runtime handler makes recursive read-only mounts on this node.
+fn cri_mount(m: &MountConfig, rro: bool) -> Result<Mount> {
     if !Path::new(&m.container_path).is_absolute() {
         return Err(invalid(format!(
             "mounts: container_path {:?} is not an absolute path",
@@ -810,6 +780,12 @@ fn cri_mount(m: &MountConfig) -> Result<Mount> {
     if m.recursive_read_only && m.propagation != Propagation::Private {
         return Err(invalid(format!(
             "mounts: {} is recursive_read_only, which needs private propagation",
+            m.container_path
+        )));
+    }
+    if m.recursive_read_only && !rro {
+        return Err(Error::FailedPrecondition(format!(
+            "mounts: {} is recursive_read_only, which this runtime handler cannot do on this node",
             m.container_path
         )));
     }
@@ -843,7 +819,15 @@ fn depth(m: &Mount) -> usize {
 fn mounts(inputs: &SpecInputs) -> Result<Vec<Mount>> {
     let config = &inputs.config;
     let privileged = config.security.privileged;
-    let cri: Vec<Mount> = config.mounts.iter().map(cri_mount).collect::<Result<_>>()?;
+    let rro = inputs
+        .host
+        .recursive_read_only
+        .contains(&inputs.runtime_handler);
+    let cri: Vec<Mount> = config
+        .mounts
+        .iter()
+        .map(|m| cri_mount(m, rro))
+        .collect::<Result<_>>()?;
     let targeted = |dest: &Path| cri.iter().any(|m| m.destination() == dest);
     let dev = Path::new("/dev");
     let dev_shm = Path::new("/dev/shm");
@@ -1120,11 +1104,18 @@ fn valid_page_size(size: &str) -> bool {
 
 /// The OCI resources for UpdateContainerResources (no device rules: those
 /// stay as created).
-pub fn update_resources(r: &Resources) -> Result<LinuxResources> {
-    resources(r, Vec::new())
+pub fn update_resources(r: &Resources, hugetlb: bool) -> Result<LinuxResources> {
+    resources(r, Vec::new(), hugetlb)
 }
 
-fn resources(r: &Resources, devices: Vec<LinuxDeviceCgroup>) -> Result<LinuxResources> {
+/// Hugepage limits are checked either way but applied only when `hugetlb`
+/// (the node has the controller): kubelet sends one for every page size
+/// the node has, and runc fails on a limit it cannot set.
+fn resources(
+    r: &Resources,
+    devices: Vec<LinuxDeviceCgroup>,
+    hugetlb: bool,
+) -> Result<LinuxResources> {
     let mut out = LinuxResources::default();
     out.set_devices(Some(devices));
     out.set_cpu(cpu(r)?);
@@ -1148,6 +1139,13 @@ fn resources(r: &Resources, devices: Vec<LinuxDeviceCgroup>) -> Result<LinuxReso
                 .build()
                 .map_err(spec_err)?,
         );
+    }
+    if !hugetlb && !hugepages.is_empty() {
+        tracing::debug!(
+            limits = hugepages.len(),
+            "hugepage limits dropped: no hugetlb cgroup controller (or it is turned off)"
+        );
+        hugepages.clear();
     }
     out.set_hugepage_limits((!hugepages.is_empty()).then_some(hugepages));
     out.set_unified(unified(&r.unified));

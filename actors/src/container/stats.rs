@@ -12,12 +12,12 @@
 //! Both layouts count hierarchically: a pod's cgroup includes its
 //! containers, so the same reader serves pods and containers.
 
+use crate::host::cgroup_unified;
 use crate::{Error, Result};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::OnceLock;
 
 /// Where the node's cgroup hierarchies are mounted.
 const ROOT: &str = "/sys/fs/cgroup";
@@ -47,7 +47,7 @@ pub struct CgroupStats {
 /// Reads the cgroup at `cgroups_path` (as in the OCI spec's `cgroupsPath`)
 /// on this node.
 pub fn read(cgroups_path: &str) -> Result<CgroupStats> {
-    read_at(Path::new(ROOT), unified(), cgroups_path)
+    read_at(Path::new(ROOT), cgroup_unified(), cgroups_path)
 }
 
 /// Reads the cgroup at `cgroups_path` under `root`, laid out as cgroup v2
@@ -70,7 +70,7 @@ pub fn read_at(root: &Path, v2: bool, cgroups_path: &str) -> Result<CgroupStats>
 /// this node (or it is out of memory right now, on v1). A cgroup that
 /// cannot be read says no.
 pub fn oom_killed(cgroups_path: &str) -> bool {
-    oom_killed_at(Path::new(ROOT), unified(), cgroups_path)
+    oom_killed_at(Path::new(ROOT), cgroup_unified(), cgroups_path)
 }
 
 /// [`oom_killed`] for the cgroup tree at `root`, laid out as in [`read_at`].
@@ -120,23 +120,6 @@ pub fn dir_usage(path: &Path) -> (u64, u64) {
         }
     }
     (bytes, seen.len() as u64)
-}
-
-/// Whether this node has cgroup v2 at [`ROOT`], asked once: it does not
-/// change while berthd runs.
-pub fn unified() -> bool {
-    static V2: OnceLock<bool> = OnceLock::new();
-    *V2.get_or_init(|| is_cgroup2(Path::new(ROOT)))
-}
-
-fn is_cgroup2(root: &Path) -> bool {
-    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
-    match statfs(root) {
-        Ok(fs) => fs.filesystem_type() == CGROUP2_SUPER_MAGIC,
-        // Only the root of a cgroup2 mount has this file; a hybrid node's
-        // tmpfs at the root does not.
-        Err(_) => root.join("cgroup.controllers").exists(),
-    }
 }
 
 /// The cgroups path as a path relative to a hierarchy's mount. `..` is

@@ -41,6 +41,8 @@ pub struct KernelConfig {
     pub image: ImageConfig,
     pub sandbox: SandboxConfig,
     pub shim: ShimConfig,
+    /// What this node offers containers, probed once.
+    pub host: Arc<crate::host::HostFacts>,
     /// How long start-up waits for an actor to build its state.
     pub start_timeout: Duration,
 }
@@ -100,6 +102,7 @@ impl Kernel {
             config.image.root.join("rootfs"),
         );
         let shim_config = Arc::new(config.shim.clone());
+        let host = config.host.clone();
         let thread = std::thread::Builder::new()
             .name("berth-actors".into())
             .spawn(move || {
@@ -124,6 +127,7 @@ impl Kernel {
                         state: container_dirs.0,
                         default_log_dir: container_dirs.1,
                         rootfs_dir: container_dirs.2,
+                        host,
                     };
                     let container = spawn::<Containers>(container_deps, j, &mut registry);
                     let started = Started {

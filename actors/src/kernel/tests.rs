@@ -26,6 +26,7 @@ fn config(dir: &std::path::Path) -> KernelConfig {
             max_concurrent_downloads: 3,
             platform: crate::image::manifest::Platform::host(),
         },
+        host: Arc::new(crate::host::HostFacts::default()),
         start_timeout: Duration::from_secs(10),
     }
 }

@@ -113,6 +113,9 @@ pub enum CgroupDriver {
 #[serde(default, deny_unknown_fields)]
 pub struct Cgroup {
     pub driver: CgroupDriver,
+    /// Never apply hugepage limits, even where the hugetlb controller
+    /// exists (containerd's `disable_hugetlb_controller`).
+    pub disable_hugetlb_controller: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -213,6 +216,7 @@ impl Default for Cgroup {
     fn default() -> Self {
         Cgroup {
             driver: CgroupDriver::Cgroupfs,
+            disable_hugetlb_controller: false,
         }
     }
 }

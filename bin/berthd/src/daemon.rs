@@ -9,7 +9,9 @@ use crate::chaos::{Chaos, Schedule};
 use crate::config::ChaosMode;
 use crate::config::Config;
 use crate::cri::Cri;
+use crate::door::listen;
 use anyhow::{anyhow, bail, Context, Result};
+use berth_actors::host::HostFacts;
 use berth_actors::image::manifest::Platform;
 use berth_actors::image::registry::HostConfig;
 use berth_actors::image::ImageConfig;
@@ -23,6 +25,7 @@ use berth_protocol::admin::admin_server::AdminServer;
 use berth_protocol::cri::image_service_server::ImageServiceServer;
 use berth_protocol::cri::runtime_service_server::RuntimeServiceServer;
 use nix::fcntl::{Flock, FlockArg};
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -32,8 +35,7 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
-use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::Server;
+use tonic::service::Routes;
 
 pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
@@ -47,6 +49,7 @@ pub async fn run(config: Config) -> Result<()> {
         check_socket_path(key, path)?;
     }
 
+    let host = Arc::new(probe_host(&config));
     let journal =
         SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
     let kernel = Kernel::start(
@@ -71,18 +74,9 @@ pub async fn run(config: Config) -> Result<()> {
                 state: config.state.clone(),
                 shim_binary: beside_berthd(config.shim.binary.as_ref(), "berth-shim")?,
                 events_socket: Some(config.state.join("events.sock")),
-                runtimes: config
-                    .runtimes
-                    .iter()
-                    .map(|(name, r)| {
-                        let runtime = Runtime {
-                            binary: r.binary.clone(),
-                            root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
-                        };
-                        (name.clone(), runtime)
-                    })
-                    .collect(),
+                runtimes: runtimes(&config),
             },
+            host: host.clone(),
             start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),
         },
     )
@@ -117,33 +111,27 @@ pub async fn run(config: Config) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cri = Cri::new(kernel.clone(), config.clone());
-    let cri_server = Server::builder()
-        .add_service(RuntimeServiceServer::new(cri.clone()))
-        .add_service(ImageServiceServer::new(cri))
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(cri_listener),
-            stopped(stop_rx.clone()),
-        );
-    let admin_server = Server::builder()
-        .add_service(AdminServer::new(AdminService::new(
-            kernel.clone(),
-            config.clone(),
-            chaos.clone(),
-            recovery,
-        )))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), stopped(stop_rx));
-    let servers = async { tokio::try_join!(cri_server, admin_server) };
+    let cri = Cri::new(kernel.clone(), config.clone(), host);
+    let cri_routes = Routes::new(RuntimeServiceServer::new(cri.clone()))
+        .add_service(ImageServiceServer::new(cri));
+    let admin_routes = Routes::new(AdminServer::new(AdminService::new(
+        kernel.clone(),
+        config.clone(),
+        chaos.clone(),
+        recovery,
+    )));
+    let servers = async {
+        tokio::join!(
+            listen::serve(cri_listener, cri_routes, stop_rx.clone()),
+            listen::serve(admin_listener, admin_routes, stop_rx),
+        )
+    };
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     tokio::pin!(servers);
     tokio::select! {
-        r = &mut servers => {
-            // The servers only end by themselves on an error.
-            r.context("serving")?;
-            bail!("the servers stopped unexpectedly");
-        }
+        _ = &mut servers => bail!("the servers stopped unexpectedly"),
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = int.recv() => tracing::info!("SIGINT: stopping"),
     }
@@ -204,10 +192,6 @@ fn image_config(config: &Config) -> ImageConfig {
         max_concurrent_downloads: config.image.max_concurrent_downloads,
         platform: Platform::host(),
     }
-}
-
-async fn stopped(mut rx: watch::Receiver<bool>) {
-    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 /// Creates the directory if needed and proves berthd can write in it.
@@ -284,4 +268,32 @@ fn bind(key: &str, path: &Path, mode: u32) -> Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| anyhow!("{key} {}: cannot set mode {mode:o}: {e}", path.display()))?;
     Ok(listener)
+}
+
+/// The OCI runtime of each configured runtime handler.
+fn runtimes(config: &Config) -> BTreeMap<String, Runtime> {
+    config
+        .runtimes
+        .iter()
+        .map(|(name, r)| {
+            let runtime = Runtime {
+                binary: r.binary.clone(),
+                root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
+            };
+            (name.clone(), runtime)
+        })
+        .collect()
+}
+
+/// What this node offers containers, for every runtime handler kubelet may
+/// name: "" (the default, runc) and each configured one.
+fn probe_host(config: &Config) -> HostFacts {
+    let runtimes = runtimes(config);
+    let default = runtimes.get("runc").map(|r| ("", r.binary.as_path()));
+    let handlers = default.into_iter().chain(
+        runtimes
+            .iter()
+            .map(|(n, r)| (n.as_str(), r.binary.as_path())),
+    );
+    HostFacts::probe(handlers, config.cgroup.disable_hugetlb_controller)
 }

@@ -292,7 +292,7 @@ fn check_ips(f: &mut Fsck, j: &Journal, config: &Config) {
 /// The directory of `cgroups_path` in one hierarchy (the memory one on
 /// cgroup v1).
 fn cgroup_dir(cgroups_path: &str) -> PathBuf {
-    let base = if berth_actors::container::stats::unified() {
+    let base = if berth_actors::host::cgroup_unified() {
         PathBuf::from("/sys/fs/cgroup")
     } else {
         PathBuf::from("/sys/fs/cgroup/memory")

@@ -1,4 +1,5 @@
 use super::*;
+use crate::host::HostFacts;
 use crate::sandbox::messages::PodSecurity;
 use serde_json::{json, Value};
 use std::collections::HashSet;
@@ -67,6 +68,8 @@ impl Fixture {
             shm: Some(pod.join("shm")),
             cgroups_path: "/kubepods/pod1/c1".into(),
             sysctls: BTreeMap::new(),
+            host: std::sync::Arc::new(HostFacts::default()),
+            runtime_handler: String::new(),
         }
     }
 }
@@ -373,8 +376,13 @@ fn the_spec_carries_the_resolved_user() {
 
 // ----------------------------------------------------------- capabilities
 
+/// Every capability: what berthd holds when it runs with all of them.
+fn all_caps() -> Capabilities {
+    HostFacts::default().capabilities
+}
+
 fn caps_of(s: &ContainerSecurity) -> HashSet<Capability> {
-    capability_set(s).expect("caps")
+    capability_set(s, &all_caps()).expect("caps")
 }
 
 #[test]
@@ -398,24 +406,69 @@ fn capabilities_default_add_drop_and_all() {
     assert_eq!(caps_of(&s), HashSet::from([Capability::NetBindService]));
 
     let s = sec(|s| s.capabilities_add = vec!["all".into()]);
-    assert_eq!(caps_of(&s).len(), ALL_CAPABILITIES.len());
+    assert_eq!(caps_of(&s).len(), all_caps().len());
 
     let s = sec(|s| {
         s.capabilities_add = vec!["ALL".into()];
         s.capabilities_drop = vec!["CHOWN".into()];
     });
     let got = caps_of(&s);
-    assert_eq!(got.len(), ALL_CAPABILITIES.len() - 1);
+    assert_eq!(got.len(), all_caps().len() - 1);
     assert!(!got.contains(&Capability::Chown));
 
     let s = sec(|s| s.capabilities_add = vec!["CAP_FLY".into()]);
-    let m = invalid_message(capability_set(&s));
+    let m = invalid_message(capability_set(&s, &all_caps()));
     assert!(
         m.contains("capabilities_add") && m.contains("CAP_FLY"),
         "{m}"
     );
     let s = sec(|s| s.capabilities_drop = vec!["nope".into()]);
-    assert!(invalid_message(capability_set(&s)).contains("capabilities_drop"));
+    assert!(invalid_message(capability_set(&s, &all_caps())).contains("capabilities_drop"));
+}
+
+/// berthd without CAP_SYS_RESOURCE (as on a node that lacks it): ALL and
+/// privileged mean what berthd holds, and asking for a capability it
+/// lacks is a clear error, not runc's "unable to apply caps".
+#[test]
+fn capabilities_are_bounded_by_what_berthd_holds() {
+    let mut held = all_caps();
+    held.remove(&Capability::SysResource);
+    let set = |s: &ContainerSecurity| capability_set(s, &held);
+
+    let all = sec(|s| s.capabilities_add = vec!["ALL".into()]);
+    assert_eq!(set(&all).expect("all"), held);
+    let privileged = sec(|s| s.privileged = true);
+    assert_eq!(set(&privileged).expect("privileged"), held);
+
+    let one = sec(|s| s.capabilities_add = vec!["SYS_RESOURCE".into()]);
+    match set(&one) {
+        Err(Error::FailedPrecondition(m)) => {
+            assert!(
+                m.contains("capabilities_add") && m.contains("CAP_SYS_RESOURCE"),
+                "{m}"
+            )
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+    // Defaults berthd lacks are left out rather than failing every
+    // container.
+    held.remove(&Capability::NetRaw);
+    let got = capability_set(&ContainerSecurity::default(), &held).expect("defaults");
+    assert_eq!(got.len(), DEFAULT_CAPABILITIES.len() - 1);
+    assert!(!got.contains(&Capability::NetRaw));
+
+    // The spec carries the same set.
+    let fx = Fixture::new();
+    let mut inputs = fx.inputs();
+    inputs.host = std::sync::Arc::new(HostFacts {
+        capabilities: held.clone(),
+        ..HostFacts::default()
+    });
+    inputs.config.security.privileged = true;
+    inputs.pod_security.privileged = true;
+    let bounding = strings(&json_of(&inputs)["process"]["capabilities"]["bounding"]);
+    assert_eq!(bounding.len(), held.len());
+    assert!(!bounding.contains(&"CAP_SYS_RESOURCE".to_string()));
 }
 
 #[test]
@@ -449,7 +502,7 @@ fn privileged_containers() {
             .as_array()
             .expect("caps")
             .len(),
-        ALL_CAPABILITIES.len()
+        all_caps().len()
     );
     assert_eq!(spec["process"]["noNewPrivileges"], false);
     let linux = &spec["linux"];
@@ -694,6 +747,30 @@ fn cri_mount_paths_must_be_absolute() {
 }
 
 #[test]
+fn recursive_read_only_needs_a_handler_that_makes_it() {
+    let fx = Fixture::new();
+    let mut inputs = fx.inputs();
+    inputs.config.mounts = vec![MountConfig {
+        container_path: "/data".into(),
+        host_path: "/h".into(),
+        readonly: true,
+        recursive_read_only: true,
+        ..Default::default()
+    }];
+    assert!(build(&inputs).is_ok());
+    inputs.runtime_handler = "kata".into();
+    match build(&inputs) {
+        Err(Error::FailedPrecondition(m)) => {
+            assert!(
+                m.contains("recursive_read_only") && m.contains("/data"),
+                "{m}"
+            )
+        }
+        other => panic!("expected FailedPrecondition, got {other:?}"),
+    }
+}
+
+#[test]
 fn prepare_host_paths_creates_missing_directories() {
     let fx = Fixture::new();
     let missing = fx.dir.path().join("volumes/a/b");
@@ -867,6 +944,20 @@ fn resources_in_the_spec() {
         r["hugepageLimits"],
         json!([{"pageSize": "2MB", "limit": 4 << 20}])
     );
+    // Without the hugetlb controller the limits are dropped (runc would
+    // fail on them), and only they.
+    let mut no_hugetlb = inputs.clone();
+    no_hugetlb.host = std::sync::Arc::new(HostFacts {
+        hugetlb: false,
+        ..HostFacts::default()
+    });
+    let without = json_of(&no_hugetlb);
+    assert!(without["linux"]["resources"]
+        .get("hugepageLimits")
+        .is_none());
+    assert_eq!(without["linux"]["resources"]["memory"], r["memory"]);
+    let update = update_resources(&no_hugetlb.config.resources, false).expect("update");
+    assert!(update.hugepage_limits().is_none());
     assert_eq!(r["unified"], json!({"memory.high": "1000000"}));
     assert!(r.get("pids").is_none());
     assert_eq!(
@@ -916,6 +1007,14 @@ fn negative_or_malformed_resources_are_invalid() {
         set(&mut inputs.config.resources);
         let m = invalid_message(build(&inputs));
         assert!(m.contains(field), "{field}: {m}");
+        // Checked whether or not the node applies hugepage limits.
+        let host = HostFacts {
+            hugetlb: false,
+            ..HostFacts::default()
+        };
+        inputs.host = std::sync::Arc::new(host);
+        let m = invalid_message(build(&inputs));
+        assert!(m.contains(field), "{field} without hugetlb: {m}");
     }
     // Unlimited swap is how kubelet spells it on cgroup v1.
     let mut inputs = fx.inputs();

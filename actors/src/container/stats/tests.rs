@@ -308,24 +308,6 @@ fn oom_killed_reads_the_memory_cgroup() {
 }
 
 #[test]
-fn a_plain_directory_is_not_cgroup2() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    assert!(!is_cgroup2(dir.path()));
-}
-
-#[test]
-fn detection_agrees_with_the_mount_table() {
-    let Ok(mounts) = fs::read_to_string("/proc/self/mounts") else {
-        return;
-    };
-    let v2 = mounts.lines().any(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        f.len() > 2 && f[1] == ROOT && f[2] == "cgroup2"
-    });
-    assert_eq!(unified(), v2);
-}
-
-#[test]
 fn dir_usage_counts_blocks_and_inodes_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let top = dir.path().join("layer");
@@ -404,7 +386,7 @@ fn live_cgroup_of_a_real_process() {
     }
     let name = format!("berth-stats-test-{}", std::process::id());
     let root = Path::new(ROOT);
-    let dirs: Vec<PathBuf> = if unified() {
+    let dirs: Vec<PathBuf> = if cgroup_unified() {
         // The children of the root get memory and pids files only when
         // those controllers are enabled for them; a test should not change
         // that for the whole machine.

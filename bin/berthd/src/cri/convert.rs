@@ -598,3 +598,15 @@ pub fn container_info(
     });
     HashMap::from([("info".to_string(), info.to_string())])
 }
+
+/// A CreateContainer request as berthd logs it at debug: environment
+/// values are often secrets, so only their names are kept.
+pub fn without_env_values(req: &cri::CreateContainerRequest) -> cri::CreateContainerRequest {
+    let mut req = req.clone();
+    if let Some(config) = req.config.as_mut() {
+        for kv in &mut config.envs {
+            kv.value = "<redacted>".into();
+        }
+    }
+    req
+}

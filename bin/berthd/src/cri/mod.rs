@@ -8,6 +8,7 @@ mod image;
 mod runtime;
 
 use crate::config::Config;
+use berth_actors::host::HostFacts;
 use berth_actors::kernel::Kernel;
 use std::sync::Arc;
 
@@ -16,10 +17,16 @@ use std::sync::Arc;
 pub struct Cri {
     kernel: Arc<Kernel>,
     config: Arc<Config>,
+    /// What this node offers: `Status` announces features from it.
+    host: Arc<HostFacts>,
 }
 
 impl Cri {
-    pub fn new(kernel: Arc<Kernel>, config: Arc<Config>) -> Self {
-        Cri { kernel, config }
+    pub fn new(kernel: Arc<Kernel>, config: Arc<Config>, host: Arc<HostFacts>) -> Self {
+        Cri {
+            kernel,
+            config,
+            host,
+        }
     }
 }

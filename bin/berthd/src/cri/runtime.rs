@@ -112,9 +112,29 @@ impl Cri {
                 ],
             }),
             info,
-            runtime_handlers: Vec::new(),
-            features: None,
+            runtime_handlers: self.runtime_handlers(),
+            features: Some(RuntimeFeatures {
+                // Merge and Strict are both honoured, and ContainerStatus
+                // reports the user the process runs as.
+                supplemental_groups_policy: true,
+                user_namespaces_host_network: false,
+            }),
         })
+    }
+
+    /// Every handler kubelet may name ("" is the default), with what it
+    /// can do on this node.
+    fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
+        std::iter::once("")
+            .chain(self.config.runtimes.keys().map(String::as_str))
+            .map(|name| RuntimeHandler {
+                name: name.to_string(),
+                features: Some(RuntimeHandlerFeatures {
+                    recursive_read_only_mounts: self.host.recursive_read_only.contains(name),
+                    user_namespaces: false,
+                }),
+            })
+            .collect()
     }
 
     fn runtime_config(&self) -> RuntimeConfigResponse {
@@ -161,6 +181,7 @@ impl RuntimeService for Cri {
         request: Request<RunPodSandboxRequest>,
     ) -> Result<Response<RunPodSandboxResponse>, Status> {
         let req = request.into_inner();
+        tracing::debug!(request = ?req, "RunPodSandbox request");
         serve("RunPodSandbox", async {
             let config = convert::pod_config(req.config)?;
             tracing::info!(pod = %config.metadata.reserved_name(), "running pod sandbox");
@@ -277,6 +298,7 @@ impl RuntimeService for Cri {
         request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
         let req = request.into_inner();
+        tracing::debug!(request = ?convert::without_env_values(&req), "CreateContainer request");
         serve("CreateContainer", async {
             let config = convert::container_config(req.config)?;
             let id = self
@@ -297,6 +319,7 @@ impl RuntimeService for Cri {
         request: Request<UpdateContainerResourcesRequest>,
     ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
         let req = request.into_inner();
+        tracing::debug!(request = ?req, "UpdateContainerResources request");
         serve("UpdateContainerResources", async {
             let resources = req.linux.ok_or_else(|| {
                 berth_actors::Error::InvalidArgument("no linux resources to update".into())

@@ -2,6 +2,9 @@
 //! through [`serve`], which logs its entry and outcome and maps berth's
 //! errors to gRPC status codes, in one place.
 
+pub mod authority;
+pub mod listen;
+
 use berth_actors::Error;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,0 +1,293 @@
+//! What this node offers that containers' specs depend on, probed once at
+//! start: the capabilities berthd itself holds (all a container can be
+//! given), whether hugepage limits can be applied (the hugetlb cgroup
+//! controller), and which runtime handlers make recursive read-only mounts.
+//! `Status` announces features from the same facts, so what it says and
+//! what CreateContainer does never disagree.
+
+use oci_spec::runtime::{Capabilities, Capability};
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+/// Every capability by its number in `linux/capability.h`.
+const CAPABILITIES_BY_NUMBER: [Capability; 41] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::DacReadSearch,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setpcap,
+    Capability::LinuxImmutable,
+    Capability::NetBindService,
+    Capability::NetBroadcast,
+    Capability::NetAdmin,
+    Capability::NetRaw,
+    Capability::IpcLock,
+    Capability::IpcOwner,
+    Capability::SysModule,
+    Capability::SysRawio,
+    Capability::SysChroot,
+    Capability::SysPtrace,
+    Capability::SysPacct,
+    Capability::SysAdmin,
+    Capability::SysBoot,
+    Capability::SysNice,
+    Capability::SysResource,
+    Capability::SysTime,
+    Capability::SysTtyConfig,
+    Capability::Mknod,
+    Capability::Lease,
+    Capability::AuditWrite,
+    Capability::AuditControl,
+    Capability::Setfcap,
+    Capability::MacOverride,
+    Capability::MacAdmin,
+    Capability::Syslog,
+    Capability::WakeAlarm,
+    Capability::BlockSuspend,
+    Capability::AuditRead,
+    Capability::Perfmon,
+    Capability::Bpf,
+    Capability::CheckpointRestore,
+];
+
+/// The node's facts as the container actor uses them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    /// The capabilities berthd holds (its effective set): what a
+    /// privileged container and "ALL" get. A runtime cannot give a
+    /// container more than its own bounding set, so asking for more only
+    /// makes runc fail ("unable to apply caps").
+    pub capabilities: Capabilities,
+    /// Hugepage limits are applied: the node has the hugetlb controller
+    /// and the operator did not turn it off. Otherwise they are dropped
+    /// (kubelet sends them for every page size the node has, controller
+    /// or not).
+    pub hugetlb: bool,
+    /// Runtime handlers whose OCI runtime, on this kernel, makes
+    /// recursive read-only (`rro`) mounts.
+    pub recursive_read_only: BTreeSet<String>,
+}
+
+impl Default for HostFacts {
+    /// Everything allowed: what unit tests build specs against.
+    fn default() -> Self {
+        HostFacts {
+            capabilities: CAPABILITIES_BY_NUMBER.into_iter().collect(),
+            hugetlb: true,
+            recursive_read_only: BTreeSet::from([String::new(), "runc".to_string()]),
+        }
+    }
+}
+
+impl HostFacts {
+    /// Probes this node. `handlers` are the runtime handlers by name with
+    /// their OCI runtime binary; `disable_hugetlb` is the operator's
+    /// `cgroup.disable_hugetlb_controller`.
+    pub fn probe<'a>(
+        handlers: impl IntoIterator<Item = (&'a str, &'a Path)>,
+        disable_hugetlb: bool,
+    ) -> HostFacts {
+        let capabilities = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| effective_mask(&s))
+            .map(capabilities_of)
+            .unwrap_or_default();
+        let hugetlb = !disable_hugetlb && has_controller("hugetlb");
+        let kernel_rro = kernel_has_mount_setattr();
+        let recursive_read_only = handlers
+            .into_iter()
+            .filter(|(_, binary)| kernel_rro && runtime_mount_options(binary).contains("rro"))
+            .map(|(name, _)| name.to_string())
+            .collect();
+        let facts = HostFacts {
+            capabilities,
+            hugetlb,
+            recursive_read_only,
+        };
+        tracing::info!(
+            capabilities = facts.capabilities.len(),
+            hugetlb = facts.hugetlb,
+            recursive_read_only = ?facts.recursive_read_only,
+            "probed the node"
+        );
+        facts
+    }
+}
+
+/// The effective capability mask in `/proc/<pid>/status`.
+fn effective_mask(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+/// The capabilities set in `mask`, by their kernel numbers; numbers this
+/// table does not know (newer kernels) are left out.
+fn capabilities_of(mask: u64) -> Capabilities {
+    CAPABILITIES_BY_NUMBER
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| mask & (1u64 << bit) != 0)
+        .map(|(_, c)| *c)
+        .collect()
+}
+
+/// Where the node's cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether this node has cgroup v2 at [`CGROUP_ROOT`], asked once: it does
+/// not change while berthd runs. A hybrid node (v1 controllers, cgroup2
+/// only at `/sys/fs/cgroup/unified` with no controllers in it) counts as
+/// v1.
+pub fn cgroup_unified() -> bool {
+    static V2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V2.get_or_init(|| is_cgroup2(Path::new(CGROUP_ROOT)))
+}
+
+fn is_cgroup2(root: &Path) -> bool {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    match statfs(root) {
+        Ok(fs) => fs.filesystem_type() == CGROUP2_SUPER_MAGIC,
+        // Only the root of a cgroup2 mount has this file; a hybrid node's
+        // tmpfs at the root does not.
+        Err(_) => root.join("cgroup.controllers").exists(),
+    }
+}
+
+/// Whether the cgroup controller `name` can be used: on v2, listed in the
+/// root's `cgroup.controllers`; on v1, attached to a mounted hierarchy.
+fn has_controller(name: &str) -> bool {
+    if cgroup_unified() {
+        std::fs::read_to_string(Path::new(CGROUP_ROOT).join("cgroup.controllers"))
+            .is_ok_and(|s| v2_has(&s, name))
+    } else {
+        std::fs::read_to_string("/proc/cgroups").is_ok_and(|s| v1_has(&s, name))
+    }
+}
+
+fn v2_has(controllers: &str, name: &str) -> bool {
+    controllers.split_whitespace().any(|c| c == name)
+}
+
+/// `/proc/cgroups`: `subsys_name hierarchy num_cgroups enabled`; a
+/// controller in no v1 hierarchy has hierarchy 0.
+fn v1_has(proc_cgroups: &str, name: &str) -> bool {
+    proc_cgroups
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .any(|f| f.len() >= 4 && f[0] == name && f[1] != "0" && f[3] == "1")
+}
+
+/// Recursive read-only mounts need `mount_setattr(2)` (Linux 5.12). A call
+/// with a bad descriptor fails with EBADF or EINVAL where it exists and
+/// ENOSYS where it does not.
+fn kernel_has_mount_setattr() -> bool {
+    // SAFETY: no pointer is dereferenced: the path is empty and the
+    // attribute pointer is null with size 0, so the kernel rejects the
+    // call before reading anything.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            0,
+            std::ptr::null_mut::<libc::c_void>(),
+            0,
+        )
+    };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+}
+
+/// The mount options an OCI runtime says it knows (`<runtime> features`,
+/// runc 1.1 and crun); none when it cannot say.
+fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
+    let out = match Command::new(binary).arg("features").output() {
+        Ok(out) if out.status.success() => out.stdout,
+        Ok(out) => {
+            tracing::debug!(binary = %binary.display(), status = %out.status, "runtime features unknown");
+            return BTreeSet::new();
+        }
+        Err(e) => {
+            tracing::debug!(binary = %binary.display(), error = %e, "runtime features unknown");
+            return BTreeSet::new();
+        }
+    };
+    mount_options(&out)
+}
+
+fn mount_options(features_json: &[u8]) -> BTreeSet<String> {
+    serde_json::from_slice::<serde_json::Value>(features_json)
+        .ok()
+        .and_then(|v| {
+            v.get("mountOptions")?.as_array().map(|list| {
+                list.iter()
+                    .filter_map(|o| o.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_come_from_the_effective_mask() {
+        let status = "Name:\tberthd\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n";
+        let caps = capabilities_of(effective_mask(status).expect("mask"));
+        assert_eq!(caps.len(), 40);
+        assert!(!caps.contains(&Capability::SysResource));
+        assert!(caps.contains(&Capability::SysAdmin));
+        assert!(caps.contains(&Capability::CheckpointRestore));
+        assert_eq!(
+            capabilities_of(1 << 13 | 1),
+            Capabilities::from([Capability::Chown, Capability::NetRaw])
+        );
+        assert_eq!(effective_mask("CapEff:\tzz\n"), None);
+    }
+
+    #[test]
+    fn controllers_are_read_from_either_layout() {
+        let v1 = "#subsys_name\thierarchy\tnum_cgroups\tenabled\n\
+                  memory\t4\t37\t1\nhugetlb\t0\t1\t1\npids\t8\t1\t1\nblkio\t7\t1\t0\n";
+        assert!(v1_has(v1, "memory"));
+        assert!(!v1_has(v1, "hugetlb"), "in no hierarchy");
+        assert!(!v1_has(v1, "blkio"), "disabled");
+        assert!(!v1_has(v1, "cpu"), "unknown");
+        assert!(v2_has("cpuset cpu io memory hugetlb pids\n", "hugetlb"));
+        assert!(!v2_has("cpuset cpu io memory pids\n", "hugetlb"));
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_cgroup2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(!is_cgroup2(dir.path()));
+    }
+
+    #[test]
+    fn cgroup2_detection_agrees_with_the_mount_table() {
+        let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+            return;
+        };
+        let v2 = mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 2 && f[1] == CGROUP_ROOT && f[2] == "cgroup2"
+        });
+        assert_eq!(cgroup_unified(), v2);
+    }
+
+    #[test]
+    fn mount_options_come_from_runtime_features() {
+        let json = br#"{"ociVersionMin":"1.0.0","mountOptions":["ro","rro","rbind"]}"#;
+        assert!(mount_options(json).contains("rro"));
+        assert!(mount_options(b"{}").is_empty());
+        assert!(mount_options(b"not json").is_empty());
+    }
+}
