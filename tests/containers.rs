@@ -6,7 +6,8 @@ use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
 use berth_tests::node::{
-    container_config, container_status, create_container, pod_config, run_pod, Node,
+    container_config, container_status, create_container, in_pod_pid_namespace, pod_config,
+    run_pod, share_process_namespace, Node,
 };
 use berth_tests::registry::Registry;
 use berth_tests::Daemon;
@@ -142,11 +143,21 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
         .await
         .expect("remove ok");
 
-    // A long-running one: stopped with its signal, exit code recorded.
+    // A long-running one: stopped with its signal, exit code recorded. It
+    // is PID 1 of its own PID namespace (kubelet's default), which the
+    // kernel sends no signal it does not handle: it traps SIGTERM.
     let l = create(
         &mut rt,
         &p,
-        container("sleeper", &s.image, &["sleep", "1000"]),
+        container(
+            "sleeper",
+            &s.image,
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got SIGTERM; exit 143' TERM; sleep 1000 & wait",
+            ],
+        ),
     )
     .await
     .expect("create sleeper");
@@ -247,6 +258,8 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
     let st = status(&mut rt, &l).await;
     assert_eq!(st.state, ContainerState::ContainerExited as i32);
     assert_eq!(st.exit_code, 143, "SIGTERM");
+    let log = std::fs::read_to_string(logs.join("sleeper/0.log")).expect("sleeper log");
+    assert!(log.contains("got SIGTERM"), "{log}");
     rt.stop_container(StopContainerRequest {
         container_id: l.clone(),
         timeout: 5,
@@ -464,11 +477,13 @@ fn security(
 async fn users_capabilities_and_the_security_context_hold_inside_the_container() {
     let s = setup();
     let mut rt = s.d.runtime().await;
-    let p = pod(&mut rt, "sec", &s.d.dir.path().join("logs")).await;
+    let mut config = pod_config("sec", &s.d.dir.path().join("logs"));
+    share_process_namespace(&mut config);
+    let p = run_pod(&mut rt, config).await.expect("RunPodSandbox");
     pull(&s.d, &s.image).await;
 
     // Users: the image's (root here), a uid, a name, supplemental groups.
-    let root = running(&mut rt, &p, &s.image, "root", |_| {}).await;
+    let root = running(&mut rt, &p, &s.image, "root", in_pod_pid_namespace).await;
     assert_eq!(sh(&mut rt, &root, "id -u").await.0, "0");
     let by_uid = running(
         &mut rt,
@@ -617,6 +632,7 @@ async fn users_capabilities_and_the_security_context_hold_inside_the_container()
 
     // One pod: shared localhost and PID namespace.
     let server = running(&mut rt, &p, &s.image, "server", |c| {
+        in_pod_pid_namespace(c);
         c.command = vec![
             "sh".into(),
             "-c".into(),

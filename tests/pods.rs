@@ -4,7 +4,7 @@
 
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
-use berth_tests::node::{remove_pod, run_pod};
+use berth_tests::node::{pod_config, remove_pod, run_pod};
 use berth_tests::Daemon;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,18 +59,12 @@ impl Drop for Node {
     }
 }
 
+/// A pod shaped as kubelet sends it (no log directory: these pods run no
+/// containers), labelled `app`.
 fn config(name: &str) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            namespace: "e2e".into(),
-            attempt: 0,
-        }),
-        hostname: name.into(),
-        labels: HashMap::from([("app".into(), name.into())]),
-        ..Default::default()
-    }
+    let mut c = pod_config(name, Path::new(""));
+    c.labels.insert("app".into(), name.into());
+    c
 }
 
 async fn status(

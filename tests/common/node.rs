@@ -180,20 +180,140 @@ impl Node {
     }
 }
 
+/// A 32-hex-digit pod UID derived from `name`, shaped as kubelet's are.
+fn pod_uid(name: &str) -> String {
+    use sha2::Digest;
+    hex::encode(&sha2::Sha256::digest(name.as_bytes())[..16])
+}
+
+/// The namespaces kubelet asks for a pod: its own network and IPC, a PID
+/// namespace per container, the node's user namespace.
+fn kubelet_namespaces() -> NamespaceOption {
+    NamespaceOption {
+        network: NamespaceMode::Pod as i32,
+        pid: NamespaceMode::Container as i32,
+        ipc: NamespaceMode::Pod as i32,
+        target_id: String::new(),
+        userns_options: Some(UserNamespace {
+            mode: NamespaceMode::Node as i32,
+            ..Default::default()
+        }),
+    }
+}
+
+/// A pod as kubelet 1.36 sends it for a BestEffort pod (read off kubelet's
+/// real requests): its labels and annotations, DNS, the RuntimeDefault
+/// seccomp profile, CPU shares and period. The cgroup parent is left to
+/// the node's configuration, so that each test's pods stay apart.
 pub fn pod_config(name: &str, logs: &Path) -> PodSandboxConfig {
+    let uid = pod_uid(name);
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.into(),
-            uid: format!("uid-{name}"),
+            uid: uid.clone(),
             namespace: "e2e".into(),
             attempt: 0,
         }),
         hostname: name.into(),
         log_directory: logs.display().to_string(),
+        dns_config: Some(DnsConfig {
+            servers: vec!["10.255.255.53".into()],
+            ..Default::default()
+        }),
+        labels: [
+            ("io.kubernetes.pod.name", name),
+            ("io.kubernetes.pod.namespace", "e2e"),
+            ("io.kubernetes.pod.uid", uid.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        annotations: [
+            ("kubernetes.io/config.source", "api"),
+            (
+                "kubernetes.io/config.seen",
+                "2026-11-26T10:12:29.271133358Z",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                seccomp: Some(SecurityProfile {
+                    profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+            overhead: Some(LinuxContainerResources::default()),
+            resources: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_shares: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
 
+/// What kubelet sends for a pod with `shareProcessNamespace: true`: one PID
+/// namespace for the pod (kubelet's default is one per container).
+pub fn share_process_namespace(pod: &mut PodSandboxConfig) {
+    let sc = pod.linux.get_or_insert_with(Default::default);
+    pid_of_the_pod(
+        &mut sc
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+}
+
+/// A container of a pod that shares its process namespace.
+pub fn in_pod_pid_namespace(c: &mut ContainerConfig) {
+    let sc = c.linux.get_or_insert_with(Default::default);
+    pid_of_the_pod(
+        &mut sc
+            .security_context
+            .get_or_insert_with(Default::default)
+            .namespace_options,
+    );
+}
+
+fn pid_of_the_pod(ns: &mut Option<NamespaceOption>) {
+    ns.get_or_insert_with(kubelet_namespaces).pid = NamespaceMode::Pod as i32;
+}
+
+/// The kernel interfaces kubelet asks a container not to see or change.
+pub const KUBELET_MASKED_PATHS: [&str; 12] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+pub const KUBELET_READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// A container as kubelet 1.36 sends it for a BestEffort pod: its labels
+/// and annotations, CPU shares and period, oom_score_adj 1000, a hugepage
+/// limit of 0 for each page size (kubelet sends them whether or not the
+/// node has the hugetlb controller), masked and read-only paths, the pod's
+/// namespaces and no seccomp profile of its own.
 pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -202,10 +322,53 @@ pub fn container_config(name: &str, image: &str, command: &[&str]) -> ContainerC
         }),
         image: Some(ImageSpec {
             image: image.into(),
+            user_specified_image: image.into(),
             ..Default::default()
         }),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
+        labels: [("io.kubernetes.container.name".to_string(), name.to_string())].into(),
+        annotations: [
+            ("io.kubernetes.container.hash", "46eed796"),
+            ("io.kubernetes.container.restartCount", "0"),
+            (
+                "io.kubernetes.container.terminationMessagePath",
+                "/dev/termination-log",
+            ),
+            ("io.kubernetes.container.terminationMessagePolicy", "File"),
+            ("io.kubernetes.pod.terminationGracePeriod", "30"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+        linux: Some(LinuxContainerConfig {
+            resources: Some(LinuxContainerResources {
+                cpu_period: 100_000,
+                cpu_shares: 2,
+                oom_score_adj: 1000,
+                hugepage_limits: ["2MB", "1GB"]
+                    .into_iter()
+                    .map(|size| HugepageLimit {
+                        page_size: size.into(),
+                        limit: 0,
+                    })
+                    .collect(),
+                ..Default::default()
+            }),
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(kubelet_namespaces()),
+                masked_paths: KUBELET_MASKED_PATHS.iter().map(|p| p.to_string()).collect(),
+                readonly_paths: KUBELET_READONLY_PATHS
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect(),
+                seccomp: Some(SecurityProfile {
+                    profile_type: security_profile::ProfileType::Unconfined as i32,
+                    localhost_ref: String::new(),
+                }),
+                ..Default::default()
+            }),
+        }),
         ..Default::default()
     }
 }

@@ -610,3 +610,26 @@ pub fn without_env_values(req: &cri::CreateContainerRequest) -> cri::CreateConta
     }
     req
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_requests_keep_env_names_and_hide_their_values() {
+        let req = cri::CreateContainerRequest {
+            config: Some(cri::ContainerConfig {
+                envs: vec![cri::KeyValue {
+                    key: "DB_PASSWORD".into(),
+                    value: "hunter2".into(),
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let logged = format!("{:?}", without_env_values(&req));
+        assert!(logged.contains("DB_PASSWORD"), "{logged}");
+        assert!(!logged.contains("hunter2"), "{logged}");
+        assert_eq!(req.config.expect("config").envs[0].value, "hunter2");
+    }
+}
