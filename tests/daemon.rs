@@ -177,6 +177,59 @@ async fn a_second_berthd_on_the_same_root_is_refused() {
         .expect("first berthd serves");
 }
 
+/// A lock whose berthd is gone but that something still holds for an
+/// instant (a child between its fork and its exec when berthd was killed)
+/// is waited for; one that stays held is a clear error naming its holder.
+#[tokio::test]
+async fn a_lock_left_held_after_its_berthd_ended_is_waited_for_then_named() {
+    let mut d = Daemon::configure("");
+    std::fs::create_dir_all(d.root()).expect("root");
+    let lock = d.root().join("berthd.lock");
+    let gone = std::process::Command::new("true").spawn().expect("true");
+    let gone_pid = gone.id();
+    let _ = gone.wait_with_output();
+    std::fs::write(&lock, gone_pid.to_string()).expect("lock file");
+    let hold = |secs: &str| {
+        std::process::Command::new("flock")
+            .arg(&lock)
+            .args(["sleep", secs])
+            .spawn()
+            .expect("flock")
+    };
+    let mut brief = hold("1");
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    d.spawn();
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "berthd waited for the holder"
+    );
+    let _ = brief.wait();
+    d.runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("serving");
+    let stopped_pid = d.pid();
+    d.kill9();
+    assert_eq!(
+        std::fs::read_to_string(&lock).expect("lock").trim(),
+        stopped_pid.to_string()
+    );
+
+    let mut stuck = hold("30");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = berth_tests::run_berthd_expecting_failure(&d.config);
+    let _ = stuck.kill();
+    let _ = stuck.wait();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("still held") && stderr.contains("flock"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn every_actor_killed_through_berthctl_is_restarted_and_answers() {
     let d = Daemon::start();
@@ -367,4 +420,117 @@ async fn json_logging_writes_one_object_per_line() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
     }
+}
+
+/// The descriptors `pid` holds that name something of the daemon under
+/// `dir` (its lock, journal, sockets' directory, logs) or any socket.
+fn daemon_fds(pid: u32, dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|target| target.display().to_string())
+        .filter(|t| t.starts_with(&dir.display().to_string()) || t.starts_with("socket:"))
+        .collect()
+}
+
+/// kill -9 and an immediate restart, 50 times in a row, each time while a
+/// child of berthd (a CNI plugin in the middle of an ADD) outlives it: the
+/// child holds nothing of berthd (every descriptor berthd has is
+/// close-on-exec), so the lock and the sockets are free the moment berthd
+/// is gone, every restart succeeds at once and its first calls answer.
+#[tokio::test]
+async fn restarts_after_kill_9_succeed_every_time_while_a_child_outlives_berthd() {
+    let parent = format!("/berth-e2e-restarts-{}", std::process::id());
+    let plugins = tempfile::tempdir().expect("plugin dir");
+    let adds = plugins.path().join("adds");
+    std::fs::write(
+        plugins.path().join("slow"),
+        format!(
+            "#!/bin/sh\ncase \"$CNI_COMMAND\" in\nADD) echo $$ >> {}; exec sleep 600;;\nVERSION) echo '{{\"cniVersion\":\"1.0.0\",\"supportedVersions\":[\"1.0.0\"]}}';;\nesac\nexit 0\n",
+            adds.display()
+        ),
+    )
+    .expect("plugin");
+    std::fs::set_permissions(
+        plugins.path().join("slow"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .expect("chmod");
+    let mut d = Daemon::configure(&format!("[sandbox]\ncgroup_parent = \"{parent}\"\n"));
+    // The plugin's directory, beside the harness's CNI configuration.
+    let config = std::fs::read_to_string(&d.config).expect("config");
+    let config = config.replace(
+        "[cni]\n",
+        &format!("[cni]\nbin_dirs = [\"{}\"]\n", plugins.path().display()),
+    );
+    std::fs::write(&d.config, config).expect("config");
+    std::fs::write(
+        d.cni_dir().join("10-slow.conflist"),
+        r#"{"cniVersion":"1.0.0","name":"slow","plugins":[{"type":"slow"}]}"#,
+    )
+    .expect("conflist");
+    let children = || -> Vec<u32> {
+        std::fs::read_to_string(&adds)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+
+    for round in 0..50 {
+        d.spawn();
+        // The first call of each incarnation answers (no stale listener).
+        let mut admin = d.admin().await;
+        admin
+            .list_actors(ListActorsRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: first admin call: {e:?}"));
+        let socket = d.cri_socket();
+        let name = format!("round-{round}");
+        tokio::spawn(async move {
+            let mut rt = berth_protocol::cri::runtime_service_client::RuntimeServiceClient::new(
+                berth_tests::connect(&socket).await,
+            );
+            let _ = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(berth_tests::node::pod_config(
+                        &name,
+                        std::path::Path::new(""),
+                    )),
+                    runtime_handler: String::new(),
+                })
+                .await;
+        });
+        let child = eventually(Duration::from_secs(30), "the plugin's ADD", || async {
+            children().get(round).copied()
+        })
+        .await;
+        let held = daemon_fds(child, d.dir.path());
+        assert!(held.is_empty(), "round {round}: the child holds {held:?}");
+        d.kill9();
+        assert!(
+            std::path::Path::new(&format!("/proc/{child}")).exists(),
+            "round {round}: the child outlives berthd"
+        );
+    }
+    d.spawn();
+    let mut rt = d.runtime().await;
+    rt.version(VersionRequest::default())
+        .await
+        .expect("serving");
+    for pid in children() {
+        berth_tests::signal(pid, libc::SIGKILL);
+    }
+    // Every half-made pod was undone at the next start.
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    drop(d);
+    berth_tests::node::remove_cgroups(&parent);
 }

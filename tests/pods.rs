@@ -451,25 +451,37 @@ async fn a_port_mapping_is_reachable_on_the_host_port() {
 async fn the_sandbox_image_is_berths_own_pinned_and_shm_is_per_pod() {
     let n = node();
     let mut rt = n.d.runtime().await;
-    let id = run_pod(&mut rt, config("shm")).await.expect("run");
-    let shm = n.d.dir.path().join("run/sandboxes").join(&id).join("shm");
-    assert!(mounted(&shm.display().to_string()), "a tmpfs for /dev/shm");
     let mut images = n.d.images().await;
+    let pause_image = |list: Vec<Image>| {
+        list.into_iter().find(|i| {
+            i.repo_tags
+                .iter()
+                .any(|t| t.starts_with("berth.local/pause:"))
+        })
+    };
+    // Made at start-up, before the CRI socket served: no pod builds it.
     let list = images
         .list_images(ListImagesRequest::default())
         .await
         .expect("images")
         .into_inner()
         .images;
-    let pause = list
-        .iter()
-        .find(|i| {
-            i.repo_tags
-                .iter()
-                .any(|t| t.starts_with("berth.local/pause:"))
-        })
-        .expect("the sandbox image is listed");
+    let pause = pause_image(list).expect("the sandbox image is there before any pod");
     assert!(pause.pinned, "kubelet's GC leaves it alone");
+    let id = run_pod(&mut rt, config("shm")).await.expect("run");
+    let shm = n.d.dir.path().join("run/sandboxes").join(&id).join("shm");
+    assert!(mounted(&shm.display().to_string()), "a tmpfs for /dev/shm");
+    let list = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("images")
+        .into_inner()
+        .images;
+    assert_eq!(
+        pause_image(list).map(|i| i.id),
+        Some(pause.id),
+        "the same image"
+    );
     remove_pod(&mut rt, &id).await.expect("stop and remove");
     assert!(!mounted(&shm.display().to_string()), "shm unmounted");
 }

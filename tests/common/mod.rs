@@ -134,6 +134,18 @@ impl Daemon {
     /// Starts berthd (again) on the same directories and waits for it.
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "berthd already running");
+        // A socket left by the previous berthd is not this one's: ready
+        // means each socket was bound anew (a process caught between fork
+        // and exec as the old berthd died may still hold the old one).
+        let inode = |p: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            // Inode numbers are reused at once: the change time tells.
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.ino(), m.ctime(), m.ctime_nsec()))
+        };
+        let sockets = [self.cri_socket(), self.admin_socket()];
+        let stale: Vec<_> = sockets.iter().map(|s| inode(s)).collect();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -156,9 +168,12 @@ impl Daemon {
             {
                 panic!("berthd exited with {status} at start-up:\n{}", self.log());
             }
-            let ready = [self.cri_socket(), self.admin_socket()]
-                .iter()
-                .all(|s| std::os::unix::net::UnixStream::connect(s).is_ok());
+            let ready = sockets.iter().zip(&stale).all(|(s, old)| {
+                let new = inode(s);
+                new.is_some()
+                    && (old.is_none() || new != *old)
+                    && std::os::unix::net::UnixStream::connect(s).is_ok()
+            });
             if ready {
                 return;
             }
@@ -341,6 +356,42 @@ where
     }
 }
 
+/// The names (hex digests) of berth's own sandbox image's files under
+/// `root`, which berthd makes at start-up: its snapshot (the one with
+/// `/pause` at its root), its layer blob of the same name, and the config
+/// and manifest blobs that name that layer. Image tests leave them out of
+/// what they count.
+pub fn sandbox_image_files(root: &Path) -> std::collections::BTreeSet<String> {
+    let names = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    let snapshots = root.join("snapshots");
+    let blobs = root.join("content/blobs/sha256");
+    let mut out = std::collections::BTreeSet::new();
+    for layer in names(&snapshots) {
+        if !snapshots.join(&layer).join("pause").is_file() {
+            continue;
+        }
+        let named = format!("sha256:{layer}");
+        for blob in names(&blobs) {
+            let path = blobs.join(&blob);
+            let small = path.metadata().is_ok_and(|m| m.len() < 4096);
+            if blob == layer
+                || (small && std::fs::read_to_string(&path).is_ok_and(|text| text.contains(&named)))
+            {
+                out.insert(blob);
+            }
+        }
+        out.insert(layer);
+    }
+    out
+}
+
 /// CRI image calls the tests share.
 pub mod cri {
     use berth_protocol::cri::image_service_client::ImageServiceClient;
@@ -366,12 +417,19 @@ pub mod cri {
         .image
     }
 
-    /// Every image.
+    /// Every image but berth's own sandbox image (made at start-up).
     pub async fn list(c: &mut ImageServiceClient<Channel>) -> Vec<Image> {
         c.list_images(ListImagesRequest { filter: None })
             .await
             .expect("ListImages")
             .into_inner()
             .images
+            .into_iter()
+            .filter(|i| {
+                !i.repo_tags
+                    .iter()
+                    .any(|t| t.starts_with("berth.local/pause:"))
+            })
+            .collect()
     }
 }

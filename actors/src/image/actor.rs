@@ -69,6 +69,21 @@ impl Subsystem for Images {
 impl Images {
     /// Records a finished pull: the image gets the tag (taken from any image
     /// that had it) and the repo digest.
+    /// The sandbox image as recorded, if it is whole: pinned, named, and
+    /// its one snapshot on disk.
+    fn sandbox_image(&self) -> Option<SandboxImage> {
+        let name = super::sandbox_image::sandbox_image_name();
+        let record = self
+            .images
+            .iter()
+            .find(|r| r.pinned && r.repo_tags.contains(&name))?;
+        let chain = record.chain_ids.first()?;
+        self.backend.snapshots.has(chain).then(|| SandboxImage {
+            id: record.id.clone(),
+            rootfs: self.backend.snapshots.path(chain),
+        })
+    }
+
     fn record_pull(&mut self, p: &Pulled) -> Result<String> {
         let digests = [p.repo_digest.clone()];
         self.record_image(p, p.repo_tag.as_slice(), &digests)
@@ -387,6 +402,11 @@ impl Handles<EnsureSandboxImage> for Images {
     type Output = SandboxImage;
 
     fn handle(&mut self, msg: EnsureSandboxImage, _cx: Cx<'_, Self>) -> Reply<Self, SandboxImage> {
+        if !msg.rebuild {
+            if let Some(made) = self.sandbox_image() {
+                return Reply::Now(Ok(made));
+            }
+        }
         let backend = self.backend.clone();
         let work = async move {
             tokio::task::spawn_blocking(move || {

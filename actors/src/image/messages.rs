@@ -133,9 +133,15 @@ impl Message for RemoveRootfs {
 /// Makes sure berth's own sandbox image exists (built from the pause
 /// program), recorded and pinned. Answers its ID and the read-only
 /// directory that is its root filesystem.
+///
+/// berthd builds it once at start-up (`rebuild`: the pause program may
+/// have changed since the last start); a pod's RunPodSandbox only asks
+/// for it, and is answered from the record at once unless the image is
+/// gone (then it is built again).
 #[derive(Debug, Clone)]
 pub struct EnsureSandboxImage {
     pub pause_binary: std::path::PathBuf,
+    pub rebuild: bool,
 }
 
 impl Message for EnsureSandboxImage {

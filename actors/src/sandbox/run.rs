@@ -155,6 +155,7 @@ async fn make(
             deps.image
                 .call(EnsureSandboxImage {
                     pause_binary: deps.config.pause_binary.clone(),
+                    rebuild: false,
                 })
                 .await?
         }

@@ -13,6 +13,7 @@ use crate::door::listen;
 use anyhow::{anyhow, bail, Context, Result};
 use berth_actors::host::HostFacts;
 use berth_actors::image::manifest::Platform;
+use berth_actors::image::messages::EnsureSandboxImage;
 use berth_actors::image::registry::HostConfig;
 use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
@@ -50,6 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let host = Arc::new(probe_host(&config));
+    let pause_binary = beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?;
     let journal =
         SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
     let kernel = Kernel::start(
@@ -66,7 +68,7 @@ pub async fn run(config: Config) -> Result<()> {
             image: image_config(&config),
             sandbox: SandboxConfig {
                 state: config.state.clone(),
-                pause_binary: beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?,
+                pause_binary: pause_binary.clone(),
                 cgroup_parent: config.sandbox.cgroup_parent.clone(),
                 runtime_handlers: config.runtimes.keys().cloned().collect(),
             },
@@ -84,7 +86,17 @@ pub async fn run(config: Config) -> Result<()> {
     .map_err(|e| anyhow!("start-up: {e}"))?;
     let kernel = Arc::new(kernel);
     let events = crate::events::serve(&config.state.join("events.sock"), kernel.clone())?;
-    let recovery = crate::recover::run(&kernel).await?;
+    // The sandbox image is made (from the pause program, which may have
+    // changed since the last start) and pinned while recovery runs, so that
+    // no RunPodSandbox ever builds it.
+    let sandbox_image = kernel.image.call(EnsureSandboxImage {
+        pause_binary,
+        rebuild: true,
+    });
+    let (recovery, sandbox_image) = tokio::join!(crate::recover::run(&kernel), sandbox_image);
+    let recovery = recovery?;
+    let sandbox_image = sandbox_image.map_err(|e| anyhow!("the sandbox image: {e}"))?;
+    tracing::debug!(id = %sandbox_image.id, "sandbox image made and pinned");
     let chaos = Arc::new(Chaos::new(kernel.clone()));
     if config.chaos.enabled {
         let op = match config.chaos.mode {
@@ -207,32 +219,94 @@ fn prepare_dir(key: &str, dir: &Path) -> Result<()> {
         .map_err(|e| anyhow!("{key} {}: not writable: {e}", dir.display()))
 }
 
+/// How long start-up waits for a lock whose berthd is gone.
+const ORPHAN_LOCK_WAIT: Duration = Duration::from_secs(5);
+
 /// One berthd per root: an exclusive lock held for the daemon's life.
+///
+/// The lock is close-on-exec, so no program berthd runs keeps it; but a
+/// child caught between its fork and its exec when berthd is killed holds
+/// a copy for that instant (on a busy node, milliseconds). So a lock whose
+/// recorded berthd no longer runs is waited for, briefly, instead of
+/// refusing to start; one held by a running berthd is refused at once.
 fn lock_root(root: &Path) -> Result<Flock<File>> {
     let path = root.join("berthd.lock");
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
         .map_err(|e| anyhow!("root {}: cannot open lock file: {e}", root.display()))?;
-    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(mut lock) => {
-            lock.set_len(0)?;
-            lock.rewind()?;
-            write!(lock, "{}", std::process::id())?;
-            Ok(lock)
+    let deadline = std::time::Instant::now() + ORPHAN_LOCK_WAIT;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0)?;
+                lock.rewind()?;
+                write!(lock, "{}", std::process::id())?;
+                return Ok(lock);
+            }
+            Err((mut back, _)) => {
+                let mut pid = String::new();
+                let _ = back.rewind();
+                let _ = back.read_to_string(&mut pid);
+                let pid = pid.trim().to_string();
+                if running(&pid) {
+                    bail!(
+                        "root {}: another berthd (pid {pid}) is already running on it",
+                        root.display()
+                    );
+                }
+                if std::time::Instant::now() >= deadline {
+                    bail!(
+                        "root {}: its lock {} is still held {ORPHAN_LOCK_WAIT:?} after its berthd (pid {pid}) ended, by {}",
+                        root.display(),
+                        path.display(),
+                        holders(&path)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(10));
+                file = back;
+            }
         }
-        Err((mut file, _)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            bail!(
-                "root {}: another berthd (pid {}) is already running on it",
-                root.display(),
-                pid.trim()
-            )
+    }
+}
+
+/// Whether `pid` names a process that runs (a zombie has ended).
+fn running(pid: &str) -> bool {
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !state.is_some_and(|s| s.starts_with('Z') || s.starts_with('X'))
+    })
+}
+
+/// The processes holding `path` open, for the error that names them.
+fn holders(path: &Path) -> String {
+    let mut found = Vec::new();
+    for proc_entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let pid = proc_entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
         }
+        let fds = std::fs::read_dir(proc_entry.path().join("fd"));
+        let holds = fds
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == path));
+        if holds {
+            let comm = std::fs::read_to_string(proc_entry.path().join("comm")).unwrap_or_default();
+            found.push(format!("{} (pid {pid})", comm.trim()));
+        }
+    }
+    if found.is_empty() {
+        "a process that could not be found".to_string()
+    } else {
+        found.join(", ")
     }
 }
 

@@ -55,7 +55,34 @@ fn init_logging(config: &Config) {
     }
 }
 
+/// Marks every descriptor berthd was started with, beyond stdio, as
+/// close-on-exec. berthd opens its own that way; these came from whoever
+/// started it, and would otherwise pass to every shim, CNI plugin and
+/// runtime it runs, some of which outlive it.
+fn close_inherited_on_exec() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only change a descriptor flag; a number
+        // that is not (or no longer) open fails with EBADF, which is fine.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 fn main() {
+    // Before any thread exists to spawn a child.
+    close_inherited_on_exec();
     let args = Args::parse();
     let config = match &args.config {
         Some(path) => Config::load(path),
