@@ -354,7 +354,17 @@ async fn the_journal_survives_kill_9_and_sigterm_exits_cleanly_within_two_second
     let (status, took) = d.terminate(Duration::from_secs(5));
     assert!(status.success(), "SIGTERM exit: {status}");
     assert!(took < Duration::from_secs(2), "SIGTERM took {took:?}");
-    assert!(!d.cri_socket().exists(), "socket removed on the way out");
+    for socket in [
+        d.cri_socket(),
+        d.admin_socket(),
+        d.dir.path().join("run/events.sock"),
+    ] {
+        assert!(
+            !socket.exists(),
+            "{} removed on the way out",
+            socket.display()
+        );
+    }
     assert!(d.log().contains("journal flushed"));
 
     d.spawn();

@@ -206,7 +206,12 @@ async fn an_oci_layout_is_imported_under_its_names_and_unpacked() {
     assert!(ls.status.success(), "{}", text(&ls.stderr));
     let table = text(&ls.stdout);
     let lines: Vec<&str> = table.lines().collect();
-    assert_eq!(lines.len(), 3, "{table}");
+    // The two imported, and berth's own sandbox image.
+    assert_eq!(lines.len(), 4, "{table}");
+    assert!(
+        lines.iter().any(|l| l.contains("berth.local/pause:")),
+        "{table}"
+    );
     assert!(lines[0].starts_with("IMAGE ID"), "{table}");
     assert!(
         lines[0].contains("TAGS") && lines[0].contains("SIZE"),

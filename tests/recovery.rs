@@ -872,8 +872,15 @@ async fn chaos_mode_from_the_config_kills_only_the_actors_it_names() {
         status.contains("chaos running: every 100 ms among image"),
         "{status}"
     );
+    assert!(status.contains(", the last of image"), "{status}");
     let stopped = String::from_utf8_lossy(&d.berthctl(&["chaos", "stop"]).stdout).to_string();
     assert!(stopped.starts_with("chaos stopped"), "{stopped}");
+    let image = String::from_utf8_lossy(&d.berthctl(&["actor", "image"]).stdout).to_string();
+    assert!(
+        image.contains("injected by chaos mode"),
+        "chaos, not an operator, is named:
+{image}"
+    );
     let actors = String::from_utf8_lossy(&d.berthctl(&["actors"]).stdout).to_string();
     for line in actors.lines().skip(1) {
         let cols: Vec<&str> = line.split_whitespace().collect();

@@ -19,8 +19,8 @@ pub use recovered::{claim_cut_short, patiently, short, Recovered, Swept};
 
 pub use registry::{ActorCell, ActorSnapshot, ActorStatus, Registry};
 pub use supervise::{
-    Control, ControlOp, ControlReply, Controllable, Cx, Envelope, Handle, Handles, Reply, Shell,
-    Subsystem,
+    By, Control, ControlOp, ControlReply, Controllable, Cx, Envelope, Handle, Handles, Reply,
+    Shell, Subsystem,
 };
 
 use crate::container::{ContainerDeps, Containers};

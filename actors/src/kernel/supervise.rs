@@ -119,13 +119,31 @@ impl Drop for Ticket {
     }
 }
 
+/// Who stopped an actor on purpose: it shows in the actor's last error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum By {
+    /// An operator (`berthctl kill-actor`).
+    Operator,
+    /// Chaos mode's schedule.
+    Chaos,
+}
+
+impl std::fmt::Display for By {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            By::Operator => "an operator",
+            By::Chaos => "chaos mode",
+        })
+    }
+}
+
 /// Operator controls every actor answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ControlOp {
     /// Stop the actor as after a fatal error; the supervisor restarts it.
-    Kill,
+    Kill(By),
     /// Panic inside a handler (chaos and tests).
-    Panic,
+    Panic(By),
     /// A round trip through the mailbox.
     Ping,
 }
@@ -344,18 +362,18 @@ impl<S: Subsystem> Handler<Control> for Shell<S> {
         drop(_ticket);
         let restarts_before = self.cell.restarts();
         let generation = self.generation;
-        self.injected = op == ControlOp::Panic;
+        self.injected = matches!(op, ControlOp::Panic(_));
         let reply = self.guarded(ctx, |state: &mut S, _| match op {
-            ControlOp::Panic => panic!("chaos: panic injected into the {} actor", S::NAME),
-            ControlOp::Ping | ControlOp::Kill => Reply::Now(Ok(ControlReply {
+            ControlOp::Panic(by) => panic!("a panic injected by {by} into the {} actor", S::NAME),
+            ControlOp::Ping | ControlOp::Kill(_) => Reply::Now(Ok(ControlReply {
                 restarts_before,
                 records: state.records() as u64,
                 generation,
             })),
         });
-        if op == ControlOp::Kill {
-            tracing::warn!(actor = S::NAME, "killed by an operator");
-            self.cell.set_error("killed by an operator");
+        if let ControlOp::Kill(by) = op {
+            tracing::warn!(actor = S::NAME, "killed by {by}");
+            self.cell.set_error(&format!("killed by {by}"));
             self.state = None;
             ctx.stop();
         }

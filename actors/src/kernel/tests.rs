@@ -82,13 +82,19 @@ async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
     let (_dir, kernel) = started(journal.clone()).await;
     for name in kernel.actor_names() {
         let before = kernel.control(name, ControlOp::Ping).await.expect("ping");
-        let reply = kernel.control(name, ControlOp::Kill).await.expect("kill");
+        let reply = kernel
+            .control(name, ControlOp::Kill(By::Operator))
+            .await
+            .expect("kill");
         assert_eq!(reply.restarts_before, 0);
         wait_running_again(&kernel, name, 1).await;
         let after = kernel.control(name, ControlOp::Ping).await.expect("ping");
         assert_eq!(after.generation, before.generation + 1, "{name}");
 
-        let err = kernel.control(name, ControlOp::Panic).await.unwrap_err();
+        let err = kernel
+            .control(name, ControlOp::Panic(By::Operator))
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, Error::Unavailable(ref m) if m.contains("panic injected")),
             "{name}: {err}"
@@ -126,7 +132,7 @@ async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
     })
     .expect("put");
     kernel
-        .control("image", ControlOp::Kill)
+        .control("image", ControlOp::Kill(By::Operator))
         .await
         .expect("kill");
     wait_running_again(&kernel, "image", 3).await;
@@ -144,7 +150,7 @@ async fn killed_and_panicked_actors_restart_and_rebuild_from_the_journal() {
 #[tokio::test]
 async fn messages_queued_behind_a_panic_are_served_after_the_restart() {
     let (_dir, kernel) = started(Arc::new(MemoryJournal::new())).await;
-    let panic = kernel.control("network", ControlOp::Panic);
+    let panic = kernel.control("network", ControlOp::Panic(By::Operator));
     let statuses: Vec<_> = (0..20)
         .map(|_| kernel.network.call(NetworkStatus))
         .collect();
@@ -285,7 +291,9 @@ async fn an_actor_that_keeps_failing_is_held_back_and_reported_as_a_crash_loop()
         .expect("served after the pause");
     // Operators' kills are no failures.
     let before = registry.get("bomb").expect("cell").restarts;
-    bomb.control(ControlOp::Panic).await.unwrap_err();
+    bomb.control(ControlOp::Panic(By::Operator))
+        .await
+        .unwrap_err();
     for _ in 0..100 {
         if registry.get("bomb").expect("cell").restarts > before {
             break;

@@ -27,17 +27,24 @@ enum Command {
     /// A table of every actor: status, messages, mailbox, restarts.
     Actors,
     /// One actor in detail.
-    Actor { name: String },
+    Actor {
+        /// The actor: network, shim, image, sandbox or container.
+        name: String,
+    },
     /// Kill an actor (chaos): its supervisor restarts it and it rebuilds its
     /// state from the journal.
     KillActor {
+        /// The actor: network, shim, image, sandbox or container.
         name: String,
         /// Panic inside one of its handlers instead of stopping it.
         #[arg(long)]
         panic: bool,
     },
     /// A round trip through an actor's mailbox.
-    Ping { name: String },
+    Ping {
+        /// The actor: network, shim, image, sandbox or container.
+        name: String,
+    },
     /// The journal.
     Journal {
         #[command(subcommand)]
@@ -77,16 +84,22 @@ enum ChaosCommand {
         #[arg(long)]
         panic: bool,
     },
+    /// Stop the schedule; actors already killed have been restarted.
     Stop,
+    /// Whether a schedule runs: its interval, actors, kills so far and the
+    /// last actor killed.
     Status,
 }
 
 #[derive(Subcommand)]
 enum ImageCommand {
     /// Load the images of an OCI image layout tarball or a `docker save`
-    /// archive (plain or gzip-compressed). berthd reads FILE itself, so it
-    /// must be on berthd's host.
-    Import { file: PathBuf },
+    /// archive (plain, gzip- or zstd-compressed). berthd reads FILE itself,
+    /// so it must be on berthd's host.
+    Import {
+        /// The archive (.tar, .tar.gz or .tar.zst).
+        file: PathBuf,
+    },
     /// A table of every image: ID, tags, size.
     Ls,
 }
@@ -404,9 +417,14 @@ async fn run(args: Args) -> Result<String> {
                 } else {
                     s.actors.join(",")
                 };
+                let last = if s.last_victim.is_empty() {
+                    String::new()
+                } else {
+                    format!(", the last of {}", s.last_victim)
+                };
                 format!(
-                    "chaos running: every {} ms among {actors}; {} kills, last {}\n",
-                    s.interval_ms, s.kills, s.last_victim
+                    "chaos running: every {} ms among {actors}; {} kills{last}\n",
+                    s.interval_ms, s.kills
                 )
             } else {
                 format!("chaos stopped; {} kills so far\n", s.kills)

@@ -6,7 +6,7 @@ use crate::chaos::{Chaos, ChaosState, Schedule};
 use crate::config::Config;
 use crate::door::serve;
 use berth_actors::image::messages as msg;
-use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, ControlOp, Kernel};
+use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, By, ControlOp, Kernel};
 use berth_actors::{Error, Result};
 use berth_protocol::admin::admin_server::Admin;
 use berth_protocol::admin::*;
@@ -88,10 +88,10 @@ fn import_path(path: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
-fn kill_op(mode: i32) -> Result<ControlOp> {
+fn kill_op(mode: i32, by: By) -> Result<ControlOp> {
     match KillMode::try_from(mode) {
-        Ok(KillMode::Stop) => Ok(ControlOp::Kill),
-        Ok(KillMode::Panic) => Ok(ControlOp::Panic),
+        Ok(KillMode::Stop) => Ok(ControlOp::Kill(by)),
+        Ok(KillMode::Panic) => Ok(ControlOp::Panic(by)),
         Err(_) => Err(Error::InvalidArgument(format!("unknown kill mode {mode}"))),
     }
 }
@@ -102,7 +102,7 @@ fn chaos_status(s: ChaosState) -> ChaosStatus {
             true,
             sc.interval.as_millis() as u64,
             sc.actors,
-            if sc.op == ControlOp::Panic {
+            if matches!(sc.op, ControlOp::Panic(_)) {
                 KillMode::Panic
             } else {
                 KillMode::Stop
@@ -174,7 +174,7 @@ impl Admin for AdminService {
         request: Request<KillActorRequest>,
     ) -> Result<Response<KillActorResponse>, Status> {
         let req = request.into_inner();
-        let op = kill_op(req.mode);
+        let op = kill_op(req.mode, By::Operator);
         serve("admin.KillActor", async {
             let reply = self.kernel.control(&req.name, op?).await?;
             Ok(KillActorResponse {
@@ -309,7 +309,7 @@ impl Admin for AdminService {
             let schedule = Schedule {
                 interval: std::time::Duration::from_millis(req.interval_ms),
                 actors: req.actors,
-                op: kill_op(req.mode)?,
+                op: kill_op(req.mode, By::Chaos)?,
             };
             self.chaos.start(schedule).map(chaos_status)
         })

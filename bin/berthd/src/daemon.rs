@@ -17,7 +17,7 @@ use berth_actors::image::messages::EnsureSandboxImage;
 use berth_actors::image::registry::HostConfig;
 use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
-use berth_actors::kernel::ControlOp;
+use berth_actors::kernel::{By, ControlOp};
 use berth_actors::kernel::{Kernel, KernelConfig};
 use berth_actors::network::NetworkConfig;
 use berth_actors::sandbox::SandboxConfig;
@@ -100,8 +100,8 @@ pub async fn run(config: Config) -> Result<()> {
     let chaos = Arc::new(Chaos::new(kernel.clone()));
     if config.chaos.enabled {
         let op = match config.chaos.mode {
-            ChaosMode::Kill => ControlOp::Kill,
-            ChaosMode::Panic => ControlOp::Panic,
+            ChaosMode::Kill => ControlOp::Kill(By::Chaos),
+            ChaosMode::Panic => ControlOp::Panic(By::Chaos),
         };
         chaos
             .start(Schedule {
@@ -160,7 +160,13 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     events.shutdown();
-    for path in [&config.cri.socket, &config.admin.socket] {
+    // The sockets go; shims publishing an exit meanwhile find no endpoint,
+    // and the next berthd reads their exit records.
+    for path in [
+        &config.cri.socket,
+        &config.admin.socket,
+        &config.state.join("events.sock"),
+    ] {
         let _ = std::fs::remove_file(path);
     }
     let shutdown_kernel = kernel.clone();
