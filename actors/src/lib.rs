@@ -1,7 +1,9 @@
 //! berth's runtime logic, with no servers in it.
 //!
-//! - [`kernel`] starts the subsystem actors under supervision, in order, each
-//!   on its own arbiter, and keeps the registry the admin API reads.
+//! - [`kernel`] runs any set of actors under supervision, each on its own
+//!   arbiter, and keeps the registry the admin API reads.
+//! - [`node`] starts berth's five actors on the kernel, in order, and holds
+//!   the verbs that take more than one of them.
 //! - [`journal`] is the durable record of everything berth owns (sled).
 //! - One module per subsystem actor: [`image`], [`sandbox`], [`container`],
 //!   [`network`], [`shim`]. Each has `actor.rs` (the thin actix shell),
@@ -15,6 +17,7 @@ pub mod journal;
 pub mod kernel;
 pub mod mounts;
 pub mod network;
+pub mod node;
 pub mod sandbox;
 pub mod shim;
 

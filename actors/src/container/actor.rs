@@ -1,7 +1,8 @@
-//! The ContainerActor shell: routes messages to the verbs (create.rs,
-//! lifecycle.rs, status.rs). The work runs off the actor, through the
-//! image, sandbox and shim actors; the actor journals each state change
-//! before it answers.
+//! The ContainerActor shell: each message is routed to its verb, one file
+//! per verb (create.rs, start.rs, stop.rs, remove.rs, status.rs,
+//! exec_sync.rs, update.rs, reopen_log.rs, usage.rs; exit.rs for what an
+//! exit does). The work runs off the actor, through the image, sandbox and
+//! shim actors; the actor journals each state change before it answers.
 
 use super::messages::*;
 use super::store::ContainerRecord;
@@ -76,6 +77,11 @@ impl Subsystem for Containers {
     }
 }
 
+/// What a call caught in a restart of this actor answers.
+pub(super) fn restarting() -> crate::Error {
+    crate::Error::Unavailable("the container actor is restarting; retry".into())
+}
+
 impl Handles<super::recover::RecoverContainers> for Containers {
     type Output = crate::kernel::Recovered;
 
@@ -108,7 +114,7 @@ impl Handles<StopContainer> for Containers {
     type Output = ();
 
     fn handle(&mut self, msg: StopContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        self.stop(msg.id, msg.timeout, false)
+        self.stop(msg.id, msg.timeout)
     }
 }
 
@@ -116,7 +122,7 @@ impl Handles<RemoveContainer> for Containers {
     type Output = ();
 
     fn handle(&mut self, msg: RemoveContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        self.stop(msg.id, std::time::Duration::ZERO, true)
+        self.remove(msg.id)
     }
 }
 
@@ -156,40 +162,53 @@ impl Handles<TaskExited> for Containers {
     }
 }
 
-impl Handles<crate::shim::messages::ExecSync> for Containers {
-    type Output = crate::shim::messages::ExecOutput;
+impl Handles<ExecSync> for Containers {
+    type Output = ExecOutput;
+
+    fn handle(&mut self, msg: ExecSync, _cx: Cx<'_, Self>) -> Reply<Self, ExecOutput> {
+        self.exec_sync(msg)
+    }
+}
+
+impl Handles<UpdateContainerResources> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: UpdateContainerResources, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.update_resources(msg)
+    }
+}
+
+impl Handles<ReopenContainerLog> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: ReopenContainerLog, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.reopen_log(msg.id)
+    }
+}
+
+impl Handles<ContainerStats> for Containers {
+    type Output = Vec<ContainerUsage>;
 
     fn handle(
         &mut self,
-        mut msg: crate::shim::messages::ExecSync,
+        msg: ContainerStats,
         _cx: Cx<'_, Self>,
-    ) -> Reply<Self, crate::shim::messages::ExecOutput> {
-        let Some(full) = self.resolve(&msg.id) else {
-            return Reply::Now(Err(crate::Error::NotFound(format!(
-                "container {:?} not found",
-                msg.id
-            ))));
-        };
-        let running = self
-            .records
-            .get(&full)
-            .is_some_and(|r| r.state == super::store::ContainerState::Running);
-        if !running {
-            return Reply::Now(Err(crate::Error::FailedPrecondition(format!(
-                "container {full} is not running"
-            ))));
-        }
-        msg.id = full;
-        let shim = self.deps.shim.clone();
-        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
-            shim.call(msg).await
-        })))
+    ) -> Reply<Self, Vec<ContainerUsage>> {
+        self.container_stats(msg)
+    }
+}
+
+impl Handles<PodStats> for Containers {
+    type Output = Vec<PodUsage>;
+
+    fn handle(&mut self, msg: PodStats, _cx: Cx<'_, Self>) -> Reply<Self, Vec<PodUsage>> {
+        self.pod_stats(msg)
     }
 }
 
 impl Containers {
     /// The full ID of a running container, or why there is none.
-    fn running(&self, id: &str) -> crate::Result<String> {
+    pub(super) fn running(&self, id: &str) -> Result<String> {
         let full = self
             .resolve(id)
             .ok_or_else(|| crate::Error::NotFound(format!("container {id:?} not found")))?;
@@ -203,146 +222,5 @@ impl Containers {
             )));
         }
         Ok(full)
-    }
-}
-
-impl Handles<UpdateContainerResources> for Containers {
-    type Output = ();
-
-    fn handle(&mut self, msg: UpdateContainerResources, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        let full = match self.running(&msg.id) {
-            Ok(f) => f,
-            Err(e) => return Reply::Now(Err(e)),
-        };
-        let json = match super::spec::update_resources(&msg.resources, self.deps.host.hugetlb)
-            .and_then(|r| serde_json::to_vec(&r).map_err(|e| crate::Error::Internal(e.to_string())))
-        {
-            Ok(j) => j,
-            Err(e) => return Reply::Now(Err(e)),
-        };
-        let shim = self.deps.shim.clone();
-        let task = full.clone();
-        let work = async move {
-            shim.call(crate::shim::messages::UpdateTask {
-                id: task,
-                resources_json: json,
-            })
-            .await
-        };
-        let resources = msg.resources;
-        Reply::Later(Box::pin(actix::fut::ActorFutureExt::map(
-            actix::fut::wrap_future(work),
-            move |res: crate::Result<()>, act: &mut ContainerActor, _| {
-                res?;
-                if let Some(me) = act.state_mut() {
-                    if let Some(mut r) = me.records.get(&full).cloned() {
-                        r.config.resources = resources;
-                        me.records.put(r)?;
-                    }
-                }
-                Ok(())
-            },
-        )))
-    }
-}
-
-impl Handles<ReopenContainerLog> for Containers {
-    type Output = ();
-
-    fn handle(&mut self, msg: ReopenContainerLog, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        let full = match self.running(&msg.id) {
-            Ok(f) => f,
-            Err(e) => return Reply::Now(Err(e)),
-        };
-        let shim = self.deps.shim.clone();
-        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
-            shim.call(crate::shim::messages::ReopenLog { id: full })
-                .await
-        })))
-    }
-}
-
-impl Handles<ContainerStats> for Containers {
-    type Output = Vec<ContainerUsage>;
-
-    fn handle(
-        &mut self,
-        msg: ContainerStats,
-        _cx: Cx<'_, Self>,
-    ) -> Reply<Self, Vec<ContainerUsage>> {
-        let records = match &msg.id {
-            Some(id) => match self.resolve(id).and_then(|f| self.records.get(&f).cloned()) {
-                Some(r) => vec![r],
-                None => {
-                    return Reply::Now(Err(crate::Error::NotFound(format!(
-                        "container {id:?} not found"
-                    ))))
-                }
-            },
-            None => {
-                let mut f = msg.filter.clone();
-                f.state = Some(super::store::ContainerState::Running);
-                self.list(&f)
-            }
-        };
-        let dir = self.deps.rootfs_dir.clone();
-        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
-            tokio::task::spawn_blocking(move || {
-                records.into_iter().map(|r| super::usage(&dir, r)).collect()
-            })
-            .await
-            .map_err(|e| crate::Error::Internal(format!("stats task: {e}")))
-        })))
-    }
-}
-
-impl Handles<PodStats> for Containers {
-    type Output = Vec<PodUsage>;
-
-    fn handle(&mut self, msg: PodStats, _cx: Cx<'_, Self>) -> Reply<Self, Vec<PodUsage>> {
-        let sandbox = self.deps.sandbox.clone();
-        let containers: Vec<super::store::ContainerRecord> = self
-            .records
-            .iter()
-            .filter(|r| r.state == super::store::ContainerState::Running)
-            .cloned()
-            .collect();
-        let dir = self.deps.rootfs_dir.clone();
-        Reply::Later(Box::pin(actix::fut::wrap_future(async move {
-            let pods = match msg.id {
-                Some(id) => vec![
-                    sandbox
-                        .call(crate::sandbox::messages::PodSandboxStatus { id })
-                        .await?,
-                ],
-                None => {
-                    let mut f = msg.filter;
-                    f.ready = Some(true);
-                    sandbox.call(f).await?
-                }
-            };
-            tokio::task::spawn_blocking(move || {
-                pods.into_iter()
-                    .map(|pod| {
-                        let mut total = super::stats::read(&pod.cgroups_path).unwrap_or_default();
-                        let mine: Vec<ContainerUsage> = containers
-                            .iter()
-                            .filter(|c| c.sandbox_id == pod.id)
-                            .map(|c| super::usage(&dir, c.clone()))
-                            .collect();
-                        for c in &mine {
-                            super::stats::add(&mut total, &c.cgroup);
-                        }
-                        PodUsage {
-                            sandbox: pod,
-                            total,
-                            containers: mine,
-                        }
-                    })
-                    .collect()
-            })
-            .await
-            .map_err(|e| crate::Error::Internal(format!("stats task: {e}")))
-        })))
     }
 }

@@ -225,6 +225,21 @@ impl Message for PodContainers {
     type Result = Result<()>;
 }
 
+/// Runs a command in a running container and waits for it, killed at the
+/// deadline (CRI ExecSync: kubelet's exec probes). Zero: no deadline.
+#[derive(Debug, Clone)]
+pub struct ExecSync {
+    pub id: String,
+    pub cmd: Vec<String>,
+    pub timeout: std::time::Duration,
+}
+
+impl Message for ExecSync {
+    type Result = Result<ExecOutput>;
+}
+
+pub use crate::shim::messages::ExecOutput;
+
 /// Applies new resources to a running container (CRI
 /// UpdateContainerResources), and keeps them in its record.
 #[derive(Debug, Clone)]

@@ -2,31 +2,19 @@
 
 mod actor;
 mod create;
-mod lifecycle;
+mod exec_sync;
+mod exit;
 pub mod messages;
 pub mod recover;
+mod remove;
+mod reopen_log;
 pub mod spec;
+mod start;
 pub mod stats;
 mod status;
+mod stop;
 pub mod store;
+mod update;
+mod usage;
 
 pub use actor::{ContainerActor, ContainerDeps, Containers};
-
-/// A container's usage now: its cgroup (zero when it has none any more) and
-/// its writable layer. Blocking.
-fn usage(rootfs_dir: &std::path::Path, record: store::ContainerRecord) -> messages::ContainerUsage {
-    let cgroup = if record.cgroups_path.is_empty() {
-        stats::CgroupStats::default()
-    } else {
-        stats::read(&record.cgroups_path).unwrap_or_default()
-    };
-    let upper = rootfs_dir.join(&record.id).join("upper");
-    let (bytes, inodes) = stats::dir_usage(&upper);
-    messages::ContainerUsage {
-        record,
-        cgroup,
-        writable_bytes: bytes,
-        writable_inodes: inodes,
-        writable_path: upper.display().to_string(),
-    }
-}

@@ -8,7 +8,7 @@
 //! - every other container runs on, untouched, with the same PID.
 
 use super::actor::{ContainerActor, Containers};
-use super::lifecycle::teardown;
+use super::stop::teardown;
 use super::store::ContainerState;
 use crate::kernel::{claim_cut_short, patiently, short, Recovered, Reply};
 use crate::shim::recover::SHIM_DIED_STATUS;

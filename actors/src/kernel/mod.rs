@@ -1,15 +1,12 @@
-//! The actor kernel: starts the subsystem actors in order, each on its own
-//! arbiter (thread) and under an actix `Supervisor`, and keeps the registry
-//! and boot log.
+//! The actor kernel, for any set of actors: an actix system on a thread of
+//! its own, each actor on its own arbiter under a `Supervisor` (the
+//! generic [`Shell`]), the registry the admin API reads, control by name,
+//! the boot log, and start-up that waits until every actor holds its
+//! state. It knows no actor of berth's: what starts them, in which order,
+//! is the node's ([`crate::node`]), one layer up.
 //!
-//! Start-up order follows who calls whom: the network and shim actors first
-//! (they call no one), then images, sandboxes (network, shims, images), and
-//! containers (sandboxes, images, shims). [`Kernel::start`] returns once every
-//! actor has built its state from the journal, so the front door never
-//! serves a call from an actor that is still loading.
-//!
-//! The actors live in an actix system on a thread of their own; the gRPC
-//! servers run on tokio and reach them only through [`Handle`]s.
+//! The gRPC servers run on tokio and reach the actors only through
+//! [`Handle`]s.
 
 mod recovered;
 mod registry;
@@ -23,51 +20,21 @@ pub use supervise::{
     Shell, Subsystem,
 };
 
-use crate::container::{ContainerDeps, Containers};
-use crate::image::{ImageBackend, ImageConfig, Images};
 use crate::journal::{BootLog, BootRecord, Journal, JournalStats};
-use crate::network::{Network, NetworkConfig};
-use crate::sandbox::{SandboxConfig, SandboxDeps, Sandboxes};
-use crate::shim::{ShimConfig, Shims};
 use crate::{Error, Result};
 use actix::{Arbiter, Supervisor, System};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// What the kernel needs to start.
-#[derive(Debug, Clone)]
-pub struct KernelConfig {
-    pub network: NetworkConfig,
-    pub image: ImageConfig,
-    pub sandbox: SandboxConfig,
-    pub shim: ShimConfig,
-    /// What this node offers containers, probed once.
-    pub host: Arc<crate::host::HostFacts>,
-    /// How long start-up waits for an actor to build its state.
-    pub start_timeout: Duration,
-}
-
-/// The running actors and what the admin API reads of them.
+/// A running actor system and what the admin API reads of it.
 pub struct Kernel {
-    pub network: Handle<Network>,
-    pub shim: Handle<Shims>,
-    pub image: Handle<Images>,
-    pub sandbox: Handle<Sandboxes>,
-    pub container: Handle<Containers>,
     registry: Registry,
+    /// Every actor, in start-up order.
+    controls: Vec<Box<dyn Controllable>>,
     journal: Arc<dyn Journal>,
     boot: Mutex<BootLog>,
     system: System,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-struct Started {
-    network: Handle<Network>,
-    shim: Handle<Shims>,
-    image: Handle<Images>,
-    sandbox: Handle<Sandboxes>,
-    container: Handle<Containers>,
-    registry: Registry,
 }
 
 /// Starts `S` on a new arbiter under supervision.
@@ -86,84 +53,73 @@ fn spawn<S: Subsystem>(
     Handle::new(addr, cell)
 }
 
+/// What the code that starts the actors is given, inside the actor
+/// system: each actor it spawns is supervised and registered.
+pub struct Spawner {
+    journal: Arc<dyn Journal>,
+    registry: Registry,
+    controls: Vec<Box<dyn Controllable>>,
+}
+
+impl Spawner {
+    /// Starts `S` with `deps` on its own arbiter, under supervision.
+    pub fn spawn<S: Subsystem>(&mut self, deps: S::Deps) -> Handle<S> {
+        let handle = spawn::<S>(deps, &self.journal, &mut self.registry);
+        self.controls.push(Box::new(handle.clone()));
+        handle
+    }
+}
+
 impl Kernel {
-    /// Records this boot, starts every actor and waits until each holds its
-    /// state.
-    pub async fn start(journal: Arc<dyn Journal>, config: KernelConfig) -> Result<Kernel> {
+    /// Records this boot, starts an actor system on a thread of its own,
+    /// runs `start` in it to spawn the actors (in the order given), and
+    /// waits (up to `start_timeout` each) until every actor holds its
+    /// state. Answers the kernel and what `start` returned (the handles).
+    pub async fn start<T, F>(
+        journal: Arc<dyn Journal>,
+        start_timeout: Duration,
+        start: F,
+    ) -> Result<(Kernel, T)>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Spawner) -> T + Send + 'static,
+    {
         let boot = BootLog::start(journal.clone())?;
-        let image_backend = ImageBackend::open(config.image.clone())?;
         let (tx, rx) = futures::channel::oneshot::channel();
         let actors_journal = journal.clone();
-        let network_config = config.network.clone();
-        let sandbox_config = config.sandbox.clone();
-        let container_dirs = (
-            config.sandbox.state.clone(),
-            config.image.root.join("pods"),
-            config.image.root.join("rootfs"),
-        );
-        let shim_config = Arc::new(config.shim.clone());
-        let host = config.host.clone();
         let thread = std::thread::Builder::new()
             .name("berth-actors".into())
             .spawn(move || {
                 let system = System::new();
                 system.block_on(async move {
-                    let mut registry = Registry::default();
-                    let j = &actors_journal;
-                    let network = spawn::<Network>(network_config, j, &mut registry);
-                    let shim = spawn::<Shims>(shim_config, j, &mut registry);
-                    let image = spawn::<Images>(image_backend, j, &mut registry);
-                    let sandbox_deps = SandboxDeps {
-                        network: network.clone(),
-                        shim: shim.clone(),
-                        image: image.clone(),
-                        config: sandbox_config,
+                    let mut spawner = Spawner {
+                        journal: actors_journal,
+                        registry: Registry::default(),
+                        controls: Vec::new(),
                     };
-                    let sandbox = spawn::<Sandboxes>(sandbox_deps, j, &mut registry);
-                    let container_deps = ContainerDeps {
-                        sandbox: sandbox.clone(),
-                        image: image.clone(),
-                        shim: shim.clone(),
-                        state: container_dirs.0,
-                        default_log_dir: container_dirs.1,
-                        rootfs_dir: container_dirs.2,
-                        host,
-                    };
-                    let container = spawn::<Containers>(container_deps, j, &mut registry);
-                    let started = Started {
-                        network,
-                        shim,
-                        image,
-                        sandbox,
-                        container,
-                        registry,
-                    };
-                    let _ = tx.send((System::current(), started));
+                    let handles = start(&mut spawner);
+                    let _ = tx.send((System::current(), spawner, handles));
                 });
                 if let Err(e) = system.run() {
                     tracing::error!(error = %e, "actor system ended with an error");
                 }
             })
             .map_err(|e| Error::Internal(format!("cannot start the actor thread: {e}")))?;
-        let (system, s) = rx
+        let (system, spawner, handles) = rx
             .await
             .map_err(|_| Error::Internal("the actor system did not start".into()))?;
         let kernel = Kernel {
-            network: s.network,
-            shim: s.shim,
-            image: s.image,
-            sandbox: s.sandbox,
-            container: s.container,
-            registry: s.registry,
+            registry: spawner.registry,
+            controls: spawner.controls,
             journal,
             boot: Mutex::new(boot),
             system,
             thread: Mutex::new(Some(thread)),
         };
         for name in kernel.actor_names() {
-            kernel.wait_running(name, config.start_timeout).await?;
+            kernel.wait_running(name, start_timeout).await?;
         }
-        Ok(kernel)
+        Ok((kernel, handles))
     }
 
     /// Waits until the actor answers a ping (its state is built).
@@ -189,25 +145,15 @@ impl Kernel {
         }
     }
 
-    fn controls(&self) -> [&dyn Controllable; 5] {
-        [
-            &self.network,
-            &self.shim,
-            &self.image,
-            &self.sandbox,
-            &self.container,
-        ]
-    }
-
     /// Actor names in start-up order.
     pub fn actor_names(&self) -> Vec<&'static str> {
-        self.controls().iter().map(|c| c.name()).collect()
+        self.controls.iter().map(|c| c.name()).collect()
     }
 
     /// Sends an operator control to the actor called `name`.
     pub async fn control(&self, name: &str, op: ControlOp) -> Result<ControlReply> {
         let fut = self
-            .controls()
+            .controls
             .iter()
             .find(|c| c.name() == name)
             .map(|c| c.control(op))

@@ -98,7 +98,7 @@ impl Handles<StopPodSandbox> for Sandboxes {
     type Output = ();
 
     fn handle(&mut self, msg: StopPodSandbox, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        self.stop(msg.id, false)
+        self.stop(msg.id)
     }
 }
 
@@ -106,7 +106,7 @@ impl Handles<RemovePodSandbox> for Sandboxes {
     type Output = ();
 
     fn handle(&mut self, msg: RemovePodSandbox, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        self.stop(msg.id, true)
+        self.remove(msg.id)
     }
 }
 

@@ -4,6 +4,7 @@ mod actor;
 pub mod files;
 pub mod messages;
 pub mod recover;
+mod remove;
 mod run;
 pub use run::new_id;
 pub mod spec;

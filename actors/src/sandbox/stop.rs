@@ -1,8 +1,7 @@
-//! StopPodSandbox and RemovePodSandbox. Stop kills the pause container and
-//! tears the network down (CNI DEL); the pod stays, NotReady. Remove also
-//! deletes the pause task and its shim, the network namespace and the pod
-//! files, and forgets the pod. Both are idempotent: an unknown ID is
-//! success, as kubelet retries them freely.
+//! StopPodSandbox: kills the pause container and tears the network down
+//! (CNI DEL); the pod stays, NotReady. RemovePodSandbox (remove.rs) goes on
+//! from here with `remove`. Both are idempotent: an unknown ID is success,
+//! as kubelet retries them freely.
 
 use super::actor::{SandboxActor, Sandboxes};
 use super::files::PodFiles;
@@ -18,7 +17,13 @@ use std::time::Duration;
 const PAUSE_STOP: Duration = Duration::from_secs(2);
 
 impl Sandboxes {
-    pub(super) fn stop(&mut self, id: String, remove: bool) -> Reply<Self, ()> {
+    pub(super) fn stop(&mut self, id: String) -> Reply<Self, ()> {
+        self.end(id, false)
+    }
+
+    /// Stops the pod; with `remove`, also deletes the pause task and its
+    /// shim, the network namespace and the pod files, and forgets the pod.
+    pub(super) fn end(&mut self, id: String, remove: bool) -> Reply<Self, ()> {
         let Some(id) = self.resolve(&id) else {
             return Reply::Now(Ok(()));
         };

@@ -147,11 +147,11 @@ impl Handles<TaskState> for Shims {
     }
 }
 
-impl Handles<ExecSync> for Shims {
+impl Handles<ExecInTask> for Shims {
     type Output = ExecOutput;
 
-    fn handle(&mut self, msg: ExecSync, _cx: Cx<'_, Self>) -> Reply<Self, ExecOutput> {
-        self.exec_sync(msg)
+    fn handle(&mut self, msg: ExecInTask, _cx: Cx<'_, Self>) -> Reply<Self, ExecOutput> {
+        self.exec_in_task(msg)
     }
 }
 

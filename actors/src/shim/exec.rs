@@ -6,7 +6,7 @@
 
 use super::actor::Shims;
 use super::client::{ExecOpts, ShimClient};
-use super::messages::{ExecOutput, ExecSync};
+use super::messages::{ExecInTask, ExecOutput};
 use crate::kernel::Reply;
 use crate::Error;
 use actix::fut::wrap_future;
@@ -26,7 +26,7 @@ fn read_capped(path: &Path) -> Vec<u8> {
 }
 
 impl Shims {
-    pub(super) fn exec_sync(&mut self, msg: ExecSync) -> Reply<Self, ExecOutput> {
+    pub(super) fn exec_in_task(&mut self, msg: ExecInTask) -> Reply<Self, ExecOutput> {
         let Some(record) = self.records.get(&msg.id).cloned() else {
             return Reply::Now(Err(Error::NotFound(format!(
                 "container {} not found",

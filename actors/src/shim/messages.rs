@@ -84,18 +84,18 @@ pub struct TaskInfo {
     pub exit: Option<Exit>,
 }
 
-/// Runs a command in a running task and waits for it (CRI ExecSync). The
-/// output goes to files, not pipes, so a process that leaves children
-/// holding its output cannot make the call hang.
+/// Runs a command in a running task and waits for it (the work of CRI
+/// ExecSync). The output goes to files, not pipes, so a process that
+/// leaves children holding its output cannot make the call hang.
 #[derive(Debug, Clone)]
-pub struct ExecSync {
+pub struct ExecInTask {
     pub id: String,
     pub args: Vec<String>,
     /// Zero: no limit.
     pub timeout: Duration,
 }
 
-impl Message for ExecSync {
+impl Message for ExecInTask {
     type Result = Result<ExecOutput>;
 }
 

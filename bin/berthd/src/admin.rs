@@ -6,7 +6,8 @@ use crate::chaos::{Chaos, ChaosState, Schedule};
 use crate::config::Config;
 use crate::door::serve;
 use berth_actors::image::messages as msg;
-use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, By, ControlOp, Kernel};
+use berth_actors::kernel::{unknown_actor, ActorSnapshot, ActorStatus, By, ControlOp};
+use berth_actors::node::Node;
 use berth_actors::{Error, Result};
 use berth_protocol::admin::admin_server::Admin;
 use berth_protocol::admin::*;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct AdminService {
-    kernel: Arc<Kernel>,
+    node: Arc<Node>,
     config: Arc<Config>,
     chaos: Arc<Chaos>,
     recovery: crate::recover::Report,
@@ -23,13 +24,13 @@ pub struct AdminService {
 
 impl AdminService {
     pub fn new(
-        kernel: Arc<Kernel>,
+        node: Arc<Node>,
         config: Arc<Config>,
         chaos: Arc<Chaos>,
         recovery: crate::recover::Report,
     ) -> Self {
         AdminService {
-            kernel,
+            node,
             config,
             chaos,
             recovery,
@@ -37,8 +38,8 @@ impl AdminService {
     }
 
     fn journal_stats(&self) -> Result<JournalStatsResponse> {
-        let stats = self.kernel.journal_stats()?;
-        let boots = self.kernel.boots()?;
+        let stats = self.node.journal_stats()?;
+        let boots = self.node.boots()?;
         Ok(JournalStatsResponse {
             path: stats.path,
             kinds: stats
@@ -65,11 +66,11 @@ impl AdminService {
     }
 
     fn actor(&self, name: &str) -> Result<ActorInfo> {
-        self.kernel
+        self.node
             .registry()
             .get(name)
             .map(info)
-            .ok_or_else(|| unknown_actor(name, &self.kernel.actor_names()))
+            .ok_or_else(|| unknown_actor(name, &self.node.actor_names()))
     }
 }
 
@@ -148,7 +149,7 @@ impl Admin for AdminService {
         serve("admin.ListActors", async {
             Ok(ListActorsResponse {
                 actors: self
-                    .kernel
+                    .node
                     .registry()
                     .snapshot()
                     .into_iter()
@@ -176,7 +177,7 @@ impl Admin for AdminService {
         let req = request.into_inner();
         let op = kill_op(req.mode, By::Operator);
         serve("admin.KillActor", async {
-            let reply = self.kernel.control(&req.name, op?).await?;
+            let reply = self.node.control(&req.name, op?).await?;
             Ok(KillActorResponse {
                 restarts_before: reply.restarts_before,
             })
@@ -190,7 +191,7 @@ impl Admin for AdminService {
     ) -> Result<Response<PingActorResponse>, Status> {
         let name = request.into_inner().name;
         serve("admin.PingActor", async {
-            let reply = self.kernel.control(&name, ControlOp::Ping).await?;
+            let reply = self.node.control(&name, ControlOp::Ping).await?;
             Ok(PingActorResponse {
                 name: name.clone(),
                 records: reply.records,
@@ -214,7 +215,7 @@ impl Admin for AdminService {
         let path = request.into_inner().path;
         serve("admin.ImportImage", async {
             let path = import_path(&path)?;
-            let images = self.kernel.image.call(msg::ImportImage { path }).await?;
+            let images = self.node.image.call(msg::ImportImage { path }).await?;
             Ok(ImportImageResponse {
                 images: images
                     .into_iter()
@@ -234,7 +235,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListImagesResponse>, Status> {
         serve("admin.ListImages", async {
             let infos = self
-                .kernel
+                .node
                 .image
                 .call(msg::ListImages { image: None })
                 .await?;
@@ -259,7 +260,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ListShimsResponse>, Status> {
         serve("admin.ListShims", async {
             let shims = self
-                .kernel
+                .node
                 .shim
                 .call(berth_actors::shim::recover::ListShims)
                 .await?;
@@ -282,7 +283,7 @@ impl Admin for AdminService {
 
     async fn fsck(&self, _request: Request<FsckRequest>) -> Result<Response<FsckResponse>, Status> {
         serve("admin.Fsck", async {
-            let report = crate::fsck::run(&self.kernel, &self.config).await?;
+            let report = crate::fsck::run(&self.node, &self.config).await?;
             Ok(FsckResponse {
                 checked: report.checked,
                 findings: report

@@ -3,7 +3,8 @@
 //! actor is restarted by its supervisor and rebuilds its state; such kills
 //! are not failures and never count towards a crash loop.
 
-use berth_actors::kernel::{ControlOp, Kernel};
+use berth_actors::kernel::ControlOp;
+use berth_actors::node::Node;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ pub struct ChaosState {
 }
 
 pub struct Chaos {
-    kernel: Arc<Kernel>,
+    node: Arc<Node>,
     state: Arc<Mutex<ChaosState>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -43,9 +44,9 @@ fn random() -> u64 {
 }
 
 impl Chaos {
-    pub fn new(kernel: Arc<Kernel>) -> Self {
+    pub fn new(node: Arc<Node>) -> Self {
         Chaos {
-            kernel,
+            node,
             state: Arc::default(),
             task: Mutex::new(None),
         }
@@ -58,7 +59,7 @@ impl Chaos {
     /// Starts `schedule`, replacing the one running. Unknown actor names
     /// are refused.
     pub fn start(&self, schedule: Schedule) -> berth_actors::Result<ChaosState> {
-        let known = self.kernel.actor_names();
+        let known = self.node.actor_names();
         if let Some(bad) = schedule
             .actors
             .iter()
@@ -82,14 +83,14 @@ impl Chaos {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .schedule = Some(schedule.clone());
-        let (kernel, state) = (self.kernel.clone(), self.state.clone());
+        let (node, state) = (self.node.clone(), self.state.clone());
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(schedule.interval);
             tick.tick().await;
             loop {
                 tick.tick().await;
                 let victim = &victims[(random() % victims.len() as u64) as usize];
-                let done = match kernel.control(victim, schedule.op).await {
+                let done = match node.control(victim, schedule.op).await {
                     // The panic fails the control call itself, as it
                     // fails any call in the handler.
                     Err(berth_actors::Error::Unavailable(m)) if m.contains("panic injected") => {

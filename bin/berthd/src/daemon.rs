@@ -1,4 +1,4 @@
-//! The daemon's life: claim the root, open the journal, start the kernel,
+//! The daemon's life: claim the root, open the journal, start the node,
 //! serve the CRI and admin sockets, and on SIGTERM/SIGINT stop accepting,
 //! let in-flight calls finish (within the grace period), flush the journal
 //! and exit. Containers are never touched on the way out: their shims keep
@@ -18,8 +18,8 @@ use berth_actors::image::registry::HostConfig;
 use berth_actors::image::ImageConfig;
 use berth_actors::journal::SledJournal;
 use berth_actors::kernel::{By, ControlOp};
-use berth_actors::kernel::{Kernel, KernelConfig};
 use berth_actors::network::NetworkConfig;
+use berth_actors::node::{Node, NodeConfig};
 use berth_actors::sandbox::SandboxConfig;
 use berth_actors::shim::{Runtime, ShimConfig};
 use berth_protocol::admin::admin_server::AdminServer;
@@ -54,9 +54,9 @@ pub async fn run(config: Config) -> Result<()> {
     let pause_binary = beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?;
     let journal =
         SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
-    let kernel = Kernel::start(
+    let node = Node::start(
         Arc::new(journal),
-        KernelConfig {
+        NodeConfig {
             network: NetworkConfig {
                 cni_conf_dir: config.cni.conf_dir.clone(),
                 cni_bin_dirs: config.cni.bin_dirs.clone(),
@@ -84,20 +84,20 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .await
     .map_err(|e| anyhow!("start-up: {e}"))?;
-    let kernel = Arc::new(kernel);
-    let events = crate::events::serve(&config.state.join("events.sock"), kernel.clone())?;
+    let node = Arc::new(node);
+    let events = crate::events::serve(&config.state.join("events.sock"), node.clone())?;
     // The sandbox image is made (from the pause program, which may have
     // changed since the last start) and pinned while recovery runs, so that
     // no RunPodSandbox ever builds it.
-    let sandbox_image = kernel.image.call(EnsureSandboxImage {
+    let sandbox_image = node.image.call(EnsureSandboxImage {
         pause_binary,
         rebuild: true,
     });
-    let (recovery, sandbox_image) = tokio::join!(crate::recover::run(&kernel), sandbox_image);
+    let (recovery, sandbox_image) = tokio::join!(crate::recover::run(&node), sandbox_image);
     let recovery = recovery?;
     let sandbox_image = sandbox_image.map_err(|e| anyhow!("the sandbox image: {e}"))?;
     tracing::debug!(id = %sandbox_image.id, "sandbox image made and pinned");
-    let chaos = Arc::new(Chaos::new(kernel.clone()));
+    let chaos = Arc::new(Chaos::new(node.clone()));
     if config.chaos.enabled {
         let op = match config.chaos.mode {
             ChaosMode::Kill => ControlOp::Kill(By::Chaos),
@@ -123,11 +123,11 @@ pub async fn run(config: Config) -> Result<()> {
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cri = Cri::new(kernel.clone(), config.clone(), host);
+    let cri = Cri::new(node.clone(), config.clone(), host);
     let cri_routes = Routes::new(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri));
     let admin_routes = Routes::new(AdminServer::new(AdminService::new(
-        kernel.clone(),
+        node.clone(),
         config.clone(),
         chaos.clone(),
         recovery,
@@ -169,7 +169,7 @@ pub async fn run(config: Config) -> Result<()> {
     ] {
         let _ = std::fs::remove_file(path);
     }
-    let shutdown_kernel = kernel.clone();
+    let shutdown_kernel = node.clone();
     tokio::task::spawn_blocking(move || shutdown_kernel.shutdown())
         .await
         .context("shutdown")?

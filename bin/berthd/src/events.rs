@@ -5,7 +5,7 @@
 //! on disk, which is read instead.
 
 use anyhow::{anyhow, Result};
-use berth_actors::kernel::Kernel;
+use berth_actors::node::Node;
 use berth_actors::sandbox::messages::TaskExited;
 use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::Message;
@@ -17,7 +17,7 @@ use std::sync::Arc;
 const TASK_EXIT: &str = "containerd.events.TaskExit";
 
 struct Sink {
-    kernel: Arc<Kernel>,
+    node: Arc<Node>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -38,7 +38,7 @@ impl Events for Sink {
             .filter(|e| e.id.is_empty() || e.id == e.container_id);
         if let Some(exit) = exit {
             tracing::debug!(task = %exit.container_id, status = exit.exit_status, "TaskExit");
-            let kernel = self.kernel.clone();
+            let node = self.node.clone();
             self.runtime.spawn(async move {
                 // The task is a pod's or a container's: each actor ignores
                 // the others'.
@@ -47,7 +47,7 @@ impl Events for Sink {
                     status: exit.exit_status,
                 };
                 let (a, b) =
-                    futures::join!(kernel.sandbox.call(msg.clone()), kernel.container.call(msg));
+                    futures::join!(node.sandbox.call(msg.clone()), node.container.call(msg));
                 if let Err(e) = a.and(b) {
                     tracing::warn!(error = %e, "TaskExit not delivered");
                 }
@@ -58,10 +58,10 @@ impl Events for Sink {
 }
 
 /// Serves the events endpoint until the returned server is shut down.
-pub fn serve(socket: &Path, kernel: Arc<Kernel>) -> Result<ttrpc::Server> {
+pub fn serve(socket: &Path, node: Arc<Node>) -> Result<ttrpc::Server> {
     let _ = std::fs::remove_file(socket);
     let sink = Sink {
-        kernel,
+        node,
         runtime: tokio::runtime::Handle::current(),
     };
     let mut server = ttrpc::Server::new()

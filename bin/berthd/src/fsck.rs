@@ -19,8 +19,8 @@ use crate::config::Config;
 use berth_actors::container::messages::ListContainers;
 use berth_actors::container::store::ContainerState;
 use berth_actors::image::recover::ListRootfs;
-use berth_actors::kernel::Kernel;
 use berth_actors::network::recover::ListAllocations;
+use berth_actors::node::Node;
 use berth_actors::sandbox::messages::ListPodSandbox;
 use berth_actors::sandbox::store::SandboxState;
 use berth_actors::shim::recover::{shim_processes, ListShims};
@@ -76,13 +76,13 @@ struct Journal {
     rootfs: Vec<berth_actors::image::store::RootfsRecord>,
 }
 
-pub async fn run(kernel: &Kernel, config: &Config) -> Result<Fsck> {
+pub async fn run(node: &Node, config: &Config) -> Result<Fsck> {
     let journal = Journal {
-        pods: kernel.sandbox.call(ListPodSandbox::default()).await?,
-        containers: kernel.container.call(ListContainers::default()).await?,
-        shims: kernel.shim.call(ListShims).await?,
-        allocations: kernel.network.call(ListAllocations).await?,
-        rootfs: kernel.image.call(ListRootfs).await?,
+        pods: node.sandbox.call(ListPodSandbox::default()).await?,
+        containers: node.container.call(ListContainers::default()).await?,
+        shims: node.shim.call(ListShims).await?,
+        allocations: node.network.call(ListAllocations).await?,
+        rootfs: node.image.call(ListRootfs).await?,
     };
     let config = config.clone();
     tokio::task::spawn_blocking(move || check(&journal, &config))

@@ -1,4 +1,4 @@
-//! berthd: berth's daemon. Reads config.toml, starts the actor kernel and
+//! berthd: berth's daemon. Reads config.toml, starts berth's actors and
 //! serves the CRI (kubelet, crictl) and berth's admin API on unix sockets.
 
 // tonic's service traits return `Result<_, tonic::Status>`; the size of

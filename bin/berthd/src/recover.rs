@@ -38,8 +38,9 @@ use anyhow::{anyhow, Result};
 use berth_actors::container::messages::ListContainers;
 use berth_actors::container::recover::RecoverContainers;
 use berth_actors::image::recover::RecoverRootfs;
-use berth_actors::kernel::{short, Kernel, Recovered};
+use berth_actors::kernel::{short, Recovered};
 use berth_actors::network::recover::RecoverNetwork;
+use berth_actors::node::Node;
 use berth_actors::sandbox::messages::ListPodSandbox;
 use berth_actors::sandbox::recover::RecoverSandboxes;
 use berth_actors::shim::messages::DeleteTask;
@@ -67,13 +68,13 @@ fn absorb(report: &mut Report, step: &str, r: Recovered) {
 }
 
 /// Runs the checklist above.
-pub async fn run(kernel: &Kernel) -> Result<Report> {
+pub async fn run(node: &Node) -> Result<Report> {
     let started = Instant::now();
     let mut report = Report::default();
     let fail = |step: &str, e: berth_actors::Error| anyhow!("recovery, {step}: {e}");
 
     // 1. Shims.
-    let shims = kernel
+    let shims = node
         .shim
         .call(RecoverShims)
         .await
@@ -96,13 +97,13 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
     }
 
     // 2. Containers, then 3. pods (a pod's undo needs its containers' done).
-    let containers = kernel
+    let containers = node
         .container
         .call(RecoverContainers)
         .await
         .map_err(|e| fail("containers", e))?;
     absorb(&mut report, "containers", containers);
-    let pods = kernel
+    let pods = node
         .sandbox
         .call(RecoverSandboxes)
         .await
@@ -110,7 +111,7 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
     absorb(&mut report, "pods", pods);
 
     // What exists now, for the steps that release what has no owner.
-    let pod_ids: BTreeSet<String> = kernel
+    let pod_ids: BTreeSet<String> = node
         .sandbox
         .call(ListPodSandbox::default())
         .await
@@ -118,7 +119,7 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
         .into_iter()
         .map(|p| p.id)
         .collect();
-    let container_ids: BTreeSet<String> = kernel
+    let container_ids: BTreeSet<String> = node
         .container
         .call(ListContainers::default())
         .await
@@ -128,7 +129,7 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
         .collect();
 
     // 4. Network.
-    let network = kernel
+    let network = node
         .network
         .call(RecoverNetwork {
             pods: pod_ids.clone(),
@@ -138,7 +139,7 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
     absorb(&mut report, "network", network);
 
     // 5. Root filesystems.
-    let rootfs = kernel
+    let rootfs = node
         .image
         .call(RecoverRootfs {
             containers: container_ids.clone(),
@@ -149,14 +150,14 @@ pub async fn run(kernel: &Kernel) -> Result<Report> {
 
     // 6. Shims without an owner.
     let owned = |id: &str| pod_ids.contains(id) || container_ids.contains(id);
-    let shims = kernel
+    let shims = node
         .shim
         .call(ListShims)
         .await
         .map_err(|e| fail("shims", e))?;
     for shim in shims.into_iter().filter(|s| !owned(&s.container_id)) {
         let id = shim.container_id;
-        match kernel.shim.call(DeleteTask { id: id.clone() }).await {
+        match node.shim.call(DeleteTask { id: id.clone() }).await {
             Ok(()) => report.fixed.push(format!(
                 "shim of {}: no container or pod, deleted",
                 short(&id)

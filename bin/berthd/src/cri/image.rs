@@ -15,7 +15,7 @@ impl Cri {
             .and_then(|f| f.image)
             .map(|s| s.image)
             .filter(|s| !s.is_empty());
-        let infos = self.kernel.image.call(msg::ListImages { image }).await?;
+        let infos = self.node.image.call(msg::ListImages { image }).await?;
         Ok(infos.iter().map(convert::image).collect())
     }
 }
@@ -33,11 +33,7 @@ impl ImageService for Cri {
             let image = convert::image_name(req.image.as_ref())?;
             tracing::info!(%image, "pulling");
             let auth = convert::credentials(req.auth);
-            let id = self
-                .kernel
-                .image
-                .call(msg::PullImage { image, auth })
-                .await?;
+            let id = self.node.image.call(msg::PullImage { image, auth }).await?;
             Ok(PullImageResponse { image_ref: id })
         })
         .await
@@ -52,7 +48,7 @@ impl ImageService for Cri {
             let image = convert::image_name(req.image.as_ref())?;
             let verbose = req.verbose;
             let info = self
-                .kernel
+                .node
                 .image
                 .call(msg::ImageStatus { image, verbose })
                 .await?;
@@ -98,7 +94,7 @@ impl ImageService for Cri {
         let req = request.into_inner();
         serve("RemoveImage", async {
             let image = convert::image_name(req.image.as_ref())?;
-            self.kernel.image.call(msg::RemoveImage { image }).await?;
+            self.node.image.call(msg::RemoveImage { image }).await?;
             Ok(RemoveImageResponse {})
         })
         .await
@@ -109,7 +105,7 @@ impl ImageService for Cri {
         _request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
         serve("ImageFsInfo", async {
-            let usage = self.kernel.image.call(msg::ImageFsInfo).await?;
+            let usage = self.node.image.call(msg::ImageFsInfo).await?;
             Ok(ImageFsInfoResponse {
                 image_filesystems: vec![convert::fs_usage(&usage)],
                 container_filesystems: Vec::new(),

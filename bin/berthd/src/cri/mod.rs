@@ -9,24 +9,20 @@ mod runtime;
 
 use crate::config::Config;
 use berth_actors::host::HostFacts;
-use berth_actors::kernel::Kernel;
+use berth_actors::node::Node;
 use std::sync::Arc;
 
 /// What every CRI handler can reach.
 #[derive(Clone)]
 pub struct Cri {
-    kernel: Arc<Kernel>,
+    node: Arc<Node>,
     config: Arc<Config>,
     /// What this node offers: `Status` announces features from it.
     host: Arc<HostFacts>,
 }
 
 impl Cri {
-    pub fn new(kernel: Arc<Kernel>, config: Arc<Config>, host: Arc<HostFacts>) -> Self {
-        Cri {
-            kernel,
-            config,
-            host,
-        }
+    pub fn new(node: Arc<Node>, config: Arc<Config>, host: Arc<HostFacts>) -> Self {
+        Cri { node, config, host }
     }
 }

@@ -58,7 +58,7 @@ fn actors_json(actors: &[ActorSnapshot]) -> String {
 
 impl Cri {
     async fn status(&self, verbose: bool) -> Result<StatusResponse, Error> {
-        let registry = self.kernel.registry();
+        let registry = self.node.registry();
         let down = registry.not_running();
         let looping = registry.crash_looping();
         let runtime = if !looping.is_empty() {
@@ -83,7 +83,7 @@ impl Cri {
         };
         // Status must answer even while the network actor restarts.
         let network = self
-            .kernel
+            .node
             .network
             .call(NetworkStatus)
             .await
@@ -186,7 +186,7 @@ impl RuntimeService for Cri {
             let config = convert::pod_config(req.config)?;
             tracing::info!(pod = %config.metadata.reserved_name(), "running pod sandbox");
             let id = self
-                .kernel
+                .node
                 .sandbox
                 .call(pod::RunPodSandbox {
                     config,
@@ -204,13 +204,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StopPodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         serve("StopPodSandbox", async {
-            // The pod's containers go first, then the pod.
-            let msg = ctr::PodContainers {
-                sandbox_id: id.clone(),
-                remove: false,
-            };
-            self.kernel.container.call(msg).await?;
-            self.kernel.sandbox.call(pod::StopPodSandbox { id }).await?;
+            self.node.stop_pod(id).await?;
             Ok(StopPodSandboxResponse {})
         })
         .await
@@ -222,16 +216,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<RemovePodSandboxResponse>, Status> {
         let id = request.into_inner().pod_sandbox_id;
         serve("RemovePodSandbox", async {
-            // The pod's containers go first, then the pod.
-            let msg = ctr::PodContainers {
-                sandbox_id: id.clone(),
-                remove: true,
-            };
-            self.kernel.container.call(msg).await?;
-            self.kernel
-                .sandbox
-                .call(pod::RemovePodSandbox { id })
-                .await?;
+            self.node.remove_pod(id).await?;
             Ok(RemovePodSandboxResponse {})
         })
         .await
@@ -244,7 +229,7 @@ impl RuntimeService for Cri {
         let req = request.into_inner();
         serve("PodSandboxStatus", async {
             let r = self
-                .kernel
+                .node
                 .sandbox
                 .call(pod::PodSandboxStatus {
                     id: req.pod_sandbox_id,
@@ -270,7 +255,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
         let filter = convert::sandbox_filter(request.into_inner().filter);
         serve("ListPodSandbox", async {
-            let pods = self.kernel.sandbox.call(filter).await?;
+            let pods = self.node.sandbox.call(filter).await?;
             Ok(ListPodSandboxResponse {
                 items: pods.iter().map(convert::sandbox).collect(),
             })
@@ -284,7 +269,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
         let filter = convert::sandbox_filter(request.into_inner().filter);
         serve("StreamPodSandboxes", async {
-            let pods = self.kernel.sandbox.call(filter).await?;
+            let pods = self.node.sandbox.call(filter).await?;
             Ok(feed(&pods, |c| StreamPodSandboxesResponse {
                 pod_sandboxes: c.iter().map(convert::sandbox).collect(),
             }))
@@ -302,7 +287,7 @@ impl RuntimeService for Cri {
         serve("CreateContainer", async {
             let config = convert::container_config(req.config)?;
             let id = self
-                .kernel
+                .node
                 .container
                 .call(ctr::CreateContainer {
                     pod_sandbox_id: req.pod_sandbox_id,
@@ -324,7 +309,7 @@ impl RuntimeService for Cri {
             let resources = req.linux.ok_or_else(|| {
                 berth_actors::Error::InvalidArgument("no linux resources to update".into())
             })?;
-            self.kernel
+            self.node
                 .container
                 .call(ctr::UpdateContainerResources {
                     id: req.container_id,
@@ -342,7 +327,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ReopenContainerLogResponse>, Status> {
         let id = request.into_inner().container_id;
         serve("ReopenContainerLog", async {
-            self.kernel
+            self.node
                 .container
                 .call(ctr::ReopenContainerLog { id })
                 .await?;
@@ -361,7 +346,7 @@ impl RuntimeService for Cri {
                 id: Some(id),
                 ..Default::default()
             };
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(ContainerStatsResponse {
                 stats: usage.first().map(convert::container_stats),
             })
@@ -375,7 +360,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ListContainerStatsResponse>, Status> {
         let msg = convert::container_stats_filter(request.into_inner().filter);
         serve("ListContainerStats", async {
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(ListContainerStatsResponse {
                 stats: usage.iter().map(convert::container_stats).collect(),
             })
@@ -389,7 +374,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<Self::StreamContainerStatsStream>, Status> {
         let msg = convert::container_stats_filter(request.into_inner().filter);
         serve("StreamContainerStats", async {
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(feed(&usage, |c| StreamContainerStatsResponse {
                 container_stats: c.iter().map(convert::container_stats).collect(),
             }))
@@ -407,7 +392,7 @@ impl RuntimeService for Cri {
                 id: Some(id),
                 ..Default::default()
             };
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(PodSandboxStatsResponse {
                 stats: usage.first().map(convert::pod_stats),
             })
@@ -421,7 +406,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
         let msg = convert::pod_stats_filter(request.into_inner().filter);
         serve("ListPodSandboxStats", async {
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(ListPodSandboxStatsResponse {
                 stats: usage.iter().map(convert::pod_stats).collect(),
             })
@@ -435,7 +420,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<Self::StreamPodSandboxStatsStream>, Status> {
         let msg = convert::pod_stats_filter(request.into_inner().filter);
         serve("StreamPodSandboxStats", async {
-            let usage = self.kernel.container.call(msg).await?;
+            let usage = self.node.container.call(msg).await?;
             Ok(feed(&usage, |c| StreamPodSandboxStatsResponse {
                 pod_sandbox_stats: c.iter().map(convert::pod_stats).collect(),
             }))
@@ -450,11 +435,11 @@ impl RuntimeService for Cri {
         let req = request.into_inner();
         serve("ExecSync", async {
             let out = self
-                .kernel
+                .node
                 .container
-                .call(berth_actors::shim::messages::ExecSync {
+                .call(ctr::ExecSync {
                     id: req.container_id,
-                    args: req.cmd,
+                    cmd: req.cmd,
                     timeout: std::time::Duration::from_secs(req.timeout.max(0) as u64),
                 })
                 .await?;
@@ -473,10 +458,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<StartContainerResponse>, Status> {
         let id = request.into_inner().container_id;
         serve("StartContainer", async {
-            self.kernel
-                .container
-                .call(ctr::StartContainer { id })
-                .await?;
+            self.node.container.call(ctr::StartContainer { id }).await?;
             Ok(StartContainerResponse {})
         })
         .await
@@ -489,7 +471,7 @@ impl RuntimeService for Cri {
         let req = request.into_inner();
         serve("StopContainer", async {
             let timeout = std::time::Duration::from_secs(req.timeout.max(0) as u64);
-            self.kernel
+            self.node
                 .container
                 .call(ctr::StopContainer {
                     id: req.container_id,
@@ -507,7 +489,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<RemoveContainerResponse>, Status> {
         let id = request.into_inner().container_id;
         serve("RemoveContainer", async {
-            self.kernel
+            self.node
                 .container
                 .call(ctr::RemoveContainer { id })
                 .await?;
@@ -523,7 +505,7 @@ impl RuntimeService for Cri {
         let req = request.into_inner();
         serve("ContainerStatus", async {
             let r = self
-                .kernel
+                .node
                 .container
                 .call(ctr::ContainerStatus {
                     id: req.container_id,
@@ -552,7 +534,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ListContainersResponse>, Status> {
         let filter = convert::container_filter(request.into_inner().filter);
         serve("ListContainers", async {
-            let list = self.kernel.container.call(filter).await?;
+            let list = self.node.container.call(filter).await?;
             Ok(ListContainersResponse {
                 containers: list.iter().map(convert::container).collect(),
             })
@@ -566,7 +548,7 @@ impl RuntimeService for Cri {
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
         let filter = convert::container_filter(request.into_inner().filter);
         serve("StreamContainers", async {
-            let list = self.kernel.container.call(filter).await?;
+            let list = self.node.container.call(filter).await?;
             Ok(feed(&list, |c| StreamContainersResponse {
                 containers: c.iter().map(convert::container).collect(),
             }))

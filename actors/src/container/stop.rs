@@ -1,0 +1,102 @@
+//! StopContainer, and the teardown RemoveContainer and a pod's stop or
+//! removal share. Stop is idempotent: an unknown or already stopped
+//! container is success, as kubelet retries it.
+
+use super::actor::{restarting, ContainerActor, ContainerDeps, Containers};
+use super::store::ContainerState;
+use crate::image::messages::RemoveRootfs;
+use crate::kernel::Reply;
+use crate::shim::messages::{DeleteTask, Exit, StopTask};
+use crate::{Error, Result};
+use actix::fut::{wrap_future, ActorFutureExt};
+use std::time::Duration;
+
+/// Ends a container's process (if `running`: `signal`, then SIGKILL after
+/// `timeout`), and with `remove` deletes its task and shim and its root
+/// filesystem, side by side: the process has ended, so nothing uses the
+/// mount any more. Answers how the process ended, when it was running.
+pub(super) async fn teardown(
+    deps: ContainerDeps,
+    id: String,
+    running: bool,
+    signal: i32,
+    timeout: Duration,
+    remove: bool,
+) -> Result<(String, Option<Exit>)> {
+    let exit = if running {
+        deps.shim
+            .call(StopTask {
+                id: id.clone(),
+                signal,
+                timeout,
+            })
+            .await?
+    } else {
+        None
+    };
+    if remove {
+        let (task_gone, rootfs_gone) = futures::join!(
+            deps.shim.call(DeleteTask { id: id.clone() }),
+            deps.image.call(RemoveRootfs {
+                container_id: id.clone(),
+            })
+        );
+        task_gone.and(rootfs_gone)?;
+    }
+    Ok((id, exit))
+}
+
+impl Containers {
+    /// StopContainer: the stop signal, then SIGKILL after `timeout`.
+    pub(super) fn stop(&mut self, id: String, timeout: Duration) -> Reply<Self, ()> {
+        self.end(id, timeout, false)
+    }
+
+    /// Stops the container; with `remove` (RemoveContainer), also deletes
+    /// its task, its shim and its root filesystem, and forgets it.
+    pub(super) fn end(&mut self, id: String, timeout: Duration, remove: bool) -> Reply<Self, ()> {
+        let Some(full) = self.resolve(&id) else {
+            return Reply::Now(Ok(()));
+        };
+        let Some(r) = self.records.get(&full).cloned() else {
+            return Reply::Now(Ok(()));
+        };
+        if r.state == ContainerState::Creating {
+            return Reply::Now(Err(Error::FailedPrecondition(format!(
+                "container {full} is still being created"
+            ))));
+        }
+        if !remove && r.state != ContainerState::Running {
+            return Reply::Now(Ok(()));
+        }
+        if !self.busy.insert(full.clone()) {
+            return Reply::Now(Err(Error::Unavailable(format!(
+                "container {full} is being changed; retry"
+            ))));
+        }
+        let deps = self.deps.clone();
+        let task = full.clone();
+        let signal = if remove {
+            libc::SIGKILL
+        } else {
+            r.stop_signal.max(1)
+        };
+        let running = r.state == ContainerState::Running;
+        let work = teardown(deps, task, running, signal, timeout, remove);
+        Reply::Later(Box::pin(wrap_future(work).map(
+            move |res: Result<(String, Option<Exit>)>, act: &mut ContainerActor, _| {
+                let me = act.state_mut().ok_or_else(restarting)?;
+                me.busy.remove(&full);
+                let (_, exit) = res?;
+                if remove {
+                    me.records.remove(&full)?;
+                    return Ok(());
+                }
+                if let Some(e) = exit {
+                    me.record_exit(&full, e.status, e.exited_unix_nanos)?;
+                }
+                Ok(())
+            },
+        )))
+    }
+}
