@@ -1,22 +1,31 @@
-//! berth's wire contracts, generated at build time.
+//! berth's wire contracts.
 //!
-//! - [`cri`]: the Kubernetes CRI `runtime.v1` services kubelet and crictl call.
+//! - [`cri`]: the Kubernetes CRI `runtime.v1` services kubelet and crictl
+//!   call (generated at build time).
 //! - [`admin`]: berth's own `admin.v1` service on the admin socket.
+//! - [`shim`]: the contract between berthd and berth-shim (command line,
+//!   bundle files, exit record), which both sides use; the shim takes it
+//!   without the `grpc` feature.
 //!
 //! This crate holds contracts only; conversions to actor messages live beside
 //! the front door that uses them.
 
+pub mod shim;
+
 /// CRI `runtime.v1` (k8s.io/cri-api).
+#[cfg(feature = "grpc")]
 pub mod cri {
     tonic::include_proto!("runtime.v1");
 }
 
 /// berth `admin.v1`.
+#[cfg(feature = "grpc")]
 pub mod admin {
     tonic::include_proto!("berth.admin.v1");
 }
 
 /// Connecting a gRPC client to a unix socket (berthctl, tests, benchmarks).
+#[cfg(feature = "grpc")]
 pub mod uds {
     use hyper_util::rt::TokioIo;
     use std::path::{Path, PathBuf};

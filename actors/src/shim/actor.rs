@@ -147,6 +147,18 @@ impl Handles<TaskState> for Shims {
     }
 }
 
+impl Handles<TaskSpec> for Shims {
+    type Output = Option<serde_json::Value>;
+
+    fn handle(
+        &mut self,
+        msg: TaskSpec,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Option<serde_json::Value>> {
+        self.task_spec(msg.id)
+    }
+}
+
 impl Handles<ExecInTask> for Shims {
     type Output = ExecOutput;
 

@@ -43,7 +43,7 @@ impl Shims {
                 Some(c) => c,
                 None => ShimClient::connect(&msg.id, Path::new(&record.address)).await?,
             };
-            let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            let spec = oci_spec::runtime::Spec::load(bundle.join(super::launch::SPEC_FILE))
                 .map_err(|e| Error::Internal(format!("container {} spec: {e}", msg.id)))?;
             let mut process = spec.process().clone().unwrap_or_default();
             process.set_args(Some(msg.args.clone()));

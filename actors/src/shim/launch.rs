@@ -7,33 +7,19 @@
 
 use super::client::ExitInfo;
 use crate::{Error, Result};
-use serde::Deserialize;
+use berth_protocol::shim::ExitRecord;
+pub use berth_protocol::shim::{ShimArgs, EXIT_FILE, SHIM_PID_FILE, SPEC_FILE};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, UNIX_EPOCH};
-
-/// The shim's pid, written by the shim once it serves.
-pub const SHIM_PID_FILE: &str = "shim.pid";
-/// The container's exit, written by the shim before it reports it.
-pub const EXIT_FILE: &str = "exit";
 
 /// How to start one shim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchOpts {
     /// The `berth-shim` binary.
     pub shim_binary: PathBuf,
-    /// The container id.
-    pub id: String,
-    /// The OCI bundle (absolute); the shim keeps its files there.
-    pub bundle: PathBuf,
-    /// The socket the shim is to serve (absolute, under 108 bytes).
-    pub socket: PathBuf,
-    /// The OCI runtime binary (`runc`, or a path).
-    pub runtime: PathBuf,
-    /// The runtime's `--root`.
-    pub runtime_root: PathBuf,
-    /// berthd's ttrpc events socket, if it takes TaskExit events.
-    pub events: Option<PathBuf>,
+    /// What the shim is told (the contract both sides share).
+    pub args: ShimArgs,
     /// How long start-up may take.
     pub timeout: Duration,
 }
@@ -47,22 +33,9 @@ pub struct Launched {
 
 /// Starts a shim for `opts.id` and returns once it serves its socket.
 pub async fn launch(opts: &LaunchOpts) -> Result<Launched> {
-    let id = &opts.id;
+    let id = &opts.args.id;
     let mut cmd = tokio::process::Command::new(&opts.shim_binary);
-    cmd.arg("start")
-        .arg("--id")
-        .arg(id)
-        .arg("--bundle")
-        .arg(&opts.bundle)
-        .arg("--socket")
-        .arg(&opts.socket)
-        .arg("--runtime")
-        .arg(&opts.runtime)
-        .arg("--runtime-root")
-        .arg(&opts.runtime_root);
-    if let Some(events) = &opts.events {
-        cmd.arg("--events").arg(events);
-    }
+    cmd.args(opts.args.to_argv());
     // Only the short-lived `start` process is ours; killing it on a
     // timeout leaves no half-started caller behind.
     cmd.stdin(Stdio::null())
@@ -84,7 +57,7 @@ pub async fn launch(opts: &LaunchOpts) -> Result<Launched> {
         }
         Err(_) => {
             // A shim that came up after all would serve nobody.
-            super::recover::kill_shim_of(&opts.bundle, id);
+            super::recover::kill_shim_of(&opts.args.bundle, id);
             return Err(Error::DeadlineExceeded(format!(
                 "container {id}: the shim did not start in {}s",
                 opts.timeout.as_secs_f64()
@@ -106,7 +79,7 @@ pub async fn launch(opts: &LaunchOpts) -> Result<Launched> {
             "container {id}: berth-shim start printed no socket"
         )));
     }
-    let pid = read_shim_pid(&opts.bundle)?;
+    let pid = read_shim_pid(&opts.args.bundle)?;
     Ok(Launched {
         pid,
         socket: PathBuf::from(printed),
@@ -125,36 +98,24 @@ pub fn read_shim_pid(bundle: &Path) -> Result<u32> {
         .ok_or_else(|| Error::Internal(format!("{} holds {text:?}", path.display())))
 }
 
-#[derive(Deserialize)]
-struct ExitRecord {
-    status: u32,
-    exited_at_unix_nanos: u128,
-}
-
 /// The container's exit from `BUNDLE/exit`, if it has exited.
 pub fn read_exit(bundle: &Path) -> Result<Option<ExitInfo>> {
-    let path = bundle.join(EXIT_FILE);
-    let text = match std::fs::read(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Internal(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
+    let record = ExitRecord::read_from(bundle).map_err(|e| {
+        Error::Internal(format!(
+            "cannot read {}: {e}",
+            bundle.join(EXIT_FILE).display()
+        ))
+    })?;
+    Ok(record.map(|r| {
+        let nanos = r.exited_at_unix_nanos;
+        ExitInfo {
+            status: r.status,
+            exited_at: UNIX_EPOCH
+                + Duration::new(
+                    (nanos / 1_000_000_000) as u64,
+                    (nanos % 1_000_000_000) as u32,
+                ),
         }
-    };
-    let record: ExitRecord = serde_json::from_slice(&text)
-        .map_err(|e| Error::Internal(format!("{} is not an exit record: {e}", path.display())))?;
-    let nanos = record.exited_at_unix_nanos;
-    let at = UNIX_EPOCH
-        + Duration::new(
-            (nanos / 1_000_000_000) as u64,
-            (nanos % 1_000_000_000) as u32,
-        );
-    Ok(Some(ExitInfo {
-        status: record.status,
-        exited_at: at,
     }))
 }
 
@@ -187,12 +148,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let opts = LaunchOpts {
             shim_binary: dir.path().join("no-such-shim"),
-            id: "c7".into(),
-            bundle: dir.path().to_path_buf(),
-            socket: dir.path().join("s.sock"),
-            runtime: "runc".into(),
-            runtime_root: dir.path().join("runc"),
-            events: None,
+            args: ShimArgs {
+                id: "c7".into(),
+                bundle: dir.path().to_path_buf(),
+                socket: dir.path().join("s.sock"),
+                runtime: "runc".into(),
+                runtime_root: dir.path().join("runc"),
+                events: None,
+            },
             timeout: Duration::from_secs(5),
         };
         let e = launch(&opts).await.expect_err("no binary");

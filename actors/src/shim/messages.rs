@@ -67,6 +67,18 @@ impl Message for DeleteTask {
     type Result = Result<()>;
 }
 
+/// The OCI runtime spec a task was created with (its bundle's
+/// `config.json`, as JSON), for verbose statuses; None when the task or
+/// its bundle is gone.
+#[derive(Debug, Clone)]
+pub struct TaskSpec {
+    pub id: String,
+}
+
+impl Message for TaskSpec {
+    type Result = Result<Option<serde_json::Value>>;
+}
+
 /// What the shim says of a task now.
 #[derive(Debug, Clone)]
 pub struct TaskState {

@@ -171,24 +171,25 @@ pub fn remove_cgroup(cgroups_path: &str) {
 /// Writes the exit record a dead shim could not (whole, or not at all),
 /// with a note saying why.
 pub fn write_exit(bundle: &Path, status: u32, note: &str) -> Result<()> {
-    let nanos = crate::journal::unix_nanos();
-    let text = serde_json::json!({
-        "status": status,
-        "exited_at_unix_nanos": nanos,
-        "note": note,
+    let record = berth_protocol::shim::ExitRecord {
+        status,
+        exited_at_unix_nanos: crate::journal::unix_nanos().max(0) as u128,
+        note: Some(note.to_string()),
+    };
+    record.write_to(bundle).map_err(|e| {
+        Error::Internal(format!(
+            "cannot write {}: {e}",
+            bundle.join(EXIT_FILE).display()
+        ))
     })
-    .to_string();
-    let tmp = bundle.join(".exit.tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, bundle.join(EXIT_FILE)))
-        .map_err(|e| Error::Internal(format!("cannot write {}/exit: {e}", bundle.display())))
 }
 
 /// The note recovery left in an exit record, if any.
 pub fn read_note(bundle: &Path) -> Option<String> {
-    let text = std::fs::read(bundle.join(EXIT_FILE)).ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
-    v.get("note")?.as_str().map(str::to_string)
+    berth_protocol::shim::ExitRecord::read_from(bundle)
+        .ok()
+        .flatten()?
+        .note
 }
 
 /// Kills the process in `BUNDLE/shim.pid` if it is the shim of `id`.

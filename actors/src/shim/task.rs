@@ -5,7 +5,7 @@
 
 use super::actor::{ShimSupervisor, Shims};
 use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
-use super::launch::{self, LaunchOpts};
+use super::launch::{self, LaunchOpts, ShimArgs};
 use super::messages::*;
 use super::recover::{kill_shim_of, shim_alive, sigkill};
 use super::store::ShimRecord;
@@ -84,12 +84,14 @@ impl Shims {
         let runtime_for_undo = runtime.clone();
         let opts = LaunchOpts {
             shim_binary: self.config.shim_binary.clone(),
-            id: id.clone(),
-            bundle: bundle.clone(),
-            socket: socket.clone(),
-            runtime: runtime.binary,
-            runtime_root: runtime.root,
-            events: self.config.events_socket.clone(),
+            args: ShimArgs {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                socket: socket.clone(),
+                runtime: runtime.binary,
+                runtime_root: runtime.root,
+                events: self.config.events_socket.clone(),
+            },
             timeout: SHIM_TIMEOUT,
         };
         let cgroups_path = msg
@@ -112,7 +114,7 @@ impl Shims {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
                 }
-                spec.save(b.join("config.json"))
+                spec.save(b.join(launch::SPEC_FILE))
                     .map_err(|e| Error::Internal(format!("write {}/config.json: {e}", b.display())))
             })
             .await
@@ -121,7 +123,7 @@ impl Shims {
                 let t = std::time::Instant::now();
                 let launched = launch::launch(&opts).await?;
                 let launch_ms = t.elapsed().as_millis();
-                let client = ShimClient::connect(&opts.id, &launched.socket).await?;
+                let client = ShimClient::connect(&opts.args.id, &launched.socket).await?;
                 let create = CreateOpts {
                     bundle: bundle.clone(),
                     stdout: log.clone(),
@@ -130,7 +132,7 @@ impl Shims {
                 };
                 let pid = client.create(&create).await?;
                 tracing::debug!(
-                    task = %opts.id,
+                    task = %opts.args.id,
                     launch_ms,
                     total_ms = t.elapsed().as_millis() as u64,
                     "task created"
@@ -140,16 +142,16 @@ impl Shims {
             .await;
             if started.is_err() {
                 // Nothing of a failed start stays: task, shim, bundle.
-                if let Ok(client) = ShimClient::connect(&opts.id, &socket).await {
+                if let Ok(client) = ShimClient::connect(&opts.args.id, &socket).await {
                     let _ = client.kill(None, libc::SIGKILL as u32, true).await;
                     let _ = client.delete(None).await;
                     let _ = client.shutdown(true).await;
                 }
-                kill_shim_of(&bundle, &opts.id);
+                kill_shim_of(&bundle, &opts.args.id);
                 let (b, s, id, rt) = (
                     bundle.clone(),
                     socket.clone(),
-                    opts.id.clone(),
+                    opts.args.id.clone(),
                     runtime_for_undo,
                 );
                 let _ = tokio::task::spawn_blocking(move || {
@@ -204,7 +206,7 @@ impl Shims {
                     .await
                     .is_ok_and(|s| s.status == TaskStatus::Created && s.pid == 0);
             if unrun {
-                let config = Path::new(&record.bundle).join("config.json");
+                let config = Path::new(&record.bundle).join(launch::SPEC_FILE);
                 let _ = tokio::task::spawn_blocking(move || {
                     let path = oci_spec::runtime::Spec::load(&config)
                         .ok()
@@ -357,6 +359,22 @@ impl Shims {
                 Ok(())
             },
         )))
+    }
+
+    pub(super) fn task_spec(&mut self, id: String) -> Reply<Self, Option<serde_json::Value>> {
+        let Some(record) = self.records.get(&id) else {
+            return Reply::Now(Ok(None));
+        };
+        let spec = Path::new(&record.bundle).join(launch::SPEC_FILE);
+        Reply::Later(Box::pin(wrap_future(async move {
+            tokio::task::spawn_blocking(move || {
+                std::fs::read(&spec)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("spec task: {e}")))
+        })))
     }
 
     pub(super) fn task_state(&mut self, id: String) -> Reply<Self, TaskInfo> {

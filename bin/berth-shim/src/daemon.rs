@@ -9,10 +9,10 @@
 //! and the first process prints the socket path; if set-up fails it writes
 //! the reason, and an empty pipe means it died.
 
-use crate::args::Args;
 use crate::reaper::Reaper;
-use crate::service::{Config, Service, Shared};
+use crate::service::{Service, Shared};
 use crate::shimlog;
+use berth_protocol::shim::{ShimArgs as Args, SHIM_LOG_FILE, SHIM_PID_FILE};
 use containerd_shim_protos::{create_task, ttrpc};
 use nix::sys::signal::{SigSet, Signal};
 use nix::unistd::{fork, ForkResult};
@@ -85,7 +85,7 @@ pub fn start(mut args: Args) -> ! {
                 format!(
                     "the shim of container {} died while starting; see {}",
                     args.id,
-                    args.bundle.join("shim.log").display()
+                    args.bundle.join(SHIM_LOG_FILE).display()
                 )
             } else {
                 msg.trim().to_string()
@@ -154,7 +154,7 @@ fn serve(args: Args, ready: OwnedFd) -> ! {
 fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), String> {
     std::env::set_current_dir(&args.bundle)
         .map_err(|e| format!("cannot enter the bundle {}: {e}", args.bundle.display()))?;
-    let log_path = args.bundle.join("shim.log");
+    let log_path = args.bundle.join(SHIM_LOG_FILE);
     shimlog::init(&log_path).map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
     detach_stdio()?;
     nix::sys::prctl::set_child_subreaper(true)
@@ -178,17 +178,7 @@ fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), Stri
     }
 
     let reaper = Arc::new(Reaper::default());
-    let shared = Shared::new(
-        Config {
-            id: args.id.clone(),
-            bundle: args.bundle.clone(),
-            socket: args.socket.clone(),
-            runtime: args.runtime.clone(),
-            runtime_root: args.runtime_root.clone(),
-            events: args.events.clone(),
-        },
-        reaper.clone(),
-    );
+    let shared = Shared::new(args.clone(), reaper.clone());
     let listener = bind(&args.socket)?;
     let mut server = ttrpc::Server::new()
         .add_listener(listener.into_raw_fd())
@@ -202,7 +192,7 @@ fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), Stri
         .set_thread_count_max(3);
     server.start().map_err(|e| format!("ttrpc: {e}"))?;
     write_atomically(
-        &args.bundle.join("shim.pid"),
+        &args.bundle.join(SHIM_PID_FILE),
         format!("{}\n", std::process::id()).as_bytes(),
     )
     .map_err(|e| format!("cannot write shim.pid: {e}"))?;

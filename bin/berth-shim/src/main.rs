@@ -37,10 +37,8 @@
 //! No async runtime: a few threads and blocking calls keep its memory
 //! small, as there is one shim per container on the node.
 
-mod args;
 mod daemon;
 mod events;
-mod exitfile;
 mod io;
 mod pidfd;
 mod reaper;
@@ -50,10 +48,11 @@ mod shimlog;
 mod timefmt;
 
 fn main() {
-    match args::parse(std::env::args_os().skip(1)) {
-        Ok(args::Command::Start(a)) => daemon::start(a),
-        Ok(args::Command::Version) => println!("{}", service::VERSION),
-        Ok(args::Command::Help) => println!("{}", args::USAGE),
+    use berth_protocol::shim::{parse, Command, USAGE};
+    match parse(std::env::args_os().skip(1)) {
+        Ok(Command::Start(a)) => daemon::start(a),
+        Ok(Command::Version) => println!("{}", service::VERSION),
+        Ok(Command::Help) => println!("{USAGE}"),
         Err(e) => {
             eprintln!("berth-shim: {e}");
             std::process::exit(2);

@@ -11,10 +11,12 @@
 //! never taken with `tasks` held, because a reaper callback takes `tasks`.
 
 use crate::events::{timestamp, Publisher};
-use crate::exitfile;
 use crate::io::{self, Drained, LogFile, SharedLog, Stream};
 use crate::reaper::{Exit, Reaper};
 use crate::runc::{self, Io, Runc};
+use berth_protocol::shim::{
+    check_id, ExitRecord, ShimArgs, EXIT_FILE, RUNTIME_LOG_FILE, SPEC_FILE,
+};
 use containerd_shim_protos::api::{
     CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
     CreateTaskResponse, DeleteRequest, DeleteResponse, Empty, ExecProcessRequest, KillRequest,
@@ -131,22 +133,12 @@ pub struct Shared {
     ops: Mutex<()>,
 }
 
-/// What the shim is started with.
-pub struct Config {
-    pub id: String,
-    pub bundle: PathBuf,
-    pub socket: PathBuf,
-    pub runtime: PathBuf,
-    pub runtime_root: PathBuf,
-    pub events: Option<PathBuf>,
-}
-
 impl Shared {
-    pub fn new(config: Config, reaper: Arc<Reaper>) -> Arc<Shared> {
+    pub fn new(config: ShimArgs, reaper: Arc<Reaper>) -> Arc<Shared> {
         let runc = Runc::new(
             config.runtime,
             config.runtime_root,
-            config.bundle.join("runc.log"),
+            config.bundle.join(RUNTIME_LOG_FILE),
             reaper.clone(),
         );
         Arc::new(Shared {
@@ -218,11 +210,16 @@ impl Shared {
     /// The init exited: on disk first, then (once its output is drained)
     /// to waiters and berthd.
     fn init_exited(self: &Arc<Self>, pid: u32, exit: Exit, drained: Option<Arc<Drained>>) {
-        if let Err(e) = exitfile::write(&self.bundle, &exit) {
+        let record = ExitRecord {
+            status: exit.status,
+            exited_at_unix_nanos: crate::timefmt::unix_nanos(exit.at),
+            note: None,
+        };
+        if let Err(e) = record.write_to(&self.bundle) {
             log::error!(
                 "cannot record the exit of container {} in {}: {e}",
                 self.id,
-                self.bundle.join(exitfile::FILE).display()
+                self.bundle.join(EXIT_FILE).display()
             );
         }
         log::info!(
@@ -793,7 +790,7 @@ impl Shared {
     /// (`process.terminal`), read without a JSON parser: the key only
     /// appears as `"terminal":true` outside of strings.
     fn spec_wants_terminal(&self) -> bool {
-        let Ok(text) = std::fs::read_to_string(self.bundle.join("config.json")) else {
+        let Ok(text) = std::fs::read_to_string(self.bundle.join(SPEC_FILE)) else {
             return false;
         };
         let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect();
@@ -1160,7 +1157,7 @@ impl Task for Service {
         let s = &self.0;
         s.check_id(&req.id)?;
         let refuse = |what: String| Err(status(Code::INVALID_ARGUMENT, what));
-        if let Err(e) = crate::args::check_id(&req.exec_id) {
+        if let Err(e) = check_id(&req.exec_id) {
             return refuse(format!("container {}: exec {e}", s.id));
         }
         let name = s.name(&req.exec_id);

@@ -7,7 +7,7 @@
 //! the container and kills the shim even when a test fails.
 
 use berth_actors::shim::client::{CreateOpts, ExecOpts, ShimClient, TaskStatus};
-use berth_actors::shim::launch::{self, LaunchOpts};
+use berth_actors::shim::launch::{self, LaunchOpts, ShimArgs};
 use berth_actors::Error;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -100,12 +100,14 @@ impl Fixture {
         let socket = dir.path().join("shim.sock");
         let launched = launch::launch(&LaunchOpts {
             shim_binary: SHIM.into(),
-            id: id.clone(),
-            bundle: bundle.clone(),
-            socket: socket.clone(),
-            runtime: "runc".into(),
-            runtime_root: runc_root.clone(),
-            events,
+            args: ShimArgs {
+                id: id.clone(),
+                bundle: bundle.clone(),
+                socket: socket.clone(),
+                runtime: "runc".into(),
+                runtime_root: runc_root.clone(),
+                events,
+            },
             timeout: Duration::from_secs(20),
         })
         .await
@@ -569,17 +571,19 @@ async fn a_shim_that_cannot_start_says_why() {
     let dir = tempfile::tempdir().expect("tempdir");
     let opts = LaunchOpts {
         shim_binary: SHIM.into(),
-        id: unique_id("nobundle"),
-        bundle: dir.path().join("missing"),
-        socket: dir.path().join("s.sock"),
-        runtime: "runc".into(),
-        runtime_root: dir.path().join("runc"),
-        events: None,
+        args: ShimArgs {
+            id: unique_id("nobundle"),
+            bundle: dir.path().join("missing"),
+            socket: dir.path().join("s.sock"),
+            runtime: "runc".into(),
+            runtime_root: dir.path().join("runc"),
+            events: None,
+        },
         timeout: Duration::from_secs(10),
     };
     let e = launch::launch(&opts).await.expect_err("no bundle");
     assert!(
-        matches!(&e, Error::Internal(m) if m.contains("not a directory") && m.contains(&opts.id)),
+        matches!(&e, Error::Internal(m) if m.contains("not a directory") && m.contains(&opts.args.id)),
         "{e:?}"
     );
 }

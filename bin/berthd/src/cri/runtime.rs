@@ -512,10 +512,11 @@ impl RuntimeService for Cri {
                 })
                 .await?;
             let info = if req.verbose {
-                let bundle = berth_actors::shim::bundle_dir(&self.config.state, &r.id);
-                let spec = std::fs::read(bundle.join("config.json"))
-                    .ok()
-                    .and_then(|b| serde_json::from_slice(&b).ok());
+                let spec = self
+                    .node
+                    .shim
+                    .call(berth_actors::shim::messages::TaskSpec { id: r.id.clone() })
+                    .await?;
                 convert::container_info(&r, spec)
             } else {
                 Default::default()
