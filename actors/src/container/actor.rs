@@ -19,9 +19,6 @@ use std::sync::Arc;
 
 pub type ContainerActor = Shell<Containers>;
 
-/// How often exits that came with no event are looked for.
-const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 #[derive(Clone)]
 pub struct ContainerDeps {
     pub sandbox: Handle<Sandboxes>,
@@ -44,6 +41,9 @@ pub struct Containers {
     pub(super) reserved: BTreeMap<String, String>,
     /// Containers with a start, stop or remove under way.
     pub(super) busy: BTreeSet<String>,
+    /// Exits that came while a verb ran on their container, for it to
+    /// settle.
+    pub(super) pending_exits: BTreeMap<String, crate::shim::messages::TaskExited>,
 }
 
 impl Subsystem for Containers {
@@ -56,20 +56,12 @@ impl Subsystem for Containers {
             deps: deps.clone(),
             reserved: BTreeMap::new(),
             busy: BTreeSet::new(),
+            pending_exits: BTreeMap::new(),
         })
     }
 
     fn records(&self) -> usize {
         self.records.len()
-    }
-
-    fn started(&mut self, ctx: &mut actix::Context<ContainerActor>) {
-        use actix::AsyncContext;
-        ctx.run_interval(SETTLE_EVERY, |act, _| {
-            if let Some(me) = act.state_mut() {
-                me.settle_running();
-            }
-        });
     }
 
     fn restarted(&mut self, ctx: &mut actix::Context<ContainerActor>) {
@@ -158,7 +150,7 @@ impl Handles<TaskExited> for Containers {
     type Output = ();
 
     fn handle(&mut self, msg: TaskExited, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        Reply::Now(self.exited(&msg.id, Some(msg.status)))
+        Reply::Now(self.task_exited(msg))
     }
 }
 

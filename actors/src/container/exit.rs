@@ -1,14 +1,22 @@
-//! What happens when a container's process exits: the exit, from the
-//! shim's event or its exit record, is journalled with its code and reason
-//! (Completed, Error, OOMKilled).
+//! What happens when a container's process exits: the exit, published by
+//! the ShimSupervisor (from the shim's event or its exit record), is
+//! journalled with its code, time and reason (Completed, Error,
+//! OOMKilled), and the note berthd left for a shim that died.
 
 use super::actor::Containers;
 use super::store::ContainerState;
+use crate::shim::messages::TaskExited;
 use crate::Result;
 
 impl Containers {
     /// Journals how a container ended: Completed for 0, else Error.
-    pub(super) fn record_exit(&mut self, id: &str, status: u32, at: i64) -> Result<()> {
+    pub(super) fn record_exit(
+        &mut self,
+        id: &str,
+        status: u32,
+        at: i64,
+        note: Option<String>,
+    ) -> Result<()> {
         let Some(mut r) = self.records.get(id).cloned() else {
             return Ok(());
         };
@@ -32,21 +40,36 @@ impl Containers {
             "Error"
         }
         .to_string();
+        if let Some(note) = note {
+            r.message = note;
+        }
         self.records.put(r)?;
         Ok(())
     }
 
-    /// A container's process exited (event or exit record). The exit
-    /// record, when there is one, wins over the event's status.
-    pub(super) fn exited(&mut self, id: &str, status: Option<u32>) -> Result<()> {
-        let Some(r) = self.records.get(id) else {
+    /// A task exited. A container being started or stopped keeps the
+    /// exit until its verb is done ([`Self::settle_pending`]); one created
+    /// or running is exited now; any other task is not a container's.
+    pub(super) fn task_exited(&mut self, exit: TaskExited) -> Result<()> {
+        let Some(r) = self.records.get(&exit.id) else {
             return Ok(());
         };
-        if r.state != ContainerState::Running || self.busy.contains(id) {
+        if self.busy.contains(&exit.id) {
+            self.pending_exits.insert(exit.id.clone(), exit);
             return Ok(());
         }
-        match (self.settle(id)?, status) {
-            (false, Some(s)) => self.record_exit(id, s, 0),
+        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
+            return Ok(());
+        }
+        self.record_exit(&exit.id, exit.status, exit.exited_at_unix_nanos, exit.note)
+    }
+
+    /// The exit kept while a verb ran on the container, now that it is
+    /// done (or dropped, with `keep` false, when the verb ended the
+    /// container itself).
+    pub(super) fn settle_pending(&mut self, id: &str, keep: bool) -> Result<()> {
+        match self.pending_exits.remove(id) {
+            Some(exit) if keep => self.task_exited(exit),
             _ => Ok(()),
         }
     }

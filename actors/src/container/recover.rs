@@ -11,10 +11,13 @@ use super::actor::{ContainerActor, Containers};
 use super::stop::teardown;
 use super::store::ContainerState;
 use crate::kernel::{claim_cut_short, patiently, short, Recovered, Reply};
+use crate::shim::exits::ExitsOf;
+use crate::shim::messages::{Exit, TaskExited};
 use crate::shim::recover::SHIM_DIED_STATUS;
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::Message;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Runs the recovery pass (see the module docs).
@@ -25,35 +28,14 @@ impl Message for RecoverContainers {
     type Result = Result<Recovered>;
 }
 
-impl Containers {
-    /// Records the exit the shim (or shim recovery) left, for a container
-    /// that was created or running. True if there was one.
-    pub(super) fn settle(&mut self, id: &str) -> Result<bool> {
-        let Some(r) = self.records.get(id) else {
-            return Ok(false);
-        };
-        if !matches!(r.state, ContainerState::Created | ContainerState::Running) {
-            return Ok(false);
-        }
-        let bundle = crate::shim::bundle_dir(&self.deps.state, id);
-        let Some(exit) = crate::shim::launch::read_exit(&bundle)? else {
-            return Ok(false);
-        };
-        let at = exit
-            .exited_at
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as i64)
-            .unwrap_or(0);
-        self.record_exit(id, exit.status, at)?;
-        if let Some(note) = crate::shim::recover::read_note(&bundle) {
-            if let Some(mut r) = self.records.get(id).cloned() {
-                r.message = note;
-                self.records.put(r)?;
-            }
-        }
-        Ok(true)
-    }
+/// What recovery learns off the actor: the exits on record, and how the
+/// undoing of each half-made container went.
+type Found = (
+    Result<BTreeMap<String, TaskExited>>,
+    Vec<(String, Result<(String, Option<Exit>)>)>,
+);
 
+impl Containers {
     pub(super) fn recover(&mut self) -> Reply<Self, Recovered> {
         let mut report = Recovered::default();
         let live: Vec<String> = self
@@ -63,28 +45,6 @@ impl Containers {
             .filter(|r| !self.busy.contains(&r.id))
             .map(|r| r.id.clone())
             .collect();
-        for id in live {
-            match self.settle(&id) {
-                Ok(true) => {
-                    let code = self
-                        .records
-                        .get(&id)
-                        .map(|r| r.exit_code)
-                        .unwrap_or_default();
-                    let how = if code as u32 == SHIM_DIED_STATUS {
-                        "exited (or its shim died)"
-                    } else {
-                        "exited"
-                    };
-                    report.fixed(format!(
-                        "container {}: {how} with {code}, EXITED",
-                        short(&id)
-                    ));
-                }
-                Ok(false) => {}
-                Err(e) => return Reply::Now(Err(e)),
-            }
-        }
         let creating = self
             .records
             .iter()
@@ -92,9 +52,6 @@ impl Containers {
             .map(|r| r.id.as_str());
         let cut_short = claim_cut_short(creating, &self.reserved, &mut self.busy);
         report.kept = self.records.len() - cut_short.len();
-        if cut_short.is_empty() {
-            return Reply::Now(Ok(report));
-        }
         let deps = self.deps.clone();
         let jobs = cut_short.into_iter().map(move |id| {
             let deps = deps.clone();
@@ -106,9 +63,18 @@ impl Containers {
                 (id, gone)
             }
         });
-        let work = futures::future::join_all(jobs);
+        let shim = self.deps.shim.clone();
+        let work = async move {
+            // Created or running containers whose exit is on record (their
+            // shim wrote it, maybe while berthd was down, or shim recovery
+            // did for a shim that died).
+            let exits = shim.call(ExitsOf { ids: live }).await;
+            (exits, futures::future::join_all(jobs).await)
+        };
         Reply::Later(Box::pin(wrap_future(work).map(
-            move |undone: Vec<(String, Result<(String, _)>)>, act: &mut ContainerActor, _| {
+            move |(exits, undone): Found,
+                  act: &mut ContainerActor,
+                  _| {
                 let me = act.state_mut().ok_or_else(|| {
                     Error::Unavailable("the container actor is restarting; retry".into())
                 })?;
@@ -124,6 +90,20 @@ impl Containers {
                             short(&id)
                         )),
                     }
+                }
+                for (id, exit) in exits? {
+                    let code = exit.status;
+                    me.task_exited(exit)?;
+                    let how = if code == SHIM_DIED_STATUS {
+                        "exited (or its shim died)"
+                    } else {
+                        "exited"
+                    };
+                    report.fixed(format!(
+                        "container {}: {how} with {}, EXITED",
+                        short(&id),
+                        code as i32
+                    ));
                 }
                 Ok(report)
             },

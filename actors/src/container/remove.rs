@@ -58,14 +58,22 @@ impl Containers {
                 for r in results {
                     match r {
                         Ok((id, _)) if remove => {
+                            me.pending_exits.remove(&id);
                             me.records.remove(&id)?;
                         }
-                        Ok((id, Some(e))) => me.record_exit(&id, e.status, e.exited_unix_nanos)?,
+                        Ok((id, Some(e))) => {
+                            me.pending_exits.remove(&id);
+                            me.record_exit(&id, e.status, e.exited_unix_nanos, None)?
+                        }
                         Ok(_) => {}
                         Err(e) => {
                             first_err.get_or_insert(e);
                         }
                     }
+                }
+                // Exits kept for containers whose teardown said nothing.
+                for (id, _) in &targets {
+                    me.settle_pending(id, true)?;
                 }
                 first_err.map_or(Ok(()), Err)
             },

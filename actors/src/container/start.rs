@@ -50,7 +50,14 @@ impl Containers {
             move |res: Result<u32>, act: &mut ContainerActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
                 me.busy.remove(&full);
-                let pid = res?;
+                let pid = match res {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        // Still Created, for StartContainer to retry.
+                        me.pending_exits.remove(&full);
+                        return Err(e);
+                    }
+                };
                 if let Some(mut r) = me.records.get(&full).cloned() {
                     r.state = ContainerState::Running;
                     r.pid = pid;
@@ -58,7 +65,7 @@ impl Containers {
                     me.records.put(r)?;
                 }
                 // Its exit may have been reported while it was starting.
-                me.exited(&full, None)?;
+                me.settle_pending(&full, true)?;
                 Ok(())
             },
         )))

@@ -1,8 +1,7 @@
 //! ContainerStatus and ListContainers. IDs may be unique prefixes. A
-//! running container whose shim left an exit record (it exited, maybe
-//! while berthd was down) is reported exited with its real code: by
-//! ContainerStatus at once, by ListContainers once the exit event arrived
-//! or, without one, within a second.
+//! container is reported exited once the ShimSupervisor published its exit
+//! (at once from the shim's event, or within a second from its exit
+//! record, also for an exit while berthd was down).
 
 use super::actor::Containers;
 use super::messages::ListContainers;
@@ -14,32 +13,10 @@ impl Containers {
         self.records.resolve(id)
     }
 
-    pub(super) fn status(&mut self, id: &str) -> Result<ContainerRecord> {
-        let full = self
-            .resolve(id)
-            .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))?;
-        self.exited(&full, None)?;
-        self.records
-            .get(&full)
-            .cloned()
+    pub(super) fn status(&self, id: &str) -> Result<ContainerRecord> {
+        self.resolve(id)
+            .and_then(|full| self.records.get(&full).cloned())
             .ok_or_else(|| Error::NotFound(format!("container {id:?} not found")))
-    }
-
-    /// Records the exits shims left for running containers whose exit
-    /// event berthd did not get (run every second, so that a list never
-    /// reads 200 files).
-    pub(super) fn settle_running(&mut self) {
-        let running: Vec<String> = self
-            .records
-            .iter()
-            .filter(|r| r.state == ContainerState::Running)
-            .map(|r| r.id.clone())
-            .collect();
-        for id in running {
-            if let Err(e) = self.exited(&id, None) {
-                tracing::warn!(container = %id, error = %e, "cannot record the exit");
-            }
-        }
     }
 
     pub(super) fn list(&self, f: &ListContainers) -> Vec<ContainerRecord> {

@@ -87,13 +87,26 @@ impl Containers {
             move |res: Result<(String, Option<Exit>)>, act: &mut ContainerActor, _| {
                 let me = act.state_mut().ok_or_else(restarting)?;
                 me.busy.remove(&full);
-                let (_, exit) = res?;
+                let (_, exit) = match res {
+                    Ok(done) => done,
+                    Err(e) => {
+                        // It may have exited all the same.
+                        me.settle_pending(&full, true)?;
+                        return Err(e);
+                    }
+                };
                 if remove {
+                    me.pending_exits.remove(&full);
                     me.records.remove(&full)?;
                     return Ok(());
                 }
-                if let Some(e) = exit {
-                    me.record_exit(&full, e.status, e.exited_unix_nanos)?;
+                // The stop's own account of the exit wins over a report.
+                match exit {
+                    Some(e) => {
+                        me.pending_exits.remove(&full);
+                        me.record_exit(&full, e.status, e.exited_unix_nanos, None)?;
+                    }
+                    None => me.settle_pending(&full, true)?,
                 }
                 Ok(())
             },

@@ -20,7 +20,8 @@ use crate::kernel::{Handle, Kernel};
 use crate::network::{Network, NetworkConfig};
 use crate::sandbox::messages::{RemovePodSandbox, StopPodSandbox};
 use crate::sandbox::{SandboxConfig, SandboxDeps, Sandboxes};
-use crate::shim::{ShimConfig, Shims};
+use crate::shim::messages::TaskExited;
+use crate::shim::{ExitSink, ExitSinks, ShimConfig, ShimDeps, Shims};
 use crate::Result;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,22 @@ impl std::ops::Deref for Node {
     }
 }
 
+/// An exit sink delivering to `owner` (which ignores tasks not its own).
+fn sink<S>(owner: &Handle<S>) -> ExitSink
+where
+    S: crate::kernel::Subsystem + crate::kernel::Handles<TaskExited, Output = ()>,
+{
+    let owner = owner.clone();
+    Arc::new(move |exit: TaskExited| {
+        let owner = owner.clone();
+        Box::pin(async move {
+            if let Err(e) = owner.call(exit).await {
+                tracing::warn!(error = %e, "a task exit was not delivered");
+            }
+        })
+    })
+}
+
 impl Node {
     /// Records this boot, starts every actor and waits until each holds its
     /// state.
@@ -76,10 +93,14 @@ impl Node {
             config.sandbox.clone(),
             config.host.clone(),
         );
+        let sinks = ExitSinks::default();
         let (kernel, (network, shim, image, sandbox, container)) =
             Kernel::start(journal, config.start_timeout, move |s| {
                 let network = s.spawn::<Network>(network_config);
-                let shim = s.spawn::<Shims>(shim_config);
+                let shim = s.spawn::<Shims>(ShimDeps {
+                    config: shim_config,
+                    sinks: sinks.clone(),
+                });
                 let image = s.spawn::<Images>(image_backend);
                 let sandbox = s.spawn::<Sandboxes>(SandboxDeps {
                     network: network.clone(),
@@ -96,6 +117,8 @@ impl Node {
                     rootfs_dir: container_dirs.2,
                     host,
                 });
+                // Task exits go to the two owners of tasks.
+                let _ = sinks.set(vec![sink(&sandbox), sink(&container)]);
                 (network, shim, image, sandbox, container)
             })
             .await?;

@@ -49,6 +49,8 @@ pub struct Sandboxes {
     /// The sandbox image, once the image actor made it (asked again after
     /// a restart of this actor).
     pub(super) sandbox_image: Option<crate::image::messages::SandboxImage>,
+    /// Exits that came while a verb ran on their pod, for it to settle.
+    pub(super) pending_exits: BTreeMap<String, TaskExited>,
 }
 
 impl Subsystem for Sandboxes {
@@ -62,6 +64,7 @@ impl Subsystem for Sandboxes {
             reserved: BTreeMap::new(),
             busy: BTreeSet::new(),
             sandbox_image: None,
+            pending_exits: BTreeMap::new(),
         })
     }
 
@@ -134,11 +137,6 @@ impl Handles<TaskExited> for Sandboxes {
     type Output = ();
 
     fn handle(&mut self, msg: TaskExited, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        // A pod still being made or stopped handles its own pause exit.
-        if self.busy.contains(&msg.id) || self.reserved.values().any(|v| *v == msg.id) {
-            return Reply::Now(Ok(()));
-        }
-        tracing::debug!(task = %msg.id, status = msg.status, "task exited");
-        Reply::Now(self.mark_exited(&msg.id))
+        Reply::Now(self.task_exited(msg))
     }
 }

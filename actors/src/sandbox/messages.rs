@@ -137,15 +137,4 @@ impl Message for ListPodSandbox {
     type Result = Result<Vec<SandboxRecord>>;
 }
 
-/// A task ended (the shim's TaskExit event): if it is a pod's pause
-/// container, the pod is no longer ready. Tasks that are not pods are
-/// ignored.
-#[derive(Debug, Clone)]
-pub struct TaskExited {
-    pub id: String,
-    pub status: u32,
-}
-
-impl Message for TaskExited {
-    type Result = Result<()>;
-}
+pub use crate::shim::messages::TaskExited;

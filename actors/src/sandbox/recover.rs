@@ -14,6 +14,7 @@ use super::files::PodFiles;
 use super::run::Undo;
 use super::store::SandboxState;
 use crate::kernel::{claim_cut_short, short, Recovered, Reply};
+use crate::shim::exits::ExitsOf;
 use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use actix::Message;
@@ -35,21 +36,6 @@ impl Sandboxes {
             .filter(|r| r.state == SandboxState::Ready)
             .map(|r| r.id.clone())
             .collect();
-        for id in ready {
-            if let Err(e) = self.refresh(&id) {
-                return Reply::Now(Err(e));
-            }
-            if self
-                .records
-                .get(&id)
-                .is_some_and(|r| r.state == SandboxState::NotReady)
-            {
-                report.fixed(format!(
-                    "pod {}: pause container gone, NOTREADY",
-                    short(&id)
-                ));
-            }
-        }
         let creating = self
             .records
             .iter()
@@ -57,11 +43,8 @@ impl Sandboxes {
             .map(|r| r.id.as_str());
         let cut_short = claim_cut_short(creating, &self.reserved, &mut self.busy);
         report.kept = self.records.len() - cut_short.len();
-        if cut_short.is_empty() {
-            return Reply::Now(Ok(report));
-        }
         let deps = self.deps.clone();
-        let undos = cut_short.clone().into_iter().map(move |id| {
+        let undos = cut_short.into_iter().map(move |id| {
             let undo = Undo {
                 files: Some(PodFiles::new(&deps.config.state, &id)),
                 deps: deps.clone(),
@@ -71,9 +54,15 @@ impl Sandboxes {
             };
             async move { (id, undo.run().await) }
         });
-        let work = futures::future::join_all(undos);
+        let shim = self.deps.shim.clone();
+        let work = async move {
+            // Ready pods whose pause container exited (on record, from the
+            // shim or from shim recovery) are not ready any more.
+            let exits = shim.call(ExitsOf { ids: ready }).await;
+            (exits, futures::future::join_all(undos).await)
+        };
         Reply::Later(Box::pin(wrap_future(work).map(
-            move |undone: Vec<(String, bool)>, act: &mut SandboxActor, _| {
+            move |(exits, undone): (Result<_>, Vec<(String, bool)>), act: &mut SandboxActor, _| {
                 let me = act.state_mut().ok_or_else(|| {
                     Error::Unavailable("the sandbox actor is restarting; retry".into())
                 })?;
@@ -88,6 +77,11 @@ impl Sandboxes {
                             short(&id)
                         ));
                     }
+                }
+                let exits: std::collections::BTreeMap<String, _> = exits?;
+                for id in exits.keys() {
+                    me.mark_exited(id)?;
+                    report.fixed(format!("pod {}: pause container gone, NOTREADY", short(id)));
                 }
                 Ok(report)
             },

@@ -276,6 +276,7 @@ impl Sandboxes {
                         let made = match made {
                             Ok(m) => m,
                             Err(e) => {
+                                me.pending_exits.remove(&id);
                                 let _ = me.records.remove(&id);
                                 return Err(e);
                             }
@@ -290,6 +291,8 @@ impl Sandboxes {
                         record.pid = made.pid;
                         me.records.put(record)?;
                         tracing::info!(sandbox = %id, pod = %name, "pod sandbox ready");
+                        // A pause that died while the pod was being made.
+                        me.settle_pending(&id)?;
                         Ok(id)
                     },
                 )))

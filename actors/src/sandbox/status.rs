@@ -2,7 +2,7 @@
 //! prefixes, as crictl users do.
 
 use super::actor::Sandboxes;
-use super::messages::ListPodSandbox;
+use super::messages::{ListPodSandbox, TaskExited};
 use super::store::{SandboxRecord, SandboxState};
 use crate::{Error, Result};
 
@@ -12,31 +12,32 @@ impl Sandboxes {
         self.records.resolve(id)
     }
 
-    pub(super) fn status(&mut self, id: &str) -> Result<SandboxRecord> {
-        let full = self
-            .resolve(id)
-            .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))?;
-        self.refresh(&full)?;
-        self.records
-            .get(&full)
-            .cloned()
+    pub(super) fn status(&self, id: &str) -> Result<SandboxRecord> {
+        self.resolve(id)
+            .and_then(|full| self.records.get(&full).cloned())
             .ok_or_else(|| Error::NotFound(format!("pod sandbox {id:?} not found")))
     }
 
-    /// A ready pod whose pause container exited (its shim left an exit
-    /// record, also while berthd was down) is not ready any more.
-    pub(super) fn refresh(&mut self, id: &str) -> Result<()> {
-        let Some(r) = self.records.get(id) else {
+    /// A task exited (published by the ShimSupervisor): a ready pod whose
+    /// pause container it was is not ready any more. A pod being made or
+    /// stopped keeps the exit until its verb is done with it.
+    pub(super) fn task_exited(&mut self, exit: TaskExited) -> Result<()> {
+        if self.records.get(&exit.id).is_none() {
             return Ok(());
-        };
-        if r.state == SandboxState::Ready
-            && crate::shim::bundle_dir(&self.deps.config.state, id)
-                .join(crate::shim::launch::EXIT_FILE)
-                .exists()
-        {
-            self.mark_exited(id)?;
         }
-        Ok(())
+        if self.busy.contains(&exit.id) || self.reserved.values().any(|v| *v == exit.id) {
+            self.pending_exits.insert(exit.id.clone(), exit);
+            return Ok(());
+        }
+        self.mark_exited(&exit.id)
+    }
+
+    /// The exit kept while a verb ran on the pod, now that it is done.
+    pub(super) fn settle_pending(&mut self, id: &str) -> Result<()> {
+        match self.pending_exits.remove(id) {
+            Some(exit) => self.task_exited(exit),
+            None => Ok(()),
+        }
     }
 
     /// Journals that a pod's pause container is gone.
@@ -51,18 +52,7 @@ impl Sandboxes {
         Ok(())
     }
 
-    pub(super) fn list(&mut self, f: &ListPodSandbox) -> Vec<SandboxRecord> {
-        let ready: Vec<String> = self
-            .records
-            .iter()
-            .filter(|r| r.state == SandboxState::Ready)
-            .map(|r| r.id.clone())
-            .collect();
-        for id in ready {
-            if let Err(e) = self.refresh(&id) {
-                tracing::warn!(sandbox = %id, error = %e, "cannot record the pod's exit");
-            }
-        }
+    pub(super) fn list(&self, f: &ListPodSandbox) -> Vec<SandboxRecord> {
         self.records
             .iter()
             .filter(|r| r.state != SandboxState::Creating)

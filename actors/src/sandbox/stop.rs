@@ -87,6 +87,8 @@ impl Sandboxes {
                     Error::Unavailable("the sandbox actor is restarting; retry".into())
                 })?;
                 me.busy.remove(&id);
+                // The pod is not ready after a stop either way.
+                me.pending_exits.remove(&id);
                 if remove && res.is_ok() {
                     me.records.remove(&id)?;
                     tracing::info!(sandbox = %id, "pod sandbox removed");

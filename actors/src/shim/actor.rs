@@ -53,9 +53,20 @@ impl ShimConfig {
     }
 }
 
+/// What the ShimSupervisor starts with.
+#[derive(Clone)]
+pub struct ShimDeps {
+    pub config: Arc<ShimConfig>,
+    /// Where task exits are published (see exits.rs).
+    pub sinks: super::exits::ExitSinks,
+}
+
 pub struct Shims {
     pub(super) records: Table<ShimRecord>,
     pub(super) config: Arc<ShimConfig>,
+    pub(super) sinks: super::exits::ExitSinks,
+    /// Tasks whose exit this incarnation has published.
+    pub(super) published: BTreeSet<String>,
     /// Connections, made when first needed (also after a restart).
     pub(super) clients: HashMap<String, ShimClient>,
     /// Tasks whose dead shim was already cleaned up after.
@@ -66,12 +77,14 @@ pub struct Shims {
 
 impl Subsystem for Shims {
     const NAME: &'static str = "shim";
-    type Deps = Arc<ShimConfig>;
+    type Deps = ShimDeps;
 
-    fn rebuild(deps: &Arc<ShimConfig>, journal: &Arc<dyn Journal>) -> Result<Self> {
+    fn rebuild(deps: &ShimDeps, journal: &Arc<dyn Journal>) -> Result<Self> {
         Ok(Shims {
             records: Table::open(journal, Self::NAME)?,
-            config: deps.clone(),
+            config: deps.config.clone(),
+            sinks: deps.sinks.clone(),
+            published: BTreeSet::new(),
             clients: HashMap::new(),
             buried: BTreeSet::new(),
             deleting: BTreeSet::new(),
@@ -84,10 +97,31 @@ impl Subsystem for Shims {
 
     fn started(&mut self, ctx: &mut actix::Context<ShimSupervisor>) {
         self.watch(ctx);
+        self.look_for_exits(ctx);
     }
 
     fn restarted(&mut self, ctx: &mut actix::Context<ShimSupervisor>) {
         self.recover(false).detach(ctx, "shim recovery");
+    }
+}
+
+impl Handles<super::exits::ExitReported> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: super::exits::ExitReported, cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.exit_reported(msg, cx.ctx)
+    }
+}
+
+impl Handles<super::exits::ExitsOf> for Shims {
+    type Output = BTreeMap<String, TaskExited>;
+
+    fn handle(
+        &mut self,
+        msg: super::exits::ExitsOf,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, BTreeMap<String, TaskExited>> {
+        self.exits_of(msg.ids)
     }
 }
 

@@ -67,6 +67,23 @@ impl Message for DeleteTask {
     type Result = Result<()>;
 }
 
+/// A task's process ended: what its shim recorded (status, time, and the
+/// note berthd added for a shim that died). Published by the
+/// ShimSupervisor to the actors that own tasks; each ignores the others'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskExited {
+    pub id: String,
+    /// The exit code, or 128 + the signal that ended it.
+    pub status: u32,
+    /// When it ended (0: not known, as for an event with no record).
+    pub exited_at_unix_nanos: i64,
+    pub note: Option<String>,
+}
+
+impl Message for TaskExited {
+    type Result = Result<()>;
+}
+
 /// The OCI runtime spec a task was created with (its bundle's
 /// `config.json`, as JSON), for verbose statuses; None when the task or
 /// its bundle is gone.

@@ -3,10 +3,12 @@
 mod actor;
 pub mod client;
 mod exec;
+pub mod exits;
 pub mod launch;
 pub mod messages;
 pub mod recover;
 pub mod store;
 mod task;
 
-pub use actor::{bundle_dir, Runtime, ShimConfig, ShimSupervisor, Shims};
+pub use actor::{bundle_dir, Runtime, ShimConfig, ShimDeps, ShimSupervisor, Shims};
+pub use exits::{ExitSink, ExitSinks};

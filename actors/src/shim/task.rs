@@ -355,6 +355,7 @@ impl Shims {
                 res?;
                 me.clients.remove(&id);
                 me.buried.remove(&id);
+                me.published.remove(&id);
                 me.records.remove(&id)?;
                 Ok(())
             },

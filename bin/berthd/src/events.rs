@@ -1,12 +1,13 @@
 //! berthd's events endpoint (`<state>/events.sock`): shims publish their
 //! task's exit here (containerd's `Events/Forward`, a TaskExit), and the
-//! actor that owns the task learns of it at once, without polling. A shim
-//! whose exit finds nobody listening (berthd down) leaves its exit record
-//! on disk, which is read instead.
+//! ShimSupervisor, which publishes exits to the actors that own tasks,
+//! learns of it at once, without polling. A shim whose exit finds nobody
+//! listening (berthd down) leaves its exit record on disk, which the
+//! ShimSupervisor finds instead.
 
 use anyhow::{anyhow, Result};
 use berth_actors::node::Node;
-use berth_actors::sandbox::messages::TaskExited;
+use berth_actors::shim::exits::ExitReported;
 use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::events::ForwardRequest;
@@ -40,15 +41,11 @@ impl Events for Sink {
             tracing::debug!(task = %exit.container_id, status = exit.exit_status, "TaskExit");
             let node = self.node.clone();
             self.runtime.spawn(async move {
-                // The task is a pod's or a container's: each actor ignores
-                // the others'.
-                let msg = TaskExited {
+                let msg = ExitReported {
                     id: exit.container_id,
                     status: exit.exit_status,
                 };
-                let (a, b) =
-                    futures::join!(node.sandbox.call(msg.clone()), node.container.call(msg));
-                if let Err(e) = a.and(b) {
+                if let Err(e) = node.shim.call(msg).await {
                     tracing::warn!(error = %e, "TaskExit not delivered");
                 }
             });
