@@ -8,7 +8,7 @@ use super::messages::*;
 use super::store::ContainerRecord;
 use crate::image::Images;
 use crate::journal::{Journal, Table};
-use crate::kernel::{Cx, Handle, Handles, Reply, Shell, Subsystem};
+use crate::kernel::{Cx, Handles, Link, Reply, Shell, Subsystem};
 use crate::sandbox::messages::TaskExited;
 use crate::sandbox::Sandboxes;
 use crate::shim::Shims;
@@ -21,9 +21,9 @@ pub type ContainerActor = Shell<Containers>;
 
 #[derive(Clone)]
 pub struct ContainerDeps {
-    pub sandbox: Handle<Sandboxes>,
-    pub image: Handle<Images>,
-    pub shim: Handle<Shims>,
+    pub sandbox: Link<Sandboxes>,
+    pub image: Link<Images>,
+    pub shim: Link<Shims>,
     /// berth's state directory (bundles, to read exit records).
     pub state: PathBuf,
     /// Where logs go for pods that name no log directory.
@@ -67,11 +67,6 @@ impl Subsystem for Containers {
     fn restarted(&mut self, ctx: &mut actix::Context<ContainerActor>) {
         self.recover().detach(ctx, "container recovery");
     }
-}
-
-/// What a call caught in a restart of this actor answers.
-pub(super) fn restarting() -> crate::Error {
-    crate::Error::Unavailable("the container actor is restarting; retry".into())
 }
 
 impl Handles<super::recover::RecoverContainers> for Containers {

@@ -5,7 +5,7 @@
 //! and the task under its own shim (created, not started). Every step
 //! registers its undo; a failure rolls back everything.
 
-use super::actor::{ContainerActor, ContainerDeps, Containers};
+use super::actor::{ContainerDeps, Containers};
 use super::messages::{ContainerConfig, CreateContainer, ImageRun, SpecInputs};
 use super::spec;
 use super::store::{ContainerRecord, ContainerState};
@@ -16,7 +16,6 @@ use crate::sandbox::messages::{NamespaceMode, PodSandboxStatus};
 use crate::sandbox::store::SandboxState;
 use crate::shim::messages::{CreateTask, DeleteTask};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
 use std::path::{Component, Path, PathBuf};
 
 fn invalid(m: String) -> Error {
@@ -368,35 +367,30 @@ impl Containers {
                 made
             }
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |made: Result<Made>, act: &mut ContainerActor, _| {
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the container actor is restarting; retry".into())
-                })?;
-                me.reserved.remove(&name);
-                let made = match made {
-                    Ok(m) => m,
-                    Err(e) => {
-                        let _ = me.records.remove(&id);
-                        return Err(e);
-                    }
-                };
-                let mut r = me
-                    .records
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal(format!("container {id} vanished")))?;
-                r.state = ContainerState::Created;
-                r.image_id = made.image_id;
-                r.log_path = made.log_path.display().to_string();
-                r.user = made.user;
-                r.pid = made.pid;
-                r.stop_signal = made.stop_signal;
-                r.cgroups_path = made.cgroups_path;
-                me.records.put(r)?;
-                Ok(id)
-            },
-        )))
+        Reply::later(work, move |me: &mut Self, made: Result<Made>| {
+            me.reserved.remove(&name);
+            let made = match made {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = me.records.remove(&id);
+                    return Err(e);
+                }
+            };
+            let mut r = me
+                .records
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::Internal(format!("container {id} vanished")))?;
+            r.state = ContainerState::Created;
+            r.image_id = made.image_id;
+            r.log_path = made.log_path.display().to_string();
+            r.user = made.user;
+            r.pid = made.pid;
+            r.stop_signal = made.stop_signal;
+            r.cgroups_path = made.cgroups_path;
+            me.records.put(r)?;
+            Ok(id)
+        })
     }
 }
 

@@ -5,7 +5,6 @@ use super::actor::Containers;
 use super::messages::{ExecOutput, ExecSync};
 use crate::kernel::Reply;
 use crate::shim::messages::ExecInTask;
-use actix::fut::wrap_future;
 
 impl Containers {
     pub(super) fn exec_sync(&mut self, msg: ExecSync) -> Reply<Self, ExecOutput> {
@@ -19,6 +18,6 @@ impl Containers {
             args: msg.cmd,
             timeout: msg.timeout,
         };
-        Reply::Later(Box::pin(wrap_future(async move { shim.call(exec).await })))
+        Reply::off(async move { shim.call(exec).await })
     }
 }

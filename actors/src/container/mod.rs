@@ -17,4 +17,7 @@ pub mod store;
 mod update;
 mod usage;
 
+#[cfg(test)]
+mod tests;
+
 pub use actor::{ContainerActor, ContainerDeps, Containers};

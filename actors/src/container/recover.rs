@@ -7,15 +7,14 @@
 //!   shim that died) is `Exited` with that code and time;
 //! - every other container runs on, untouched, with the same PID.
 
-use super::actor::{ContainerActor, Containers};
+use super::actor::Containers;
 use super::stop::teardown;
 use super::store::ContainerState;
 use crate::kernel::{claim_cut_short, patiently, short, Recovered, Reply};
 use crate::shim::exits::ExitsOf;
 use crate::shim::messages::{Exit, TaskExited};
 use crate::shim::recover::SHIM_DIED_STATUS;
-use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
+use crate::Result;
 use actix::Message;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,42 +70,35 @@ impl Containers {
             let exits = shim.call(ExitsOf { ids: live }).await;
             (exits, futures::future::join_all(jobs).await)
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |(exits, undone): Found,
-                  act: &mut ContainerActor,
-                  _| {
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the container actor is restarting; retry".into())
-                })?;
-                for (id, gone) in undone {
-                    me.busy.remove(&id);
-                    match gone {
-                        Ok(_) => {
-                            me.records.remove(&id)?;
-                            report.fixed(format!("container {}: half-made, undone", short(&id)));
-                        }
-                        Err(e) => report.fixed(format!(
-                            "container {}: half-made, undo failed ({e}); kept for the next pass",
-                            short(&id)
-                        )),
+        Reply::later(work, move |me: &mut Self, (exits, undone): Found| {
+            for (id, gone) in undone {
+                me.busy.remove(&id);
+                match gone {
+                    Ok(_) => {
+                        me.records.remove(&id)?;
+                        report.fixed(format!("container {}: half-made, undone", short(&id)));
                     }
+                    Err(e) => report.fixed(format!(
+                        "container {}: half-made, undo failed ({e}); kept for the next pass",
+                        short(&id)
+                    )),
                 }
-                for (id, exit) in exits? {
-                    let code = exit.status;
-                    me.task_exited(exit)?;
-                    let how = if code == SHIM_DIED_STATUS {
-                        "exited (or its shim died)"
-                    } else {
-                        "exited"
-                    };
-                    report.fixed(format!(
-                        "container {}: {how} with {}, EXITED",
-                        short(&id),
-                        code as i32
-                    ));
-                }
-                Ok(report)
-            },
-        )))
+            }
+            for (id, exit) in exits? {
+                let code = exit.status;
+                me.task_exited(exit)?;
+                let how = if code == SHIM_DIED_STATUS {
+                    "exited (or its shim died)"
+                } else {
+                    "exited"
+                };
+                report.fixed(format!(
+                    "container {}: {how} with {}, EXITED",
+                    short(&id),
+                    code as i32
+                ));
+            }
+            Ok(report)
+        })
     }
 }

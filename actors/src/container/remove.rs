@@ -2,14 +2,13 @@
 //! (the first step of StopPodSandbox and RemovePodSandbox). Removal is
 //! idempotent: an unknown container is success, as kubelet retries it.
 
-use super::actor::{restarting, ContainerActor, Containers};
+use super::actor::Containers;
 use super::messages::PodContainers;
 use super::stop::teardown;
 use super::store::ContainerState;
 use crate::kernel::Reply;
 use crate::shim::messages::Exit;
 use crate::Result;
-use actix::fut::{wrap_future, ActorFutureExt};
 use std::time::Duration;
 
 impl Containers {
@@ -48,9 +47,9 @@ impl Containers {
             )
         });
         let work = futures::future::join_all(jobs);
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |results: Vec<Result<(String, Option<Exit>)>>, act: &mut ContainerActor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
+        Reply::later(
+            work,
+            move |me: &mut Self, results: Vec<Result<(String, Option<Exit>)>>| {
                 for (id, _) in &targets {
                     me.busy.remove(id);
                 }
@@ -77,6 +76,6 @@ impl Containers {
                 }
                 first_err.map_or(Ok(()), Err)
             },
-        )))
+        )
     }
 }

@@ -4,7 +4,6 @@
 use super::actor::Containers;
 use crate::kernel::Reply;
 use crate::shim::messages::ReopenLog;
-use actix::fut::wrap_future;
 
 impl Containers {
     pub(super) fn reopen_log(&mut self, id: String) -> Reply<Self, ()> {
@@ -13,8 +12,6 @@ impl Containers {
             Err(e) => return Reply::Now(Err(e)),
         };
         let shim = self.deps.shim.clone();
-        Reply::Later(Box::pin(wrap_future(async move {
-            shim.call(ReopenLog { id: full }).await
-        })))
+        Reply::off(async move { shim.call(ReopenLog { id: full }).await })
     }
 }

@@ -2,12 +2,11 @@
 //! `runc run --detach`); a container must be Created, and a start whose
 //! answer was lost in an actor restart is found running and taken as done.
 
-use super::actor::{restarting, ContainerActor, Containers};
+use super::actor::Containers;
 use super::store::ContainerState;
 use crate::kernel::Reply;
 use crate::shim::messages::{StartTask, TaskState};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
 
 impl Containers {
     pub(super) fn start(&mut self, id: String) -> Reply<Self, ()> {
@@ -40,34 +39,33 @@ impl Containers {
                 Err(Error::FailedPrecondition(why)) => {
                     match shim.call(TaskState { id: task }).await {
                         Ok(info) if info.running && info.pid != 0 => Ok(info.pid),
+                        // The shim supervisor is restarting: ask again.
+                        Err(e @ Error::Unavailable(_)) => Err(e),
                         _ => Err(Error::FailedPrecondition(why)),
                     }
                 }
                 other => other,
             }
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<u32>, act: &mut ContainerActor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
-                me.busy.remove(&full);
-                let pid = match res {
-                    Ok(pid) => pid,
-                    Err(e) => {
-                        // Still Created, for StartContainer to retry.
-                        me.pending_exits.remove(&full);
-                        return Err(e);
-                    }
-                };
-                if let Some(mut r) = me.records.get(&full).cloned() {
-                    r.state = ContainerState::Running;
-                    r.pid = pid;
-                    r.started_unix_nanos = started;
-                    me.records.put(r)?;
+        Reply::later(work, move |me: &mut Self, res: Result<u32>| {
+            me.busy.remove(&full);
+            let pid = match res {
+                Ok(pid) => pid,
+                Err(e) => {
+                    // Still Created, for StartContainer to retry.
+                    me.pending_exits.remove(&full);
+                    return Err(e);
                 }
-                // Its exit may have been reported while it was starting.
-                me.settle_pending(&full, true)?;
-                Ok(())
-            },
-        )))
+            };
+            if let Some(mut r) = me.records.get(&full).cloned() {
+                r.state = ContainerState::Running;
+                r.pid = pid;
+                r.started_unix_nanos = started;
+                me.records.put(r)?;
+            }
+            // Its exit may have been reported while it was starting.
+            me.settle_pending(&full, true)?;
+            Ok(())
+        })
     }
 }

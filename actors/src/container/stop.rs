@@ -2,13 +2,12 @@
 //! removal share. Stop is idempotent: an unknown or already stopped
 //! container is success, as kubelet retries it.
 
-use super::actor::{restarting, ContainerActor, ContainerDeps, Containers};
+use super::actor::{ContainerDeps, Containers};
 use super::store::ContainerState;
 use crate::image::messages::RemoveRootfs;
 use crate::kernel::Reply;
 use crate::shim::messages::{DeleteTask, Exit, StopTask};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
 use std::time::Duration;
 
 /// Ends a container's process (if `running`: `signal`, then SIGKILL after
@@ -83,9 +82,9 @@ impl Containers {
         };
         let running = r.state == ContainerState::Running;
         let work = teardown(deps, task, running, signal, timeout, remove);
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<(String, Option<Exit>)>, act: &mut ContainerActor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
+        Reply::later(
+            work,
+            move |me: &mut Self, res: Result<(String, Option<Exit>)>| {
                 me.busy.remove(&full);
                 let (_, exit) = match res {
                     Ok(done) => done,
@@ -110,6 +109,6 @@ impl Containers {
                 }
                 Ok(())
             },
-        )))
+        )
     }
 }

@@ -10,7 +10,6 @@ use super::store::{ContainerRecord, ContainerState};
 use crate::kernel::Reply;
 use crate::sandbox::messages::PodSandboxStatus;
 use crate::Error;
-use actix::fut::wrap_future;
 
 impl Containers {
     pub(super) fn container_stats(
@@ -31,13 +30,13 @@ impl Containers {
             }
         };
         let dir = self.deps.rootfs_dir.clone();
-        Reply::Later(Box::pin(wrap_future(async move {
+        Reply::off(async move {
             tokio::task::spawn_blocking(move || {
                 records.into_iter().map(|r| usage(&dir, r)).collect()
             })
             .await
             .map_err(|e| Error::Internal(format!("stats task: {e}")))
-        })))
+        })
     }
 
     pub(super) fn pod_stats(&mut self, msg: PodStats) -> Reply<Self, Vec<PodUsage>> {
@@ -49,7 +48,7 @@ impl Containers {
             .cloned()
             .collect();
         let dir = self.deps.rootfs_dir.clone();
-        Reply::Later(Box::pin(wrap_future(async move {
+        Reply::off(async move {
             let pods = match msg.id {
                 Some(id) => vec![sandbox.call(PodSandboxStatus { id }).await?],
                 None => {
@@ -80,7 +79,7 @@ impl Containers {
             })
             .await
             .map_err(|e| Error::Internal(format!("stats task: {e}")))
-        })))
+        })
     }
 }
 

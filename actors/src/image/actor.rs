@@ -224,9 +224,7 @@ impl Handles<PullImage> for Images {
         Reply::Later(Box::pin(wrap_future(flight).then(
             |pulled: Result<Pulled>, act: &mut ImageActor, _| {
                 let outcome = match act.state_mut() {
-                    None => Err(Error::Unavailable(
-                        "the image actor is restarting; retry".into(),
-                    )),
+                    None => Err(crate::kernel::restarting(<Self as Subsystem>::NAME)),
                     Some(me) => me.after_pull(pulled),
                 };
                 wrap_future(async move {
@@ -260,9 +258,7 @@ impl Handles<ImportImage> for Images {
         Reply::Later(Box::pin(wrap_future(imported).then(
             |imported: Result<Vec<Imported>>, act: &mut ImageActor, _| {
                 let outcome = match act.state_mut() {
-                    None => Err(Error::Unavailable(
-                        "the image actor is restarting; retry".into(),
-                    )),
+                    None => Err(crate::kernel::restarting(<Self as Subsystem>::NAME)),
                     Some(me) => me.after_import(imported),
                 };
                 wrap_future(async move {
@@ -300,9 +296,7 @@ impl Handles<RemoveImage> for Images {
         }
         match self.collect() {
             Err(e) => Reply::Now(Err(e)),
-            Ok(work) => Reply::Later(Box::pin(wrap_future(async move {
-                run_collection(work).await.map(|_| ())
-            }))),
+            Ok(work) => Reply::off(async move { run_collection(work).await.map(|_| ()) }),
         }
     }
 }
@@ -312,7 +306,7 @@ impl Handles<ImageFsInfo> for Images {
 
     fn handle(&mut self, _msg: ImageFsInfo, _cx: Cx<'_, Self>) -> Reply<Self, FsUsage> {
         let b = self.backend.clone();
-        Reply::Later(Box::pin(wrap_future(async move {
+        Reply::off(async move {
             tokio::task::spawn_blocking(move || {
                 let snapshots = b.snapshots.dir();
                 let content = b.config.root.join("content");
@@ -320,7 +314,7 @@ impl Handles<ImageFsInfo> for Images {
             })
             .await
             .map_err(|e| Error::Internal(format!("image fs usage: {e}")))
-        })))
+        })
     }
 }
 
@@ -385,16 +379,11 @@ impl Handles<RemoveRootfs> for Images {
                 .await
                 .map_err(|e| Error::Internal(format!("rootfs task: {e}")))?
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<()>, act: &mut ImageActor, _| {
-                res?;
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the image actor is restarting; retry".into())
-                })?;
-                me.rootfs.remove(&id)?;
-                Ok(())
-            },
-        )))
+        Reply::later(work, move |me: &mut Self, res: Result<()>| {
+            res?;
+            me.rootfs.remove(&id)?;
+            Ok(())
+        })
     }
 }
 
@@ -415,27 +404,22 @@ impl Handles<EnsureSandboxImage> for Images {
             .await
             .map_err(|e| Error::Internal(format!("sandbox image task: {e}")))?
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            |built: Result<Pulled>, act: &mut ImageActor, _| {
-                let built = built?;
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the image actor is restarting; retry".into())
-                })?;
-                let id = me.record_pull(&built)?;
-                let mut record = me
-                    .images
-                    .get(&id)
-                    .cloned()
-                    .ok_or_else(|| Error::Internal("sandbox image vanished".into()))?;
-                if !record.pinned {
-                    // kubelet's image GC leaves pinned images alone.
-                    record.pinned = true;
-                    me.images.put(record)?;
-                }
-                let rootfs = me.backend.snapshots.path(&built.chain_ids[0]);
-                Ok(SandboxImage { id, rootfs })
-            },
-        )))
+        Reply::later(work, move |me: &mut Self, built: Result<Pulled>| {
+            let built = built?;
+            let id = me.record_pull(&built)?;
+            let mut record = me
+                .images
+                .get(&id)
+                .cloned()
+                .ok_or_else(|| Error::Internal("sandbox image vanished".into()))?;
+            if !record.pinned {
+                // kubelet's image GC leaves pinned images alone.
+                record.pinned = true;
+                me.images.put(record)?;
+            }
+            let rootfs = me.backend.snapshots.path(&built.chain_ids[0]);
+            Ok(SandboxImage { id, rootfs })
+        })
     }
 }
 

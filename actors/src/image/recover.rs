@@ -9,7 +9,7 @@ use super::rootfs::remove_rootfs;
 use super::store::RootfsRecord;
 use crate::kernel::{short, Recovered, Reply, Swept};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
+use actix::fut::wrap_future;
 use actix::{AsyncContext, Message};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -67,35 +67,29 @@ impl Images {
             .await
             .map_err(|e| Error::Internal(format!("rootfs task: {e}")))
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<Swept>, act: &mut ImageActor, _| {
-                let (removed, strays) = res?;
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the image actor is restarting; retry".into())
-                })?;
-                let mut report = Recovered {
-                    kept,
-                    fixed: Vec::new(),
-                };
-                for (id, outcome) in removed {
-                    match outcome {
-                        Ok(()) => {
-                            me.rootfs.remove(&id)?;
-                            report
-                                .fixed(format!("rootfs of {}: no container, removed", short(&id)));
-                        }
-                        Err(e) => report.fixed(format!(
-                            "rootfs of {}: no container, not removed: {e}",
-                            short(&id)
-                        )),
+        Reply::later(work, move |me: &mut Self, res: Result<Swept>| {
+            let (removed, strays) = res?;
+            let mut report = Recovered {
+                kept,
+                fixed: Vec::new(),
+            };
+            for (id, outcome) in removed {
+                match outcome {
+                    Ok(()) => {
+                        me.rootfs.remove(&id)?;
+                        report.fixed(format!("rootfs of {}: no container, removed", short(&id)));
                     }
+                    Err(e) => report.fixed(format!(
+                        "rootfs of {}: no container, not removed: {e}",
+                        short(&id)
+                    )),
                 }
-                for dir in strays {
-                    report.fixed(format!("{}: no rootfs record, removed", dir.display()));
-                }
-                Ok(report)
-            },
-        )))
+            }
+            for dir in strays {
+                report.fixed(format!("{}: no rootfs record, removed", dir.display()));
+            }
+            Ok(report)
+        })
     }
 }
 

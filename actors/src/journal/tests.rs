@@ -102,7 +102,18 @@ fn sled_records_survive_reopen() {
         boots.mark_clean().expect("clean");
         BootLog::start(j).expect("second boot");
     }
-    let j: Arc<dyn Journal> = Arc::new(SledJournal::open(&path).expect("reopen"));
+    // Other tests of this process spawn programs: a child between its fork
+    // and its exec holds a copy of every descriptor for that instant,
+    // sled's lock included. Reopening waits that out.
+    let mut reopened = SledJournal::open(&path);
+    for _ in 0..100 {
+        if reopened.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        reopened = SledJournal::open(&path);
+    }
+    let j: Arc<dyn Journal> = Arc::new(reopened.expect("reopen"));
     let log = BootLog::start(j).expect("third boot");
     let boots = log.all().expect("all");
     let seqs: Vec<_> = boots.iter().map(|b| (b.seq, b.clean_shutdown)).collect();

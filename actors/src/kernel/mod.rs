@@ -8,16 +8,18 @@
 //! The gRPC servers run on tokio and reach the actors only through
 //! [`Handle`]s.
 
+mod link;
 mod recovered;
 mod registry;
 mod supervise;
 
+pub use link::{Fakes, Link};
 pub use recovered::{claim_cut_short, patiently, short, Recovered, Swept};
 
 pub use registry::{ActorCell, ActorSnapshot, ActorStatus, Registry};
 pub use supervise::{
-    By, Control, ControlOp, ControlReply, Controllable, Cx, Envelope, Handle, Handles, Reply,
-    Shell, Subsystem,
+    restarting, By, Control, ControlOp, ControlReply, Controllable, Cx, Envelope, Handle, Handles,
+    Reply, Shell, Subsystem,
 };
 
 use crate::journal::{BootLog, BootRecord, Journal, JournalStats};

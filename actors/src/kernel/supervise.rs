@@ -21,6 +21,7 @@ use crate::{Error, Result};
 use actix::prelude::*;
 use futures::future::BoxFuture;
 use std::any::Any;
+use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,11 @@ pub struct Cx<'a, S: Subsystem> {
     pub ctx: &'a mut Context<Shell<S>>,
 }
 
+/// What a call caught in a restart of the actor `name` answers.
+pub fn restarting(name: &str) -> Error {
+    Error::Unavailable(format!("the {name} actor is restarting; retry"))
+}
+
 /// A handler's answer: now, or from work that runs off the actor.
 pub enum Reply<S: Subsystem, T> {
     Now(Result<T>),
@@ -66,6 +72,33 @@ pub enum Reply<S: Subsystem, T> {
 use std::pin::Pin;
 
 impl<S: Subsystem, T: 'static> Reply<S, T> {
+    /// Work that runs off the actor (`work`), then `finish` on the actor's
+    /// state with its result, for the answer: the pattern of every verb
+    /// that journals what its work did. If the actor restarted meanwhile
+    /// (the state `work` began from is gone), the call answers Unavailable
+    /// and kubelet retries; the new incarnation's recovery finishes or
+    /// undoes the work.
+    pub fn later<W, F>(work: W, finish: F) -> Self
+    where
+        W: Future + 'static,
+        F: FnOnce(&mut S, W::Output) -> Result<T> + 'static,
+    {
+        Reply::Later(Box::pin(actix::fut::wrap_future(work).map(
+            move |done, shell: &mut Shell<S>, _| {
+                let state = shell.state_mut().ok_or_else(|| restarting(S::NAME))?;
+                finish(state, done)
+            },
+        )))
+    }
+
+    /// Work that runs off the actor and is the answer itself.
+    pub fn off<W>(work: W) -> Self
+    where
+        W: Future<Output = Result<T>> + 'static,
+    {
+        Reply::Later(Box::pin(actix::fut::wrap_future(work)))
+    }
+
     /// Runs the work with nobody waiting for the answer (recovery after a
     /// restart); an error is logged.
     pub fn detach(self, ctx: &mut Context<Shell<S>>, what: &'static str) {
@@ -196,7 +229,7 @@ impl<S: Subsystem> Shell<S> {
     }
 
     fn unavailable(&self) -> Error {
-        Error::Unavailable(format!("the {} actor is restarting; retry", S::NAME))
+        restarting(S::NAME)
     }
 
     /// Runs `f` on the state; a panic is caught, recorded and turned into a

@@ -12,10 +12,6 @@ use crate::{Error, Result};
 use actix::fut::{wrap_future, ActorFutureExt};
 use serde_json::Value;
 
-fn restarting() -> Error {
-    Error::Unavailable("the network actor is restarting; retry".into())
-}
-
 impl Network {
     pub(super) fn create_netns(&mut self, sandbox_id: String) -> Reply<Self, String> {
         if let Some(a) = self.allocations.get(&sandbox_id) {
@@ -111,22 +107,19 @@ impl Network {
                 }
             }
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<Value>, act: &mut NetworkActor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
-                me.busy.remove(&id);
-                let mut record = me.allocations.get(&id).cloned().ok_or_else(|| {
-                    Error::FailedPrecondition(format!("pod {id} was removed during CNI ADD"))
-                })?;
-                let result = res?;
-                record.ips = pod_ips(&result);
-                record.result = result;
-                record.attached = true;
-                let ips = record.ips.clone();
-                me.allocations.put(record)?;
-                Ok(ips)
-            },
-        )))
+        Reply::later(work, move |me: &mut Self, res: Result<Value>| {
+            me.busy.remove(&id);
+            let mut record = me.allocations.get(&id).cloned().ok_or_else(|| {
+                Error::FailedPrecondition(format!("pod {id} was removed during CNI ADD"))
+            })?;
+            let result = res?;
+            record.ips = pod_ips(&result);
+            record.result = result;
+            record.attached = true;
+            let ips = record.ips.clone();
+            me.allocations.put(record)?;
+            Ok(ips)
+        })
     }
 
     /// The pod's allocation, for status.

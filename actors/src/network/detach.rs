@@ -66,40 +66,35 @@ impl Network {
             }
             Ok(deleted)
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<Result<()>>, act: &mut NetworkActor, _| {
-                let deleted = res?;
-                let me = act
-                    .state_mut()
-                    .ok_or_else(|| Error::Unavailable("the network actor is restarting; retry".into()))?;
-                let Some(mut record) = me.allocations.get(&sandbox_id).cloned() else {
-                    return Ok(());
-                };
-                match (deleted, remove) {
-                    (Ok(()), true) => {
-                        me.allocations.remove(&sandbox_id)?;
-                        Ok(())
-                    }
-                    (Ok(()), false) => {
-                        record.attached = false;
-                        record.result = serde_json::Value::Null;
-                        record.list = serde_json::Value::Null;
-                        record.ips.clear();
-                        me.allocations.put(record)?;
-                        Ok(())
-                    }
-                    (Err(e), true) => {
-                        // The pod goes; its allocation stays until DEL
-                        // succeeds in the background.
-                        tracing::warn!(sandbox = %sandbox_id, error = %e, "CNI DEL failed; retrying in the background");
-                        record.removed = true;
-                        me.allocations.put(record)?;
-                        Ok(())
-                    }
-                    (Err(e), false) => Err(e),
+        Reply::later(work, move |me: &mut Self, res: Result<Result<()>>| {
+            let deleted = res?;
+            let Some(mut record) = me.allocations.get(&sandbox_id).cloned() else {
+                return Ok(());
+            };
+            match (deleted, remove) {
+                (Ok(()), true) => {
+                    me.allocations.remove(&sandbox_id)?;
+                    Ok(())
                 }
-            },
-        )))
+                (Ok(()), false) => {
+                    record.attached = false;
+                    record.result = serde_json::Value::Null;
+                    record.list = serde_json::Value::Null;
+                    record.ips.clear();
+                    me.allocations.put(record)?;
+                    Ok(())
+                }
+                (Err(e), true) => {
+                    // The pod goes; its allocation stays until DEL
+                    // succeeds in the background.
+                    tracing::warn!(sandbox = %sandbox_id, error = %e, "CNI DEL failed; retrying in the background");
+                    record.removed = true;
+                    me.allocations.put(record)?;
+                    Ok(())
+                }
+                (Err(e), false) => Err(e),
+            }
+        })
     }
 
     /// Tries DEL again for removed pods whose DEL failed.

@@ -8,7 +8,7 @@ use super::netns;
 use super::store::NetworkAllocation;
 use crate::kernel::{short, Recovered, Reply, Swept};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
+use actix::fut::wrap_future;
 use actix::{AsyncContext, Message};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -74,40 +74,35 @@ impl Network {
                 .map_err(|e| Error::Internal(format!("netns task: {e}")))?;
             Ok((released, strays))
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<Swept>, act: &mut NetworkActor, _| {
-                let (released, strays) = res?;
-                let me = act
-                    .state_mut()
-                    .ok_or_else(|| Error::Unavailable("the network actor is restarting; retry".into()))?;
-                let mut report = Recovered {
-                    kept,
-                    fixed: Vec::new(),
-                };
-                for (id, outcome) in released {
-                    match outcome {
-                        Ok(()) => {
-                            me.allocations.remove(&id)?;
-                            report.fixed(format!("network of pod {}: no pod, released", short(&id)));
+        Reply::later(work, move |me: &mut Self, res: Result<Swept>| {
+            let (released, strays) = res?;
+            let mut report = Recovered {
+                kept,
+                fixed: Vec::new(),
+            };
+            for (id, outcome) in released {
+                match outcome {
+                    Ok(()) => {
+                        me.allocations.remove(&id)?;
+                        report.fixed(format!("network of pod {}: no pod, released", short(&id)));
+                    }
+                    Err(e) => {
+                        if let Some(mut a) = me.allocations.get(&id).cloned() {
+                            a.removed = true;
+                            me.allocations.put(a)?;
                         }
-                        Err(e) => {
-                            if let Some(mut a) = me.allocations.get(&id).cloned() {
-                                a.removed = true;
-                                me.allocations.put(a)?;
-                            }
-                            report.fixed(format!(
+                        report.fixed(format!(
                                 "network of pod {}: no pod, DEL failed ({e}), retried in the background",
                                 short(&id)
                             ));
-                        }
                     }
                 }
-                for pin in strays {
-                    report.fixed(format!("netns {}: no allocation, removed", pin.display()));
-                }
-                Ok(report)
-            },
-        )))
+            }
+            for pin in strays {
+                report.fixed(format!("netns {}: no allocation, removed", pin.display()));
+            }
+            Ok(report)
+        })
     }
 }
 

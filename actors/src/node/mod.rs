@@ -16,7 +16,7 @@ use crate::container::{ContainerDeps, Containers};
 use crate::host::HostFacts;
 use crate::image::{ImageBackend, ImageConfig, Images};
 use crate::journal::Journal;
-use crate::kernel::{Handle, Kernel};
+use crate::kernel::{Handle, Kernel, Link};
 use crate::network::{Network, NetworkConfig};
 use crate::sandbox::messages::{RemovePodSandbox, StopPodSandbox};
 use crate::sandbox::{SandboxConfig, SandboxDeps, Sandboxes};
@@ -58,6 +58,28 @@ impl std::ops::Deref for Node {
 
     fn deref(&self) -> &Kernel {
         &self.kernel
+    }
+}
+
+/// A pod's stop (or, with `remove`, its removal), in the order kubelet
+/// relies on: its containers first, then the pod. If the containers cannot
+/// be ended, the pod is left as it is, for the retry.
+async fn end_pod(
+    containers: &Link<Containers>,
+    sandboxes: &Link<Sandboxes>,
+    id: String,
+    remove: bool,
+) -> Result<()> {
+    containers
+        .call(PodContainers {
+            sandbox_id: id.clone(),
+            remove,
+        })
+        .await?;
+    if remove {
+        sandboxes.call(RemovePodSandbox { id }).await
+    } else {
+        sandboxes.call(StopPodSandbox { id }).await
     }
 }
 
@@ -103,15 +125,15 @@ impl Node {
                 });
                 let image = s.spawn::<Images>(image_backend);
                 let sandbox = s.spawn::<Sandboxes>(SandboxDeps {
-                    network: network.clone(),
-                    shim: shim.clone(),
-                    image: image.clone(),
+                    network: network.clone().into(),
+                    shim: shim.clone().into(),
+                    image: image.clone().into(),
                     config: sandbox_config,
                 });
                 let container = s.spawn::<Containers>(ContainerDeps {
-                    sandbox: sandbox.clone(),
-                    image: image.clone(),
-                    shim: shim.clone(),
+                    sandbox: sandbox.clone().into(),
+                    image: image.clone().into(),
+                    shim: shim.clone().into(),
                     state: container_dirs.0,
                     default_log_dir: container_dirs.1,
                     rootfs_dir: container_dirs.2,
@@ -135,21 +157,23 @@ impl Node {
     /// StopPodSandbox: the pod's containers are stopped (no grace: the
     /// pod is going), then the pod.
     pub async fn stop_pod(&self, id: String) -> Result<()> {
-        let containers = PodContainers {
-            sandbox_id: id.clone(),
-            remove: false,
-        };
-        self.container.call(containers).await?;
-        self.sandbox.call(StopPodSandbox { id }).await
+        end_pod(
+            &self.container.clone().into(),
+            &self.sandbox.clone().into(),
+            id,
+            false,
+        )
+        .await
     }
 
     /// RemovePodSandbox: the pod's containers are removed, then the pod.
     pub async fn remove_pod(&self, id: String) -> Result<()> {
-        let containers = PodContainers {
-            sandbox_id: id.clone(),
-            remove: true,
-        };
-        self.container.call(containers).await?;
-        self.sandbox.call(RemovePodSandbox { id }).await
+        end_pod(
+            &self.container.clone().into(),
+            &self.sandbox.clone().into(),
+            id,
+            true,
+        )
+        .await
     }
 }

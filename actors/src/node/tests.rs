@@ -199,3 +199,43 @@ async fn boots_are_recorded_and_a_clean_shutdown_is_marked() {
     assert_eq!(boots, vec![(1, true), (2, false)]);
     kernel.shutdown().expect("shutdown");
 }
+
+#[tokio::test]
+async fn a_pods_containers_end_before_the_pod_and_a_failure_keeps_the_pod() {
+    use crate::container::messages::PodContainers;
+    use crate::kernel::{Fakes, Link};
+    use crate::sandbox::messages::{RemovePodSandbox, StopPodSandbox};
+    let fakes = Fakes::new();
+    fakes.on(|_: PodContainers| Ok(()));
+    fakes.on(|_: StopPodSandbox| Ok(()));
+    fakes.on(|_: RemovePodSandbox| Ok(()));
+    let (containers, sandboxes) = (Link::fake(&fakes), Link::fake(&fakes));
+    end_pod(&containers, &sandboxes, "p".into(), false)
+        .await
+        .expect("stop");
+    end_pod(&containers, &sandboxes, "p".into(), true)
+        .await
+        .expect("remove");
+    assert_eq!(
+        fakes.log(),
+        [
+            "PodContainers",
+            "StopPodSandbox",
+            "PodContainers",
+            "RemovePodSandbox"
+        ]
+    );
+    fakes.on(|_: PodContainers| -> crate::Result<()> {
+        Err(Error::Unavailable(
+            "the container actor is restarting".into(),
+        ))
+    });
+    let err = end_pod(&containers, &sandboxes, "p".into(), true)
+        .await
+        .expect_err("containers first");
+    assert!(matches!(err, Error::Unavailable(_)), "{err}");
+    assert_eq!(
+        fakes.log().last().map(String::as_str),
+        Some("PodContainers")
+    );
+}

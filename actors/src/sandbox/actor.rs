@@ -7,7 +7,7 @@ use super::messages::*;
 use super::store::SandboxRecord;
 use crate::image::Images;
 use crate::journal::{Journal, Table};
-use crate::kernel::{Cx, Handle, Handles, Reply, Shell, Subsystem};
+use crate::kernel::{Cx, Handles, Link, Reply, Shell, Subsystem};
 use crate::network::Network;
 use crate::shim::Shims;
 use crate::Result;
@@ -20,9 +20,9 @@ pub type SandboxActor = Shell<Sandboxes>;
 /// What the SandboxActor needs: its peers and its configuration.
 #[derive(Clone)]
 pub struct SandboxDeps {
-    pub network: Handle<Network>,
-    pub shim: Handle<Shims>,
-    pub image: Handle<Images>,
+    pub network: Link<Network>,
+    pub shim: Link<Shims>,
+    pub image: Link<Images>,
     pub config: SandboxConfig,
 }
 

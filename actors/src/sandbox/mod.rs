@@ -13,6 +13,9 @@ mod stop;
 pub mod store;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 pub use actor::{SandboxActor, SandboxConfig, SandboxDeps, Sandboxes};
 
 /// Checks a cgroup parent as RunPodSandbox does (for the daemon's config).

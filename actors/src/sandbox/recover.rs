@@ -9,14 +9,13 @@
 //! - a pod being stopped or removed when the actor died stays as it was
 //!   recorded: kubelet repeats Stop and Remove, which are idempotent.
 
-use super::actor::{SandboxActor, Sandboxes};
+use super::actor::Sandboxes;
 use super::files::PodFiles;
 use super::run::Undo;
 use super::store::SandboxState;
 use crate::kernel::{claim_cut_short, short, Recovered, Reply};
 use crate::shim::exits::ExitsOf;
-use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
+use crate::Result;
 use actix::Message;
 
 /// Runs the recovery pass (see the module docs).
@@ -61,11 +60,9 @@ impl Sandboxes {
             let exits = shim.call(ExitsOf { ids: ready }).await;
             (exits, futures::future::join_all(undos).await)
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |(exits, undone): (Result<_>, Vec<(String, bool)>), act: &mut SandboxActor, _| {
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the sandbox actor is restarting; retry".into())
-                })?;
+        Reply::later(
+            work,
+            move |me: &mut Self, (exits, undone): (Result<_>, Vec<(String, bool)>)| {
                 for (id, clean) in undone {
                     me.busy.remove(&id);
                     if clean {
@@ -85,6 +82,6 @@ impl Sandboxes {
                 }
                 Ok(report)
             },
-        )))
+        )
     }
 }

@@ -4,7 +4,7 @@
 //! registers its undo; a failure anywhere rolls back all that was done and
 //! answers the error, leaving nothing behind.
 
-use super::actor::{SandboxActor, SandboxDeps, Sandboxes};
+use super::actor::{SandboxDeps, Sandboxes};
 use super::files::PodFiles;
 use super::messages::{NamespaceMode, PodConfig, RunPodSandbox};
 use super::spec::PauseSpec;
@@ -15,7 +15,6 @@ use crate::kernel::{patiently, Reply};
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
 use crate::shim::messages::{CreateTask, DeleteTask, StartTask};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
 use std::io::Read;
 
 /// A new random sandbox ID: 64 hex digits, like other CRI runtimes'.
@@ -267,35 +266,30 @@ impl Sandboxes {
                         made
                     }
                 };
-                Reply::Later(Box::pin(wrap_future(work).map(
-                    move |made: Result<Made>, act: &mut SandboxActor, _| {
-                        let me = act.state_mut().ok_or_else(|| {
-                            Error::Unavailable("the sandbox actor is restarting; retry".into())
-                        })?;
-                        me.reserved.remove(&name);
-                        let made = match made {
-                            Ok(m) => m,
-                            Err(e) => {
-                                me.pending_exits.remove(&id);
-                                let _ = me.records.remove(&id);
-                                return Err(e);
-                            }
-                        };
-                        me.sandbox_image.get_or_insert(made.image.clone());
-                        let mut record = me.records.get(&id).cloned().ok_or_else(|| {
-                            Error::Internal(format!("pod {id} vanished while being made"))
-                        })?;
-                        record.state = SandboxState::Ready;
-                        record.netns_path = made.netns;
-                        record.ips = made.ips;
-                        record.pid = made.pid;
-                        me.records.put(record)?;
-                        tracing::info!(sandbox = %id, pod = %name, "pod sandbox ready");
-                        // A pause that died while the pod was being made.
-                        me.settle_pending(&id)?;
-                        Ok(id)
-                    },
-                )))
+                Reply::later(work, move |me: &mut Self, made: Result<Made>| {
+                    me.reserved.remove(&name);
+                    let made = match made {
+                        Ok(m) => m,
+                        Err(e) => {
+                            me.pending_exits.remove(&id);
+                            let _ = me.records.remove(&id);
+                            return Err(e);
+                        }
+                    };
+                    me.sandbox_image.get_or_insert(made.image.clone());
+                    let mut record = me.records.get(&id).cloned().ok_or_else(|| {
+                        Error::Internal(format!("pod {id} vanished while being made"))
+                    })?;
+                    record.state = SandboxState::Ready;
+                    record.netns_path = made.netns;
+                    record.ips = made.ips;
+                    record.pid = made.pid;
+                    me.records.put(record)?;
+                    tracing::info!(sandbox = %id, pod = %name, "pod sandbox ready");
+                    // A pause that died while the pod was being made.
+                    me.settle_pending(&id)?;
+                    Ok(id)
+                })
             }
         }
     }

@@ -3,14 +3,13 @@
 //! from here with `remove`. Both are idempotent: an unknown ID is success,
 //! as kubelet retries them freely.
 
-use super::actor::{SandboxActor, Sandboxes};
+use super::actor::Sandboxes;
 use super::files::PodFiles;
 use super::store::SandboxState;
 use crate::kernel::Reply;
 use crate::network::messages::{DetachPod, RemovePodNetwork};
 use crate::shim::messages::{DeleteTask, StopTask};
 use crate::{Error, Result};
-use actix::fut::{wrap_future, ActorFutureExt};
 use std::time::Duration;
 
 /// The pause container ignores nothing but exits at once on SIGKILL.
@@ -81,30 +80,25 @@ impl Sandboxes {
             }
             stopped.and(network)
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<()>, act: &mut SandboxActor, _| {
-                let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the sandbox actor is restarting; retry".into())
-                })?;
-                me.busy.remove(&id);
-                // The pod is not ready after a stop either way.
-                me.pending_exits.remove(&id);
-                if remove && res.is_ok() {
-                    me.records.remove(&id)?;
-                    tracing::info!(sandbox = %id, "pod sandbox removed");
-                    return Ok(());
+        Reply::later(work, move |me: &mut Self, res: Result<()>| {
+            me.busy.remove(&id);
+            // The pod is not ready after a stop either way.
+            me.pending_exits.remove(&id);
+            if remove && res.is_ok() {
+                me.records.remove(&id)?;
+                tracing::info!(sandbox = %id, "pod sandbox removed");
+                return Ok(());
+            }
+            if let Some(mut r) = me.records.get(&id).cloned() {
+                // The pause container is gone either way: the pod is
+                // not ready, even if the network teardown must be
+                // retried.
+                if r.state != SandboxState::NotReady {
+                    r.state = SandboxState::NotReady;
+                    me.records.put(r)?;
                 }
-                if let Some(mut r) = me.records.get(&id).cloned() {
-                    // The pause container is gone either way: the pod is
-                    // not ready, even if the network teardown must be
-                    // retried.
-                    if r.state != SandboxState::NotReady {
-                        r.state = SandboxState::NotReady;
-                        me.records.put(r)?;
-                    }
-                }
-                res
-            },
-        )))
+            }
+            res
+        })
     }
 }

@@ -9,7 +9,6 @@ use super::client::{ExecOpts, ShimClient};
 use super::messages::{ExecInTask, ExecOutput};
 use crate::kernel::Reply;
 use crate::Error;
-use actix::fut::wrap_future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -94,6 +93,6 @@ impl Shims {
             let _ = std::fs::remove_file(&err);
             result
         };
-        Reply::Later(Box::pin(wrap_future(work)))
+        Reply::off(work)
     }
 }

@@ -390,7 +390,7 @@ impl Shims {
                   ctx| {
                 let (report, clients) = res?;
                 let me = act.state_mut().ok_or_else(|| {
-                    Error::Unavailable("the shim supervisor is restarting; retry".into())
+                    crate::kernel::restarting(<Self as crate::kernel::Subsystem>::NAME)
                 })?;
                 for id in &report.undone {
                     me.records.remove(id)?;

@@ -29,10 +29,6 @@ fn exit(e: ExitInfo) -> Exit {
     }
 }
 
-fn restarting() -> Error {
-    Error::Unavailable("the shim supervisor is restarting; retry".into())
-}
-
 /// Removes a bundle; what is gone is fine.
 fn remove_bundle(bundle: &Path, socket: &Path) {
     let _ = std::fs::remove_file(socket);
@@ -165,25 +161,23 @@ impl Shims {
             }
             started
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |started: Result<(u32, u32, ShimClient)>, act: &mut ShimSupervisor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
-                match started {
-                    Err(e) => {
-                        let _ = me.records.remove(&id);
-                        Err(e)
+        Reply::later(
+            work,
+            move |me: &mut Self, started: Result<(u32, u32, ShimClient)>| match started {
+                Err(e) => {
+                    let _ = me.records.remove(&id);
+                    Err(e)
+                }
+                Ok((shim_pid, task_pid, client)) => {
+                    if let Some(mut r) = me.records.get(&id).cloned() {
+                        r.pid = shim_pid;
+                        me.records.put(r)?;
                     }
-                    Ok((shim_pid, task_pid, client)) => {
-                        if let Some(mut r) = me.records.get(&id).cloned() {
-                            r.pid = shim_pid;
-                            me.records.put(r)?;
-                        }
-                        me.clients.insert(id, client);
-                        Ok(task_pid)
-                    }
+                    me.clients.insert(id, client);
+                    Ok(task_pid)
                 }
             },
-        )))
+        )
     }
 
     pub(super) fn start_task(&mut self, id: String) -> Reply<Self, u32> {
@@ -219,7 +213,7 @@ impl Shims {
             }
             started
         };
-        Reply::Later(Box::pin(wrap_future(work)))
+        Reply::off(work)
     }
 
     pub(super) fn stop_task(&mut self, msg: StopTask) -> Reply<Self, Option<Exit>> {
@@ -348,18 +342,15 @@ impl Shims {
                 .map_err(|e| Error::Internal(format!("bundle task: {e}")))?;
             Ok(())
         };
-        Reply::Later(Box::pin(wrap_future(work).map(
-            move |res: Result<()>, act: &mut ShimSupervisor, _| {
-                let me = act.state_mut().ok_or_else(restarting)?;
-                me.deleting.remove(&id);
-                res?;
-                me.clients.remove(&id);
-                me.buried.remove(&id);
-                me.published.remove(&id);
-                me.records.remove(&id)?;
-                Ok(())
-            },
-        )))
+        Reply::later(work, move |me: &mut Self, res: Result<()>| {
+            me.deleting.remove(&id);
+            res?;
+            me.clients.remove(&id);
+            me.buried.remove(&id);
+            me.published.remove(&id);
+            me.records.remove(&id)?;
+            Ok(())
+        })
     }
 
     pub(super) fn task_spec(&mut self, id: String) -> Reply<Self, Option<serde_json::Value>> {
@@ -367,7 +358,7 @@ impl Shims {
             return Reply::Now(Ok(None));
         };
         let spec = Path::new(&record.bundle).join(launch::SPEC_FILE);
-        Reply::Later(Box::pin(wrap_future(async move {
+        Reply::off(async move {
             tokio::task::spawn_blocking(move || {
                 std::fs::read(&spec)
                     .ok()
@@ -375,7 +366,7 @@ impl Shims {
             })
             .await
             .map_err(|e| Error::Internal(format!("spec task: {e}")))
-        })))
+        })
     }
 
     pub(super) fn task_state(&mut self, id: String) -> Reply<Self, TaskInfo> {
@@ -415,7 +406,7 @@ impl Shims {
                 exit: s.exit.map(exit),
             })
         };
-        Reply::Later(Box::pin(wrap_future(work)))
+        Reply::off(work)
     }
 }
 
@@ -431,7 +422,7 @@ impl Shims {
             };
             client.update(&msg.resources_json).await
         };
-        Reply::Later(Box::pin(wrap_future(work)))
+        Reply::off(work)
     }
 
     /// The shim reopens the log file on SIGUSR1; lines are written whole,
