@@ -3,8 +3,9 @@
 //! exist and keeps a connection to each.
 
 use super::client::ShimClient;
+use super::health::{ListShims, ShimHealth};
 use super::messages::*;
-use super::recover::{ListShims, RecoverShims, ShimHealth, ShimReport};
+use super::recover::{RecoverShims, ShimReport};
 use super::store::ShimRecord;
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};

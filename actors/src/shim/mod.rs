@@ -4,11 +4,13 @@ mod actor;
 pub mod client;
 mod exec;
 pub mod exits;
+pub mod health;
 pub mod launch;
 pub mod messages;
 pub mod recover;
 pub mod store;
 mod task;
+mod watch;
 
 pub use actor::{bundle_dir, Runtime, ShimConfig, ShimDeps, ShimSupervisor, Shims};
 pub use exits::{ExitSink, ExitSinks};

@@ -5,9 +5,9 @@
 
 use super::actor::{ShimSupervisor, Shims};
 use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
+use super::health::{kill_shim_of, shim_alive, sigkill};
 use super::launch::{self, LaunchOpts, ShimArgs};
 use super::messages::*;
-use super::recover::{kill_shim_of, shim_alive, sigkill};
 use super::store::ShimRecord;
 use crate::kernel::Reply;
 use crate::{Error, Result};
@@ -153,8 +153,8 @@ impl Shims {
                 let _ = tokio::task::spawn_blocking(move || {
                     // A runtime killed half-way through create leaves
                     // its state (and a waiting init) behind.
-                    super::recover::force_delete(&rt, &id);
-                    super::recover::remove_cgroup(&cgroups_path);
+                    super::health::force_delete(&rt, &id);
+                    super::health::remove_cgroup(&cgroups_path);
                     remove_bundle(&b, &s)
                 })
                 .await;
@@ -206,7 +206,7 @@ impl Shims {
                         .ok()
                         .and_then(|s| s.linux().as_ref()?.cgroups_path().clone());
                     if let Some(path) = path {
-                        super::recover::remove_cgroup(&path.display().to_string());
+                        super::health::remove_cgroup(&path.display().to_string());
                     }
                 })
                 .await;
@@ -302,7 +302,7 @@ impl Shims {
                 // No shim to ask: the runtime ends what it still holds.
                 if let Some(rt) = runtime {
                     let t = task.clone();
-                    tokio::task::spawn_blocking(move || super::recover::force_delete(&rt, &t))
+                    tokio::task::spawn_blocking(move || super::health::force_delete(&rt, &t))
                         .await
                         .map_err(|e| Error::Internal(format!("runtime task: {e}")))?;
                 }

@@ -262,7 +262,7 @@ impl Admin for AdminService {
             let shims = self
                 .node
                 .shim
-                .call(berth_actors::shim::recover::ListShims)
+                .call(berth_actors::shim::health::ListShims)
                 .await?;
             Ok(ListShimsResponse {
                 shims: shims

@@ -23,7 +23,7 @@ use berth_actors::network::recover::ListAllocations;
 use berth_actors::node::Node;
 use berth_actors::sandbox::messages::ListPodSandbox;
 use berth_actors::sandbox::store::SandboxState;
-use berth_actors::shim::recover::{shim_processes, ListShims};
+use berth_actors::shim::health::{shim_processes, ListShims};
 use berth_actors::Result;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ impl Fsck {
 struct Journal {
     pods: Vec<berth_actors::sandbox::store::SandboxRecord>,
     containers: Vec<berth_actors::container::store::ContainerRecord>,
-    shims: Vec<berth_actors::shim::recover::ShimHealth>,
+    shims: Vec<berth_actors::shim::health::ShimHealth>,
     allocations: Vec<berth_actors::network::store::NetworkAllocation>,
     rootfs: Vec<berth_actors::image::store::RootfsRecord>,
 }

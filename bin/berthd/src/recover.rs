@@ -43,8 +43,9 @@ use berth_actors::network::recover::RecoverNetwork;
 use berth_actors::node::Node;
 use berth_actors::sandbox::messages::ListPodSandbox;
 use berth_actors::sandbox::recover::RecoverSandboxes;
+use berth_actors::shim::health::ListShims;
 use berth_actors::shim::messages::DeleteTask;
-use berth_actors::shim::recover::{ListShims, RecoverShims};
+use berth_actors::shim::recover::RecoverShims;
 use std::collections::BTreeSet;
 use std::time::Instant;
 
