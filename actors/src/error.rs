@@ -32,13 +32,8 @@ pub enum Error {
     #[error("{0}")]
     Internal(String),
     /// The journal failed a read or write: the actor's state may no longer
-    /// match the disk, so the actor is restarted to rebuild it.
+    /// match the disk, so the actor is restarted to rebuild it. The cause
+    /// is kept whole, down to the gRPC mapping.
     #[error("journal: {0}")]
-    Journal(String),
-}
-
-impl From<JournalError> for Error {
-    fn from(e: JournalError) -> Self {
-        Error::Journal(e.to_string())
-    }
+    Journal(#[from] JournalError),
 }

@@ -218,7 +218,8 @@ pub(super) fn within(what: &str, e: Error) -> Error {
         Error::Unauthenticated(s) => Error::Unauthenticated(m(s)),
         Error::DataLoss(s) => Error::DataLoss(m(s)),
         Error::Internal(s) => Error::Internal(m(s)),
-        Error::Journal(s) => Error::Journal(m(s)),
+        // Where a journal failure happened does not change what it is.
+        Error::Journal(j) => Error::Journal(j),
     }
 }
 

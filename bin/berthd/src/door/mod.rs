@@ -23,7 +23,7 @@ pub fn status(e: Error) -> Status {
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::DataLoss(m) => Status::data_loss(m),
         Error::Internal(m) => Status::internal(m),
-        Error::Journal(m) => Status::internal(format!("journal: {m}")),
+        Error::Journal(j) => Status::internal(format!("journal: {j}")),
     }
 }
 
