@@ -372,9 +372,20 @@ async fn make_pod(
     })
     .await;
     codes.extend(more);
+    // As kubelet does, a start whose answer was lost (berthd killed after
+    // it started the container) is seen done in the container's status.
     let (_, more) = until_ok(&format!("StartContainer {name}"), || {
         let (ctr, socket) = (ctr.clone(), socket.clone());
-        async move { start_container(&mut client(&socket).await?, &ctr).await }
+        async move {
+            let mut rt = client(&socket).await?;
+            match start_container(&mut rt, &ctr).await {
+                Ok(()) => Ok(()),
+                Err(e) => match container_status(&mut rt, &ctr).await {
+                    Ok(s) if s.state == ContainerState::ContainerRunning as i32 => Ok(()),
+                    _ => Err(e),
+                },
+            }
+        }
     })
     .await;
     codes.extend(more);

@@ -12,6 +12,7 @@
 pub mod container;
 pub mod error;
 pub mod host;
+pub mod ids;
 pub mod image;
 pub mod journal;
 pub mod kernel;

@@ -323,7 +323,7 @@ impl Containers {
         } else {
             None
         };
-        let id = match crate::sandbox::new_id() {
+        let id = match crate::ids::new_id() {
             Ok(id) => id,
             Err(e) => return Reply::Now(Err(e)),
         };

@@ -34,9 +34,9 @@ impl Handles<Poison> for Bomb {
     type Output = ();
 
     fn handle(&mut self, _msg: Poison, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        Reply::Now(Err(Error::Journal(
-            crate::journal::JournalError::Storage("disk full".into()),
-        )))
+        Reply::Now(Err(Error::Journal(crate::journal::JournalError::Storage(
+            "disk full".into(),
+        ))))
     }
 }
 

@@ -6,7 +6,6 @@ pub mod messages;
 pub mod recover;
 mod remove;
 mod run;
-pub use run::new_id;
 pub mod spec;
 mod status;
 mod stop;

@@ -15,16 +15,6 @@ use crate::kernel::{patiently, Reply};
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
 use crate::shim::messages::{CreateTask, DeleteTask, StartTask};
 use crate::{Error, Result};
-use std::io::Read;
-
-/// A new random sandbox ID: 64 hex digits, like other CRI runtimes'.
-pub fn new_id() -> Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::Internal(format!("random id: {e}")))?;
-    Ok(hex::encode(bytes))
-}
 
 /// What a made pod is.
 struct Made {
@@ -338,7 +328,7 @@ impl Sandboxes {
                 "pod sandbox name {name:?} is reserved for {holder}"
             )));
         }
-        let id = new_id()?;
+        let id = crate::ids::new_id()?;
         let parent = if msg.config.cgroup_parent.is_empty() {
             self.deps.config.cgroup_parent.clone()
         } else {

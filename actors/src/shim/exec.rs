@@ -49,7 +49,7 @@ impl Shims {
             process.set_terminal(Some(false));
             let process_json =
                 serde_json::to_vec(&process).map_err(|e| Error::Internal(e.to_string()))?;
-            let exec_id = format!("exec-{}", &crate::sandbox::new_id()?[..16]);
+            let exec_id = format!("exec-{}", crate::ids::short_id()?);
             let (out, err) = (
                 bundle.join(format!("{exec_id}.out")),
                 bundle.join(format!("{exec_id}.err")),
