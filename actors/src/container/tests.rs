@@ -320,21 +320,7 @@ async fn recovery_undoes_cut_short_containers_and_takes_exits_on_record() {
 
     let (r, fakes) = rig(Step::None, journal).await;
     let dead = exited.clone();
-    fakes.on(move |m: ExitsOf| {
-        Ok(m.ids
-            .into_iter()
-            .filter(|id| *id == dead)
-            .map(|id| {
-                let exit = TaskExited {
-                    id: id.clone(),
-                    status: 7,
-                    exited_at_unix_nanos: 42,
-                    note: None,
-                };
-                (id, exit)
-            })
-            .collect::<BTreeMap<_, _>>())
-    });
+    fakes.on(crate::shim::exits::exited_only(dead, 7, 42));
     let report = r.containers.call(RecoverContainers).await.expect("recover");
     let fixed = report.fixed.join("\n");
     assert!(fixed.contains("half-made, undone"), "{fixed}");

@@ -252,7 +252,6 @@ async fn stop_kills_the_pause_and_detaches_and_remove_forgets_the_pod() {
 async fn recovery_undoes_cut_short_pods_and_finds_exited_pauses() {
     use super::recover::RecoverSandboxes;
     use super::store::{SandboxRecord, SandboxState};
-    use crate::shim::messages::TaskExited;
     let journal: Arc<dyn Journal> = Arc::new(MemoryJournal::new());
     let before = fakes(Step::None);
     let r = rig(&before, journal.clone()).await;
@@ -278,21 +277,7 @@ async fn recovery_undoes_cut_short_pods_and_finds_exited_pauses() {
 
     let after = fakes(Step::None);
     let exited = dead.clone();
-    after.on(move |m: ExitsOf| {
-        Ok(m.ids
-            .into_iter()
-            .filter(|id| *id == exited)
-            .map(|id| {
-                let exit = TaskExited {
-                    id: id.clone(),
-                    status: 137,
-                    exited_at_unix_nanos: 5,
-                    note: None,
-                };
-                (id, exit)
-            })
-            .collect::<BTreeMap<_, _>>())
-    });
+    after.on(crate::shim::exits::exited_only(exited, 137, 5));
     let r = rig(&after, journal).await;
     let report = r.sandbox.call(RecoverSandboxes).await.expect("recover");
     let fixed = report.fixed.join("\n");

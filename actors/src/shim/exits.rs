@@ -145,3 +145,28 @@ impl Shims {
         Reply::Now(Ok(found))
     }
 }
+
+/// For unit tests of the owners of tasks: an [`ExitsOf`] answer in which
+/// only `task` has exited, with `status` at `at`.
+#[cfg(test)]
+pub fn exited_only(
+    task: String,
+    status: u32,
+    at: i64,
+) -> impl Fn(ExitsOf) -> Result<BTreeMap<String, TaskExited>> + Send + Sync + 'static {
+    move |m: ExitsOf| {
+        Ok(m.ids
+            .into_iter()
+            .filter(|id| *id == task)
+            .map(|id| {
+                let exit = TaskExited {
+                    id: id.clone(),
+                    status,
+                    exited_at_unix_nanos: at,
+                    note: None,
+                };
+                (id, exit)
+            })
+            .collect())
+    }
+}
