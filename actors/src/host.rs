@@ -6,8 +6,7 @@
 //! what CreateContainer does never disagree.
 
 use oci_spec::runtime::{Capabilities, Capability};
-
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
@@ -100,9 +99,17 @@ impl HostFacts {
             .unwrap_or_default();
         let hugetlb = !disable_hugetlb && has_controller("hugetlb");
         let kernel_rro = kernel_has_mount_setattr();
+        // Several handlers may name one runtime ("" and "runc" do): each
+        // binary is asked once.
+        let mut asked: BTreeMap<&Path, bool> = BTreeMap::new();
         let recursive_read_only = handlers
             .into_iter()
-            .filter(|(_, binary)| kernel_rro && runtime_mount_options(binary).contains("rro"))
+            .filter(|(_, binary)| {
+                kernel_rro
+                    && *asked
+                        .entry(binary)
+                        .or_insert_with(|| runtime_mount_options(binary).contains("rro"))
+            })
             .map(|(name, _)| name.to_string())
             .collect();
         let facts = HostFacts {
@@ -138,7 +145,7 @@ fn capabilities_of(mask: u64) -> Capabilities {
 }
 
 /// Where the node's cgroup hierarchies are mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Whether this node has cgroup v2 at [`CGROUP_ROOT`], asked once: it does
 /// not change while berthd runs. A hybrid node (v1 controllers, cgroup2

@@ -19,8 +19,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Where the node's cgroup hierarchies are mounted.
-const ROOT: &str = "/sys/fs/cgroup";
+use crate::host::CGROUP_ROOT as ROOT;
 
 /// What a cgroup has used; a value its cgroup does not report is `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -91,7 +91,7 @@ pub fn remove_cgroup(cgroups_path: &str) {
     if rel.is_empty() || rel.split('/').any(|c| c == "..") {
         return;
     }
-    let root = Path::new("/sys/fs/cgroup");
+    let root = Path::new(crate::host::CGROUP_ROOT);
     let mut dirs = vec![root.join(rel)];
     for h in std::fs::read_dir(root).into_iter().flatten().flatten() {
         dirs.push(h.path().join(rel));

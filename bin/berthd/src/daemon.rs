@@ -51,6 +51,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
 
     let host = Arc::new(probe_host(&config));
+    let events_socket = config.state.join("events.sock");
     let pause_binary = beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?;
     let journal =
         SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
@@ -75,7 +76,7 @@ pub async fn run(config: Config) -> Result<()> {
             shim: ShimConfig {
                 state: config.state.clone(),
                 shim_binary: beside_berthd(config.shim.binary.as_ref(), "berth-shim")?,
-                events_socket: Some(config.state.join("events.sock")),
+                events_socket: Some(events_socket.clone()),
                 runtimes: runtimes(&config),
             },
             host: host.clone(),
@@ -85,7 +86,7 @@ pub async fn run(config: Config) -> Result<()> {
     .await
     .map_err(|e| anyhow!("start-up: {e}"))?;
     let node = Arc::new(node);
-    let events = crate::events::serve(&config.state.join("events.sock"), node.clone())?;
+    let events = crate::events::serve(&events_socket, node.clone())?;
     // The sandbox image is made (from the pause program, which may have
     // changed since the last start) and pinned while recovery runs, so that
     // no RunPodSandbox ever builds it.
@@ -162,11 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
     events.shutdown();
     // The sockets go; shims publishing an exit meanwhile find no endpoint,
     // and the next berthd reads their exit records.
-    for path in [
-        &config.cri.socket,
-        &config.admin.socket,
-        &config.state.join("events.sock"),
-    ] {
+    for path in [&config.cri.socket, &config.admin.socket, &events_socket] {
         let _ = std::fs::remove_file(path);
     }
     let shutdown_kernel = node.clone();

@@ -86,7 +86,8 @@ impl tower::Service<http::Request<Incoming>> for Deadlines {
             .headers()
             .get("grpc-timeout")
             .and_then(|v| grpc_timeout(v.as_bytes()));
-        let path = request.uri().path().to_string();
+        // The RPC's name, for the log line of a call past its deadline.
+        let path = deadline.map(|_| request.uri().path().to_string());
         let call = tower::Service::call(&mut self.0, request.map(tonic::body::boxed));
         Box::pin(async move {
             let answer = match deadline {
@@ -94,7 +95,8 @@ impl tower::Service<http::Request<Incoming>> for Deadlines {
                 Some(d) => match tokio::time::timeout(d, call).await {
                     Ok(answer) => answer,
                     Err(_) => {
-                        tracing::info!(rpc = %path, deadline = ?d, "the call's deadline passed");
+                        let rpc = path.unwrap_or_default();
+                        tracing::info!(%rpc, deadline = ?d, "the call's deadline passed");
                         let status = tonic::Status::deadline_exceeded(format!(
                             "the call's deadline ({d:?}) passed before berth answered"
                         ));
