@@ -3,7 +3,7 @@
 //! and fsck.
 
 use super::actor::{Runtime, Shims};
-use super::launch::{self, EXIT_FILE};
+use super::launch::EXIT_FILE;
 use super::store::ShimRecord;
 use crate::Result;
 use actix::prelude::*;
@@ -114,15 +114,6 @@ pub fn remove_cgroup(cgroups_path: &str) {
         std::thread::sleep(Duration::from_millis(10));
     }
     tracing::warn!(cgroup = %cgroups_path, "cannot remove a cgroup left by a failed create");
-}
-
-/// Kills the process in `BUNDLE/shim.pid` if it is the shim of `id`.
-pub(super) fn kill_shim_of(bundle: &Path, id: &str) {
-    if let Ok(pid) = launch::read_shim_pid(bundle) {
-        if shim_alive(pid, id) {
-            sigkill(pid);
-        }
-    }
 }
 
 /// Every berth-shim process whose bundle is under `dir`: (pid, container).

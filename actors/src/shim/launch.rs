@@ -57,7 +57,7 @@ pub async fn launch(opts: &LaunchOpts) -> Result<Launched> {
         }
         Err(_) => {
             // A shim that came up after all would serve nobody.
-            super::health::kill_shim_of(&opts.args.bundle, id);
+            super::host::Processes::kill_shim_of(&super::host::Os, &opts.args.bundle, id);
             return Err(Error::DeadlineExceeded(format!(
                 "container {id}: the shim did not start in {}s",
                 opts.timeout.as_secs_f64()

@@ -5,6 +5,7 @@ pub mod client;
 mod exec;
 pub mod exits;
 pub mod health;
+mod host;
 pub mod launch;
 pub mod messages;
 pub mod recover;

@@ -5,7 +5,8 @@
 
 use super::actor::{ShimSupervisor, Shims};
 use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
-use super::health::{kill_shim_of, shim_alive, sigkill};
+use super::health::{shim_alive, sigkill};
+use super::host::{Os, Processes};
 use super::launch::{self, LaunchOpts, ShimArgs};
 use super::messages::*;
 use super::store::ShimRecord;
@@ -143,7 +144,7 @@ impl Shims {
                     let _ = client.delete(None).await;
                     let _ = client.shutdown(true).await;
                 }
-                kill_shim_of(&bundle, &opts.args.id);
+                Os.kill_shim_of(&bundle, &opts.args.id);
                 let (b, s, id, rt) = (
                     bundle.clone(),
                     socket.clone(),

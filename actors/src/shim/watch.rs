@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::health::*;
+use super::host::{Os, Processes};
 use super::recover::bury;
 
 /// How often the watcher looks for dead shims.
@@ -26,15 +27,16 @@ pub(super) const SWEEP_EVERY_ROUNDS: u64 = 5;
 /// named by the bundle's pid file is killed, the container deleted from
 /// every runtime, the bundle removed. Answers the IDs.
 pub(super) fn clear_unowned(
+    procs: &impl Processes,
     dir: &Path,
     strays: BTreeSet<String>,
     runtimes: &[Runtime],
 ) -> Vec<String> {
     for id in &strays {
         let bundle = dir.join(id);
-        kill_shim_of(&bundle, id);
+        procs.kill_shim_of(&bundle, id);
         for rt in runtimes {
-            force_delete(rt, id);
+            procs.force_delete(rt, id);
         }
         let _ = std::fs::remove_dir_all(&bundle);
         tracing::warn!(container = %id, "removed a shim or bundle no record owns");
@@ -94,7 +96,8 @@ impl Shims {
         let runtimes: Vec<Runtime> = self.config.runtimes.values().cloned().collect();
         ctx.spawn(wrap_future(async move {
             let _ =
-                tokio::task::spawn_blocking(move || clear_unowned(&dir, strays, &runtimes)).await;
+                tokio::task::spawn_blocking(move || clear_unowned(&Os, &dir, strays, &runtimes))
+                    .await;
         }));
     }
 
@@ -114,7 +117,8 @@ impl Shims {
             let id = record.container_id.clone();
             let bundle = PathBuf::from(&record.bundle);
             let work = async move {
-                tokio::task::spawn_blocking(move || bury(&record, runtime.as_ref(), false)).await
+                tokio::task::spawn_blocking(move || bury(&Os, &record, runtime.as_ref(), false))
+                    .await
             };
             ctx.spawn(
                 wrap_future(work).map(move |done, act: &mut ShimSupervisor, _| {

@@ -9,6 +9,7 @@
 //! and the first process prints the socket path; if set-up fails it writes
 //! the reason, and an empty pipe means it died.
 
+use crate::error::{Doing, Result, ShimError};
 use crate::reaper::Reaper;
 use crate::service::{Service, Shared};
 use crate::shimlog;
@@ -151,20 +152,20 @@ fn serve(args: Args, ready: OwnedFd) -> ! {
     }
 }
 
-fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), String> {
+fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>)> {
     std::env::set_current_dir(&args.bundle)
-        .map_err(|e| format!("cannot enter the bundle {}: {e}", args.bundle.display()))?;
+        .doing(|| format!("cannot enter the bundle {}", args.bundle.display()))?;
     let log_path = args.bundle.join(SHIM_LOG_FILE);
-    shimlog::init(&log_path).map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    shimlog::init(&log_path).doing(|| format!("cannot open {}", log_path.display()))?;
     detach_stdio()?;
     nix::sys::prctl::set_child_subreaper(true)
-        .map_err(|e| format!("cannot become a child subreaper: {e}"))?;
+        .doing(|| "cannot become a child subreaper".to_string())?;
     // Blocked here, before any thread exists, so every thread inherits the
     // mask and only the signal loop receives them. Children get a clean mask
     // from std's spawn.
     handled_signals()
         .thread_block()
-        .map_err(|e| format!("cannot block signals: {e}"))?;
+        .doing(|| "cannot block signals".to_string())?;
     // SAFETY: sets SIGCHLD's action to the default; no handler is involved.
     // An ignored SIGCHLD inherited from the caller would make the kernel
     // reap children itself, and their exit statuses would be lost.
@@ -181,8 +182,7 @@ fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), Stri
     let shared = Shared::new(args.clone(), reaper.clone());
     let listener = bind(&args.socket)?;
     let mut server = ttrpc::Server::new()
-        .add_listener(listener.into_raw_fd())
-        .map_err(|e| format!("ttrpc: {e}"))?
+        .add_listener(listener.into_raw_fd())?
         .register_service(create_task(Arc::new(Service(shared.clone()))))
         // Two idle workers per connection, a third while one blocks in
         // `wait`: enough for berthd, which calls one thing at a time per
@@ -190,44 +190,43 @@ fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>), Stri
         .set_thread_count_min(1)
         .set_thread_count_default(2)
         .set_thread_count_max(3);
-    server.start().map_err(|e| format!("ttrpc: {e}"))?;
+    server.start()?;
     write_atomically(
         &args.bundle.join(SHIM_PID_FILE),
         format!("{}\n", std::process::id()).as_bytes(),
     )
-    .map_err(|e| format!("cannot write shim.pid: {e}"))?;
+    .doing(|| "cannot write shim.pid".to_string())?;
     Ok((server, shared, reaper))
 }
 
 /// Points stdin, stdout and stderr at /dev/null: the caller's pipes must
 /// close when `start` exits, and nothing may write to a terminal.
-fn detach_stdio() -> Result<(), String> {
+fn detach_stdio() -> Result<()> {
     let null = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/null")
-        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+        .doing(|| "cannot open /dev/null".to_string())?;
     for fd in 0..3 {
         nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd)
-            .map_err(|e| format!("cannot redirect fd {fd} to /dev/null: {e}"))?;
+            .doing(|| format!("cannot redirect fd {fd} to /dev/null"))?;
     }
     Ok(())
 }
 
 /// Binds the socket, replacing a stale one (nobody answering on it) but not
 /// a live one.
-fn bind(path: &Path) -> Result<UnixListener, String> {
+fn bind(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(format!("the socket {} is in use", path.display()));
+            return Err(ShimError::SocketInUse(path.to_path_buf()));
         }
         std::fs::remove_file(path)
-            .map_err(|e| format!("cannot remove the stale socket {}: {e}", path.display()))?;
+            .doing(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).map_err(|e| format!("cannot bind {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(path).doing(|| format!("cannot bind {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        .doing(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
 }
 

@@ -38,6 +38,7 @@
 //! small, as there is one shim per container on the node.
 
 mod daemon;
+mod error;
 mod events;
 mod io;
 mod pidfd;

@@ -5,6 +5,7 @@
 //! runc is told to log as JSON to `BUNDLE/runc.log`: for `create` and `exec`
 //! its stderr is the container's, so its own error is read back from there.
 
+use crate::error::ShimError;
 use crate::reaper::{Exit, Reaper};
 use crossbeam_channel::RecvTimeoutError;
 use std::ffi::OsStr;
@@ -30,15 +31,10 @@ pub struct Runc {
 }
 
 /// Why a runc command failed, in runc's own words where it gave any.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct RuncError {
     pub message: String,
-}
-
-impl std::fmt::Display for RuncError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
 }
 
 /// Where a runc command's stdio goes.
@@ -246,7 +242,7 @@ pub fn json_string_field(line: &str, key: &str) -> Option<String> {
 }
 
 /// Parses `runc ps --format json`: a JSON array of pids (or `null`).
-pub fn parse_pids(out: &[u8]) -> Result<Vec<u32>, String> {
+pub fn parse_pids(out: &[u8]) -> Result<Vec<u32>, ShimError> {
     let text = String::from_utf8_lossy(out);
     let text = text.trim();
     if text == "null" || text.is_empty() {
@@ -255,14 +251,17 @@ pub fn parse_pids(out: &[u8]) -> Result<Vec<u32>, String> {
     let inner = text
         .strip_prefix('[')
         .and_then(|t| t.strip_suffix(']'))
-        .ok_or_else(|| format!("runc ps printed {text:?}, not a JSON array"))?;
+        .ok_or_else(|| {
+            ShimError::RuntimeOutput(format!("runc ps printed {text:?}, not a JSON array"))
+        })?;
     inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            s.parse::<u32>()
-                .map_err(|_| format!("runc ps printed {s:?} among the pids"))
+            s.parse::<u32>().map_err(|_| {
+                ShimError::RuntimeOutput(format!("runc ps printed {s:?} among the pids"))
+            })
         })
         .collect()
 }
@@ -288,9 +287,9 @@ mod tests {
 
     #[test]
     fn pids_from_runc_ps() {
-        assert_eq!(parse_pids(b"[12,345]\n"), Ok(vec![12, 345]));
-        assert_eq!(parse_pids(b"[]"), Ok(vec![]));
-        assert_eq!(parse_pids(b"null\n"), Ok(vec![]));
+        assert_eq!(parse_pids(b"[12,345]\n").ok(), Some(vec![12, 345]));
+        assert_eq!(parse_pids(b"[]").ok(), Some(vec![]));
+        assert_eq!(parse_pids(b"null\n").ok(), Some(vec![]));
         assert!(parse_pids(b"[1,x]").is_err());
         assert!(parse_pids(b"oops").is_err());
     }

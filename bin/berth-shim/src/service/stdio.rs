@@ -2,6 +2,7 @@
 //! terminal runc hands over on the console socket), an exec's into files.
 
 use super::*;
+use crate::error::{Doing, Result, ShimError};
 
 pub(super) struct ContainerStdio {
     pub(super) stdout: Stdio,
@@ -130,29 +131,29 @@ impl Shared {
 
 /// Takes the terminal master runc sent over the console socket, and gives
 /// it a window size.
-pub(super) fn receive_console(listener: &UnixListener) -> Result<OwnedFd, String> {
+pub(super) fn receive_console(listener: &UnixListener) -> Result<OwnedFd> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     use std::os::fd::{AsRawFd, FromRawFd};
     let limit = std::time::Instant::now() + CONSOLE_LIMIT;
     listener
         .set_nonblocking(true)
-        .map_err(|e| format!("console socket: {e}"))?;
+        .doing(|| "console socket".to_string())?;
     let stream = loop {
         match listener.accept() {
             Ok((stream, _)) => break stream,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if std::time::Instant::now() >= limit {
-                    return Err("runc sent no terminal".to_string());
+                    return Err(ShimError::NoTerminal);
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            Err(e) => return Err(format!("console socket: {e}")),
+            Err(e) => return Err(e).doing(|| "console socket".to_string()),
         }
     };
     stream
         .set_nonblocking(false)
         .and_then(|_| stream.set_read_timeout(Some(CONSOLE_LIMIT)))
-        .map_err(|e| format!("console socket: {e}"))?;
+        .doing(|| "console socket".to_string())?;
     let mut buf = [0u8; 4096];
     let mut iov = [std::io::IoSliceMut::new(&mut buf)];
     let mut space = nix::cmsg_space!([std::os::fd::RawFd; 4]);
@@ -162,12 +163,9 @@ pub(super) fn receive_console(listener: &UnixListener) -> Result<OwnedFd, String
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )
-    .map_err(|e| format!("receiving the terminal: {e}"))?;
+    .doing(|| "receiving the terminal".to_string())?;
     let mut fds = Vec::new();
-    for cmsg in msg
-        .cmsgs()
-        .map_err(|e| format!("receiving the terminal: {e}"))?
-    {
+    for cmsg in msg.cmsgs().doing(|| "receiving the terminal".to_string())? {
         if let ControlMessageOwned::ScmRights(got) = cmsg {
             // SAFETY: the kernel just installed these descriptors in this
             // process; nothing else owns them.
@@ -177,10 +175,7 @@ pub(super) fn receive_console(listener: &UnixListener) -> Result<OwnedFd, String
             );
         }
     }
-    let master = fds
-        .into_iter()
-        .next()
-        .ok_or_else(|| "runc sent no terminal descriptor".to_string())?;
+    let master = fds.into_iter().next().ok_or(ShimError::NoTerminal)?;
     let size = libc::winsize {
         ws_row: 24,
         ws_col: 80,
