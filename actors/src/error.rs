@@ -23,6 +23,10 @@ pub enum Error {
     Unavailable(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// A bound is reached (streaming URLs waiting); the caller may retry
+    /// later.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The caller's credentials were refused (by a registry).
     #[error("{0}")]
     Unauthenticated(String),

@@ -157,6 +157,22 @@ impl Handles<ExecSync> for Containers {
     }
 }
 
+impl Handles<RunningContainer> for Containers {
+    type Output = String;
+
+    fn handle(&mut self, msg: RunningContainer, _cx: Cx<'_, Self>) -> Reply<Self, String> {
+        self.running_container(msg)
+    }
+}
+
+impl Handles<ExecIn> for Containers {
+    type Output = u32;
+
+    fn handle(&mut self, msg: ExecIn, _cx: Cx<'_, Self>) -> Reply<Self, u32> {
+        self.exec_in(msg)
+    }
+}
+
 impl Handles<UpdateContainerResources> for Containers {
     type Output = ();
 

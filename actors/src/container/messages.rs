@@ -240,6 +240,29 @@ impl Message for ExecSync {
 
 pub use crate::shim::messages::ExecOutput;
 
+/// The full ID of a container that runs (CRI Exec and Attach check this
+/// before they hand out a URL); FAILED_PRECONDITION if it does not run.
+#[derive(Debug, Clone)]
+pub struct RunningContainer {
+    pub id: String,
+}
+
+impl Message for RunningContainer {
+    type Result = Result<String>;
+}
+
+/// Runs a command in a running container with the client's live stdio
+/// (CRI Exec's URL, opened); answers the exit status.
+pub struct ExecIn {
+    pub id: String,
+    pub cmd: Vec<String>,
+    pub io: berth_stream::ProcessIo,
+}
+
+impl Message for ExecIn {
+    type Result = Result<u32>;
+}
+
 /// Applies new resources to a running container (CRI
 /// UpdateContainerResources), and keeps them in its record.
 #[derive(Debug, Clone)]

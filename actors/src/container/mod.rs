@@ -2,6 +2,7 @@
 
 mod actor;
 mod create;
+mod exec;
 mod exec_sync;
 mod exit;
 pub mod messages;

@@ -202,6 +202,14 @@ impl Handles<ExecInTask> for Shims {
     }
 }
 
+impl Handles<ExecStream> for Shims {
+    type Output = u32;
+
+    fn handle(&mut self, msg: ExecStream, _cx: Cx<'_, Self>) -> Reply<Self, u32> {
+        self.exec_stream(msg)
+    }
+}
+
 impl Handles<UpdateTask> for Shims {
     type Output = ();
 

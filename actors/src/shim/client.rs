@@ -103,6 +103,10 @@ pub struct ExecOpts {
     /// may be the same file. `None` discards.
     pub stdout: Option<PathBuf>,
     pub stderr: Option<PathBuf>,
+    /// A FIFO the process reads its stdin from.
+    pub stdin: Option<PathBuf>,
+    /// The process gets a terminal; its output goes to `stdout`.
+    pub terminal: bool,
 }
 
 /// A connection to the shim of one container.
@@ -327,6 +331,22 @@ impl ShimClient {
         Ok(())
     }
 
+    /// Gives a process's terminal a new size.
+    pub async fn resize_pty(&self, exec_id: Option<&str>, width: u32, height: u32) -> Result<()> {
+        let mut req = api::ResizePtyRequest::new();
+        req.id = self.id.clone();
+        req.exec_id = exec_field(exec_id);
+        req.width = width;
+        req.height = height;
+        self.call(
+            "resize_pty",
+            Some(self.timeout),
+            self.task.resize_pty(Self::ctx(), &req),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Waits until the process exits, for at most `limit` (`None`: as long
     /// as it takes).
     pub async fn wait(&self, exec_id: Option<&str>, limit: Option<Duration>) -> Result<ExitInfo> {
@@ -405,6 +425,8 @@ impl ShimClient {
         req.exec_id = opts.exec_id.clone();
         req.stdout = path_string(&opts.stdout);
         req.stderr = path_string(&opts.stderr);
+        req.stdin = path_string(&opts.stdin);
+        req.terminal = opts.terminal;
         req.spec = MessageField::some(any);
         self.call(
             "exec",

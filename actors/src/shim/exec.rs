@@ -59,6 +59,7 @@ impl Shims {
                 process_json,
                 stdout: Some(out.clone()),
                 stderr: Some(err.clone()),
+                ..Default::default()
             };
             client.exec(&opts).await?;
             let finished = async {

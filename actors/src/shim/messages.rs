@@ -135,6 +135,18 @@ pub struct ExecOutput {
     pub exit_code: i32,
 }
 
+/// Runs a command in a running task with the client's live stdio (the
+/// work of CRI Exec's URL); answers its exit status.
+pub struct ExecStream {
+    pub id: String,
+    pub args: Vec<String>,
+    pub io: berth_stream::ProcessIo,
+}
+
+impl Message for ExecStream {
+    type Result = Result<u32>;
+}
+
 /// Applies new resources (the OCI LinuxResources JSON) to a running task.
 #[derive(Debug, Clone)]
 pub struct UpdateTask {

@@ -3,6 +3,7 @@
 mod actor;
 pub mod client;
 mod exec;
+mod exec_stream;
 pub mod exits;
 pub mod health;
 mod host;

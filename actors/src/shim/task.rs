@@ -42,7 +42,7 @@ fn remove_bundle(bundle: &Path, socket: &Path) {
 
 impl Shims {
     /// A connection to the container's shim, if berth knows one.
-    fn client(&self, id: &str) -> Option<(Option<ShimClient>, ShimRecord)> {
+    pub(super) fn client(&self, id: &str) -> Option<(Option<ShimClient>, ShimRecord)> {
         let record = self.records.get(id)?.clone();
         Some((self.clients.get(id).cloned(), record))
     }

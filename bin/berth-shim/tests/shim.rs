@@ -398,6 +398,7 @@ async fn exec_runs_in_the_container_with_raw_output() {
             process_json: serde_json::to_vec(&process).expect("json"),
             stdout: Some(out.clone()),
             stderr: Some(out.clone()),
+            ..Default::default()
         })
         .await
         .expect("exec");

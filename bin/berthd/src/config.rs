@@ -21,6 +21,7 @@ pub struct Config {
     pub sandbox: Sandbox,
     pub shim: Shim,
     pub chaos: Chaos,
+    pub stream: Stream,
     /// OCI runtimes by CRI runtime handler; "" means "runc".
     pub runtimes: BTreeMap<String, RuntimeHandler>,
     /// Per registry host (as named in image references, e.g. `docker.io`,
@@ -181,8 +182,34 @@ impl Default for Config {
             sandbox: Sandbox::default(),
             shim: Shim::default(),
             chaos: Chaos::default(),
+            stream: Stream::default(),
             runtimes: default_runtimes(),
             registries: BTreeMap::new(),
+        }
+    }
+}
+
+/// The streaming server Exec, Attach and PortForward's URLs lead to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Stream {
+    /// The address it listens on (and URLs name).
+    pub address: std::net::IpAddr,
+    /// Its port; 0 takes a free one at start.
+    pub port: u16,
+    /// Seconds a client has to open its streams.
+    pub stream_creation_timeout_secs: u64,
+    /// Seconds a session may stay without traffic.
+    pub idle_timeout_secs: u64,
+}
+
+impl Default for Stream {
+    fn default() -> Self {
+        Stream {
+            address: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            port: 0,
+            stream_creation_timeout_secs: 30,
+            idle_timeout_secs: 4 * 3600,
         }
     }
 }

@@ -123,8 +123,29 @@ pub async fn run(config: Config) -> Result<()> {
         "berthd serving"
     );
 
+    let stream_config = berth_stream::Config {
+        stream_creation_timeout: Duration::from_secs(config.stream.stream_creation_timeout_secs),
+        idle_timeout: Duration::from_secs(config.stream.idle_timeout_secs),
+        ..berth_stream::Config::new(std::net::SocketAddr::new(
+            config.stream.address,
+            config.stream.port,
+        ))
+    };
+    let stream = berth_stream::StreamServer::start(
+        stream_config,
+        Arc::new(crate::stream::NodeRuntime::new(node.clone())),
+    )
+    .await
+    .map_err(|e| {
+        anyhow!(
+            "stream: cannot listen on {}:{}: {e}",
+            config.stream.address,
+            config.stream.port
+        )
+    })?;
+
     let (stop_tx, stop_rx) = watch::channel(false);
-    let cri = Cri::new(node.clone(), config.clone(), host);
+    let cri = Cri::new(node.clone(), config.clone(), host, stream);
     let cri_routes = Routes::new(RuntimeServiceServer::new(cri.clone()))
         .add_service(ImageServiceServer::new(cri));
     let admin_routes = Routes::new(AdminServer::new(AdminService::new(

@@ -14,6 +14,7 @@ mod door;
 mod events;
 mod fsck;
 mod recover;
+mod stream;
 
 use clap::Parser;
 use config::Config;

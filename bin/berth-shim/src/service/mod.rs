@@ -10,6 +10,7 @@
 //! Lock order: `ops`, then `tasks`, then a log file; the reaper's lock is
 //! never taken with `tasks` held, because a reaper callback takes `tasks`.
 
+mod fifo;
 mod process;
 mod stdio;
 mod task;
@@ -78,6 +79,10 @@ pub(super) struct Proc {
     pub(super) phase: Phase,
     pub(super) stdout: String,
     pub(super) stderr: String,
+    /// An exec's stdin (a FIFO the caller writes), if it has one.
+    pub(super) stdin_path: String,
+    /// An exec that runs on a terminal of its own.
+    pub(super) terminal: bool,
     /// An exec's process spec (JSON), until it is started.
     pub(super) spec: Vec<u8>,
     /// The init's log files, reopened on SIGUSR1.

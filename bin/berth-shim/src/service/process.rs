@@ -296,7 +296,7 @@ impl Shared {
 
     pub(super) fn start_exec(self: &Arc<Self>, exec_id: &str) -> TResult<u32> {
         let _op = self.ops();
-        let (spec, stdout, stderr) = {
+        let (spec, stdout, stderr, stdin_path, terminal) = {
             let tasks = self.tasks();
             self.require_running(&tasks)?;
             let exec = tasks
@@ -309,13 +309,23 @@ impl Shared {
                     format!("{} was already started", self.name(exec_id)),
                 ));
             }
-            (exec.spec.clone(), exec.stdout.clone(), exec.stderr.clone())
+            (
+                exec.spec.clone(),
+                exec.stdout.clone(),
+                exec.stderr.clone(),
+                exec.stdin_path.clone(),
+                exec.terminal,
+            )
         };
         let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
+        // Relative (the bundle is the shim's directory): a socket address
+        // holds 108 bytes.
+        let console_socket = PathBuf::from(format!("console-{exec_id}.sock"));
         let cleanup = || {
             let _ = std::fs::remove_file(&spec_file);
             let _ = std::fs::remove_file(&pid_file);
+            let _ = std::fs::remove_file(&console_socket);
         };
         cleanup();
         write_private(&spec_file, &spec).map_err(|e| {
@@ -324,25 +334,73 @@ impl Shared {
                 format!("{}: cannot write its process spec: {e}", self.name(exec_id)),
             )
         })?;
-        let (out, err) = self.exec_stdio(exec_id, &stdout, &stderr)?;
+        let failed = |e: crate::error::ShimError| {
+            status(
+                Code::FAILED_PRECONDITION,
+                format!("{}: {e}", self.name(exec_id)),
+            )
+        };
+        let stdin = if stdin_path.is_empty() {
+            None
+        } else {
+            Some(fifo::open(&stdin_path, false).map_err(failed)?)
+        };
         let since = self.reaper.mark();
-        let args: [&OsStr; 7] = [
+        let mut args: Vec<&OsStr> = vec![
             "exec".as_ref(),
             "--process".as_ref(),
             spec_file.as_os_str(),
             "--detach".as_ref(),
             "--pid-file".as_ref(),
             pid_file.as_os_str(),
-            self.id.as_ref(),
         ];
-        let ran = self.runc.run(
-            &args,
-            Io::Pass {
+        let (ran, console) = if terminal {
+            let tty_out = if stdout.is_empty() {
+                None
+            } else {
+                Some(fifo::open(&stdout, true).map_err(failed)?)
+            };
+            let listener = UnixListener::bind(&console_socket).map_err(|e| {
+                status(
+                    Code::INTERNAL,
+                    format!(
+                        "{}: cannot bind the console socket: {e}",
+                        self.name(exec_id)
+                    ),
+                )
+            })?;
+            args.extend(["--console-socket".as_ref(), console_socket.as_os_str()]);
+            args.push(self.id.as_ref());
+            let io = Io::Pass {
                 stdin: Stdio::null(),
+                stdout: Stdio::null(),
+                stderr: Stdio::null(),
+            };
+            let ran = self.runc.run(&args, io);
+            let master = match &ran {
+                Ok(_) => Some(receive_console(&listener).map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("{}: the terminal: {e}", self.name(exec_id)),
+                    )
+                })?),
+                Err(_) => None,
+            };
+            if let Some(m) = &master {
+                fifo::copy_terminal(&format!("exec-{exec_id}"), m, stdin, tty_out)
+                    .map_err(failed)?;
+            }
+            (ran, master)
+        } else {
+            let (out, err) = self.exec_stdio(exec_id, &stdout, &stderr)?;
+            args.push(self.id.as_ref());
+            let io = Io::Pass {
+                stdin: stdin.map(Stdio::from).unwrap_or_else(Stdio::null),
                 stdout: out,
                 stderr: err,
-            },
-        );
+            };
+            (self.runc.run(&args, io), None)
+        };
         let pid = ran
             .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id))))
             .and_then(|_| read_pid(&pid_file));
@@ -354,6 +412,7 @@ impl Shared {
                 exec.pid = pid;
                 exec.phase = Phase::Running;
                 exec.spec = Vec::new();
+                exec.console = console;
             }
         }
         let me = self.clone();

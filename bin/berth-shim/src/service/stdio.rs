@@ -78,18 +78,12 @@ impl Shared {
             if path.is_empty() {
                 return Ok(None);
             }
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .map(Some)
-                .map_err(|e| {
-                    status(
-                        Code::FAILED_PRECONDITION,
-                        format!("{}: cannot open {path}: {e}", self.name(exec_id)),
-                    )
-                })
+            super::fifo::open(path, true).map(Some).map_err(|e| {
+                status(
+                    Code::FAILED_PRECONDITION,
+                    format!("{}: {e}", self.name(exec_id)),
+                )
+            })
         };
         let out = open(stdout)?;
         let err = if stderr == stdout {

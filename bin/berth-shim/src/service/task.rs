@@ -77,6 +77,8 @@ impl Task for Service {
             spec: Vec::new(),
             logs: Vec::new(),
             stdin: None,
+            stdin_path: String::new(),
+            terminal: false,
             console: None,
             pidfd: None,
             pending: Some(req),
@@ -244,13 +246,7 @@ impl Task for Service {
             return refuse(format!("container {}: exec {e}", s.id));
         }
         let name = s.name(&req.exec_id);
-        if req.terminal {
-            return refuse(format!("{name}: tty not supported yet"));
-        }
-        if !req.stdin.is_empty() {
-            return refuse(format!("{name}: stdin not supported yet"));
-        }
-        for path in [&req.stdout, &req.stderr] {
+        for path in [&req.stdin, &req.stdout, &req.stderr] {
             if !path.is_empty() && !Path::new(path).is_absolute() {
                 return refuse(format!("{name}: the output path {path:?} must be absolute"));
             }
@@ -273,6 +269,8 @@ impl Task for Service {
                 phase: Phase::Created,
                 stdout: req.stdout.clone(),
                 stderr: req.stderr.clone(),
+                stdin_path: req.stdin.clone(),
+                terminal: req.terminal,
                 spec: spec.value.clone(),
                 logs: Vec::new(),
                 stdin: None,

@@ -6,6 +6,7 @@
 mod convert;
 mod image;
 mod runtime;
+mod stream;
 
 use crate::config::Config;
 use berth_actors::host::HostFacts;
@@ -19,10 +20,22 @@ pub struct Cri {
     config: Arc<Config>,
     /// What this node offers: `Status` announces features from it.
     host: Arc<HostFacts>,
+    /// Where Exec, Attach and PortForward's URLs lead.
+    stream: berth_stream::StreamServer,
 }
 
 impl Cri {
-    pub fn new(node: Arc<Node>, config: Arc<Config>, host: Arc<HostFacts>) -> Self {
-        Cri { node, config, host }
+    pub fn new(
+        node: Arc<Node>,
+        config: Arc<Config>,
+        host: Arc<HostFacts>,
+        stream: berth_stream::StreamServer,
+    ) -> Self {
+        Cri {
+            node,
+            config,
+            host,
+            stream,
+        }
     }
 }

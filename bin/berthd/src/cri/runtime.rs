@@ -452,6 +452,27 @@ impl RuntimeService for Cri {
         .await
     }
 
+    async fn exec(&self, request: Request<ExecRequest>) -> Result<Response<ExecResponse>, Status> {
+        let req = request.into_inner();
+        serve("Exec", self.exec_url(req)).await
+    }
+
+    async fn attach(
+        &self,
+        request: Request<AttachRequest>,
+    ) -> Result<Response<AttachResponse>, Status> {
+        let req = request.into_inner();
+        serve("Attach", self.attach_url(req)).await
+    }
+
+    async fn port_forward(
+        &self,
+        request: Request<PortForwardRequest>,
+    ) -> Result<Response<PortForwardResponse>, Status> {
+        let req = request.into_inner();
+        serve("PortForward", self.port_forward_url(req)).await
+    }
+
     async fn start_container(
         &self,
         request: Request<StartContainerRequest>,
@@ -562,9 +583,6 @@ impl RuntimeService for Cri {
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
     unimplemented_rpcs! {
-        exec(ExecRequest) -> ExecResponse = "Exec";
-        attach(AttachRequest) -> AttachResponse = "Attach";
-        port_forward(PortForwardRequest) -> PortForwardResponse = "PortForward";
         update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         get_container_events(GetEventsRequest) -> Self::GetContainerEventsStream = "GetContainerEvents";

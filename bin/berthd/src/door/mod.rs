@@ -18,6 +18,7 @@ pub fn status(e: Error) -> Status {
         Error::NotFound(m) => Status::not_found(m),
         Error::AlreadyExists(m) => Status::already_exists(m),
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
+        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
         Error::Unavailable(m) => Status::unavailable(m),
         Error::DeadlineExceeded(m) => Status::deadline_exceeded(m),
         Error::Unauthenticated(m) => Status::unauthenticated(m),
