@@ -166,6 +166,83 @@ pub fn check_id(id: &str) -> Result<(), String> {
     }
 }
 
+/// The socket beside a shim's ttrpc socket where attaches are asked for
+/// (the task API has no attach).
+pub fn attach_socket(socket: &Path) -> PathBuf {
+    socket.with_extension("attach")
+}
+
+/// An attach to the container's own stdio, asked on the attach socket as
+/// one line; the shim answers `ok` or `error: WHY` on one line. Each path
+/// is a FIFO berthd made and holds open: the shim writes the container's
+/// output into `stdout` and `stderr` (as it also logs it) and copies
+/// `stdin` into the container's stdin until `stdin` ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttachRequest {
+    pub stdin: Option<PathBuf>,
+    pub stdout: Option<PathBuf>,
+    pub stderr: Option<PathBuf>,
+    /// The end of `stdin` closes the container's stdin (CRI `stdin_once`).
+    pub close_stdin: bool,
+}
+
+/// The attach socket's answer when the attach is made.
+pub const ATTACH_OK: &str = "ok";
+
+impl AttachRequest {
+    /// The request as its line: `attach` then tab-separated `key=value`.
+    pub fn to_line(&self) -> Result<String, String> {
+        let mut line = String::from("attach");
+        for (key, path) in [
+            ("stdin", &self.stdin),
+            ("stdout", &self.stdout),
+            ("stderr", &self.stderr),
+        ] {
+            if let Some(p) = path {
+                let p = p
+                    .to_str()
+                    .filter(|p| !p.contains(['\t', '\n']))
+                    .ok_or_else(|| format!("{key} path {p:?} cannot go in a request line"))?;
+                let _ = write!(line, "\t{key}={p}");
+            }
+        }
+        if self.close_stdin {
+            line.push_str("\tclose_stdin=1");
+        }
+        line.push('\n');
+        Ok(line)
+    }
+
+    pub fn parse(line: &str) -> Result<AttachRequest, String> {
+        let mut fields = line.trim_end_matches('\n').split('\t');
+        if fields.next() != Some("attach") {
+            return Err("not an attach request".to_string());
+        }
+        let mut req = AttachRequest::default();
+        for f in fields {
+            let (key, value) = f
+                .split_once('=')
+                .ok_or_else(|| format!("field {f:?} has no value"))?;
+            let path = || {
+                let p = PathBuf::from(value);
+                if p.is_absolute() {
+                    Ok(Some(p))
+                } else {
+                    Err(format!("{key} path {value:?} is not absolute"))
+                }
+            };
+            match key {
+                "stdin" => req.stdin = path()?,
+                "stdout" => req.stdout = path()?,
+                "stderr" => req.stderr = path()?,
+                "close_stdin" => req.close_stdin = value == "1",
+                _ => {}
+            }
+        }
+        Ok(req)
+    }
+}
+
 /// A container's exit as kept in `BUNDLE/exit`, so that berthd learns it
 /// even when it was down at the time, or the shim is gone since:
 /// `{"status": N, "exited_at_unix_nanos": T}`, with a `"note"` when
@@ -500,6 +577,34 @@ mod tests {
         assert_eq!(
             ExitRecord::parse(extra).map(|r| (r.status, r.exited_at_unix_nanos)),
             Ok((0, 5))
+        );
+    }
+
+    #[test]
+    fn attach_requests_round_trip_and_bad_ones_are_refused() {
+        let req = AttachRequest {
+            stdin: Some("/run/berth/io/a/stdin".into()),
+            stdout: Some("/run/berth/io/a/stdout".into()),
+            stderr: None,
+            close_stdin: true,
+        };
+        let line = req.to_line().expect("line");
+        assert_eq!(
+            line,
+            "attach\tstdin=/run/berth/io/a/stdin\tstdout=/run/berth/io/a/stdout\tclose_stdin=1\n"
+        );
+        assert_eq!(AttachRequest::parse(&line), Ok(req));
+        assert!(AttachRequest::parse("exec\n").is_err());
+        assert!(AttachRequest::parse("attach\tstdout=relative\n").is_err());
+        assert!(AttachRequest::parse("attach\tstdout\n").is_err());
+        let bad = AttachRequest {
+            stdout: Some("/a\tb".into()),
+            ..Default::default()
+        };
+        assert!(bad.to_line().is_err());
+        assert_eq!(
+            attach_socket(Path::new("/run/berth/s/abc.sock")),
+            PathBuf::from("/run/berth/s/abc.attach")
         );
     }
 }

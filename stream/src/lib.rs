@@ -3,6 +3,7 @@
 //! them over SPDY/3.1 or WebSocket; berthd supplies the [`Runtime`] that
 //! runs commands and opens connections in pods.
 
+pub mod client;
 mod idle;
 pub mod over_spdy;
 pub mod remotecommand;

@@ -173,6 +173,14 @@ impl Handles<ExecIn> for Containers {
     }
 }
 
+impl Handles<AttachTo> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: AttachTo, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.attach_to(msg)
+    }
+}
+
 impl Handles<UpdateContainerResources> for Containers {
     type Output = ();
 

@@ -263,6 +263,17 @@ impl Message for ExecIn {
     type Result = Result<u32>;
 }
 
+/// Joins the client's live stdio to a running container's own (CRI
+/// Attach's URL, opened).
+pub struct AttachTo {
+    pub id: String,
+    pub io: berth_stream::ProcessIo,
+}
+
+impl Message for AttachTo {
+    type Result = Result<()>;
+}
+
 /// Applies new resources to a running container (CRI
 /// UpdateContainerResources), and keeps them in its record.
 #[derive(Debug, Clone)]

@@ -210,6 +210,14 @@ impl Handles<ExecStream> for Shims {
     }
 }
 
+impl Handles<AttachStream> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: AttachStream, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.attach_stream(msg)
+    }
+}
+
 impl Handles<UpdateTask> for Shims {
     type Output = ();
 

@@ -147,6 +147,20 @@ impl Message for ExecStream {
     type Result = Result<u32>;
 }
 
+/// Joins the client's streams to a running task's own stdio (the work of
+/// CRI Attach's URL); answers when the task's output ends or the client
+/// goes.
+pub struct AttachStream {
+    pub id: String,
+    pub io: berth_stream::ProcessIo,
+    /// The end of the client's stdin closes the task's (`stdin_once`).
+    pub close_stdin: bool,
+}
+
+impl Message for AttachStream {
+    type Result = Result<()>;
+}
+
 /// Applies new resources (the OCI LinuxResources JSON) to a running task.
 #[derive(Debug, Clone)]
 pub struct UpdateTask {

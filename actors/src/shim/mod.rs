@@ -1,6 +1,7 @@
 //! The ShimSupervisor: one berth-shim process per container, started, watched, reconnected after a restart of berthd.
 
 mod actor;
+mod attach;
 pub mod client;
 mod exec;
 mod exec_stream;
@@ -9,6 +10,7 @@ pub mod health;
 mod host;
 pub mod launch;
 pub mod messages;
+mod plumbing;
 pub mod recover;
 pub mod store;
 mod task;

@@ -132,6 +132,9 @@ async fn sort_shim<P: Processes>(
                 procs.force_delete(&rt, &record.container_id);
             }
             let _ = std::fs::remove_file(&record.address);
+            let _ = std::fs::remove_file(berth_protocol::shim::attach_socket(Path::new(
+                &record.address,
+            )));
             let _ = std::fs::remove_dir_all(&bundle);
             Ok(())
         }))

@@ -33,6 +33,7 @@ fn exit(e: ExitInfo) -> Exit {
 /// Removes a bundle; what is gone is fine.
 fn remove_bundle(bundle: &Path, socket: &Path) {
     let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(berth_protocol::shim::attach_socket(socket));
     if let Err(e) = std::fs::remove_dir_all(bundle) {
         if e.kind() != std::io::ErrorKind::NotFound {
             tracing::warn!(bundle = %bundle.display(), error = %e, "cannot remove bundle");

@@ -13,6 +13,7 @@ use crate::error::{Doing, Result, ShimError};
 use crate::reaper::Reaper;
 use crate::service::{Service, Shared};
 use crate::shimlog;
+use berth_protocol::shim::attach_socket;
 use berth_protocol::shim::{ShimArgs as Args, SHIM_LOG_FILE, SHIM_PID_FILE};
 use containerd_shim_protos::{create_task, ttrpc};
 use nix::sys::signal::{SigSet, Signal};
@@ -191,6 +192,8 @@ fn set_up(args: &Args) -> Result<(ttrpc::Server, Arc<Shared>, Arc<Reaper>)> {
         .set_thread_count_default(2)
         .set_thread_count_max(3);
     server.start()?;
+    let attach = bind(&attach_socket(&args.socket))?;
+    shared.serve_attach(attach)?;
     write_atomically(
         &args.bundle.join(SHIM_PID_FILE),
         format!("{}\n", std::process::id()).as_bytes(),

@@ -107,6 +107,88 @@ impl Drained {
     }
 }
 
+/// Where an attach takes a copy of the container's raw output: a FIFO
+/// berthd reads, written without blocking. Output it has no room for is
+/// dropped for it (never for the log): a slow client never stalls the
+/// container.
+pub struct Tap {
+    pub tag: &'static str,
+    pub out: File,
+    /// Bytes dropped for lack of room, reported once.
+    dropped: bool,
+}
+
+impl Tap {
+    pub fn new(tag: &'static str, out: File) -> Tap {
+        Tap {
+            tag,
+            out,
+            dropped: false,
+        }
+    }
+}
+
+/// The attaches of a container, while its output lasts.
+#[derive(Default)]
+pub struct Taps {
+    list: Vec<Tap>,
+    /// The output ended: new taps are closed at once.
+    ended: bool,
+}
+
+pub type SharedTaps = Arc<Mutex<Taps>>;
+
+impl Taps {
+    /// Adds `tap`; false (and the tap dropped, so its reader sees the end)
+    /// when the output already ended.
+    pub fn add(&mut self, tap: Tap) -> bool {
+        if self.ended {
+            return false;
+        }
+        self.list.push(tap);
+        true
+    }
+
+    fn write(&mut self, tag: &str, bytes: &[u8]) {
+        self.list.retain_mut(|t| {
+            if t.tag != tag {
+                return true;
+            }
+            match t.out.write(bytes) {
+                Ok(n) if n == bytes.len() => true,
+                Ok(_) => {
+                    t.note_drop();
+                    true
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    t.note_drop();
+                    true
+                }
+                // The reader is gone: the attach ended.
+                Err(_) => false,
+            }
+        });
+    }
+
+    fn end(&mut self) {
+        self.ended = true;
+        self.list.clear();
+    }
+}
+
+impl Tap {
+    fn note_drop(&mut self) {
+        if !self.dropped {
+            log::warn!("an attached client is not keeping up: some {} output skipped it (the log has it all)", self.tag);
+        }
+        self.dropped = true;
+    }
+}
+
+fn lock_taps(taps: &SharedTaps) -> std::sync::MutexGuard<'_, Taps> {
+    taps.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// One of the container's output streams.
 pub struct Stream {
     pub pipe: OwnedFd,
@@ -121,9 +203,9 @@ struct Open {
     buf: Vec<u8>,
 }
 
-/// Starts the thread that copies `streams` into their logs until every
-/// pipe is closed.
-pub fn spawn_copier(streams: Vec<Stream>) -> std::io::Result<Arc<Drained>> {
+/// Starts the thread that copies `streams` into their logs (and to the
+/// attached `taps`) until every pipe is closed.
+pub fn spawn_copier(streams: Vec<Stream>, taps: SharedTaps) -> std::io::Result<Arc<Drained>> {
     let drained = Arc::new(Drained::default());
     let done = drained.clone();
     let open: Vec<Open> = streams
@@ -139,13 +221,14 @@ pub fn spawn_copier(streams: Vec<Stream>) -> std::io::Result<Arc<Drained>> {
         .name("log-copier".into())
         .stack_size(64 * 1024)
         .spawn(move || {
-            copy(open);
+            copy(open, &taps);
+            lock_taps(&taps).end();
             done.set();
         })?;
     Ok(drained)
 }
 
-fn copy(mut open: Vec<Open>) {
+fn copy(mut open: Vec<Open>, taps: &SharedTaps) {
     let mut out = Vec::new();
     while !open.is_empty() {
         let mut fds: Vec<PollFd> = open
@@ -187,6 +270,9 @@ fn copy(mut open: Vec<Open>) {
                     0
                 }
             };
+            if n > 0 {
+                lock_taps(taps).write(o.tag, &o.buf[held..held + n]);
+            }
             out.clear();
             let now = SystemTime::now();
             if n == 0 {
@@ -296,18 +382,21 @@ mod tests {
         let log = LogFile::open(&path).expect("open log");
         let (out_r, out_w) = nix::unistd::pipe().expect("pipe");
         let (err_r, err_w) = nix::unistd::pipe().expect("pipe");
-        let drained = spawn_copier(vec![
-            Stream {
-                pipe: out_r,
-                log: log.clone(),
-                tag: "stdout",
-            },
-            Stream {
-                pipe: err_r,
-                log: log.clone(),
-                tag: "stderr",
-            },
-        ])
+        let drained = spawn_copier(
+            vec![
+                Stream {
+                    pipe: out_r,
+                    log: log.clone(),
+                    tag: "stdout",
+                },
+                Stream {
+                    pipe: err_r,
+                    log: log.clone(),
+                    tag: "stderr",
+                },
+            ],
+            Default::default(),
+        )
         .expect("copier");
         let mut out_w = File::from(out_w);
         let mut err_w = File::from(err_w);

@@ -53,13 +53,20 @@ impl Runtime for NodeRuntime {
     fn attach(
         &self,
         req: AttachRequest,
-        _io: ProcessIo,
+        io: ProcessIo,
     ) -> BoxFuture<'static, Result<(), StreamError>> {
+        let node = self.node.clone();
         Box::pin(async move {
-            Err(StreamError::Failed(format!(
-                "attach to {} is not implemented by berth yet",
-                req.container_id
-            )))
+            tracing::debug!(container = %req.container_id, tty = req.tty, "attach: starting");
+            node.container
+                .call(ctr::AttachTo {
+                    id: req.container_id.clone(),
+                    io,
+                })
+                .await
+                .map_err(failed)?;
+            tracing::info!(container = %req.container_id, "attach: done");
+            Ok(())
         })
     }
 

@@ -98,8 +98,8 @@ impl Shared {
     }
 }
 
-/// One SPDY session. Dropping it leaves the streams working; the session
-/// ends when the connection does.
+/// One SPDY session. Dropping it ends it (GOAWAY once what is queued is
+/// out).
 pub struct Session {
     shared: Arc<Shared>,
     incoming: mpsc::Receiver<Stream>,
@@ -244,6 +244,16 @@ impl Session {
     /// Says GOAWAY; the connection ends once what is queued is written.
     pub async fn go_away(&self) {
         self.handle().go_away().await
+    }
+}
+
+impl Drop for Session {
+    /// A session let go of is over: GOAWAY, after what is queued.
+    fn drop(&mut self) {
+        let _ = self.shared.out.try_send(Frame::GoAway {
+            last_good: self.shared.last_peer.load(Ordering::SeqCst),
+            status: frame::goaway::OK,
+        });
     }
 }
 

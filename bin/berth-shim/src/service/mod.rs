@@ -10,6 +10,7 @@
 //! Lock order: `ops`, then `tasks`, then a log file; the reaper's lock is
 //! never taken with `tasks` held, because a reaper callback takes `tasks`.
 
+mod attach;
 mod fifo;
 mod process;
 mod stdio;
@@ -143,6 +144,8 @@ pub struct Shared {
     pub(super) tasks: Mutex<Tasks>,
     pub(super) changed: Condvar,
     pub(super) ops: Mutex<()>,
+    /// Attaches to the container's output.
+    pub(super) taps: crate::io::SharedTaps,
 }
 
 impl Shared {
@@ -163,6 +166,7 @@ impl Shared {
             tasks: Mutex::default(),
             changed: Condvar::new(),
             ops: Mutex::default(),
+            taps: Default::default(),
         })
     }
 

@@ -214,14 +214,15 @@ impl Shared {
                 None
             }
         };
-        let drained =
-            if stdio.streams.is_empty() {
-                None
-            } else {
-                Some(io::spawn_copier(stdio.streams).map_err(|e| {
+        let drained = if stdio.streams.is_empty() {
+            None
+        } else {
+            Some(
+                io::spawn_copier(stdio.streams, s.taps.clone()).map_err(|e| {
                     status(Code::INTERNAL, format!("cannot start the log copier: {e}"))
-                })?)
-            };
+                })?,
+            )
+        };
         let pid = read_pid(&pid_file)?;
         // It may have exited already: then there is no pidfd, and signals
         // go through the runtime.
@@ -549,6 +550,7 @@ impl Shared {
 
     pub(super) fn exit_after_reply(&self) {
         let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(berth_protocol::shim::attach_socket(&self.socket));
         log::info!("shutting down");
         // The reply is written by ttrpc's own thread after this returns; a
         // moment lets it reach the caller (a caller that misses it sees the

@@ -14,8 +14,13 @@ pub(super) struct ContainerStdio {
 impl Shared {
     /// Opens the container's log files and the pipes its stdout and stderr
     /// write to. An empty stderr path means the stdout path; an empty path
-    /// for both means the output is discarded.
+    /// for both means the output is not logged (attaches still see it).
     pub(super) fn container_stdio(&self, stdout: &str, stderr: &str) -> TResult<ContainerStdio> {
+        let stdout = if stdout.is_empty() {
+            "/dev/null"
+        } else {
+            stdout
+        };
         let stderr = if stderr.is_empty() { stdout } else { stderr };
         let mut got = ContainerStdio {
             stdout: Stdio::null(),
