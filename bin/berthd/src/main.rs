@@ -39,7 +39,7 @@ fn log_filter(level: &str) -> String {
     if level.contains(['=', ',']) {
         level.to_string()
     } else {
-        format!("warn,berthd={level},berth_actors={level}")
+        format!("warn,berthd={level},berth_actors={level},berth_stream={level}")
     }
 }
 
