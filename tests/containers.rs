@@ -5,6 +5,7 @@
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
+use berth_tests::node::sh;
 use berth_tests::node::{
     container_config, container_status, create_container, in_pod_pid_namespace, pod_config,
     run_pod, share_process_namespace, Node,
@@ -444,20 +445,6 @@ async fn running(
     .await
     .expect("start");
     id
-}
-
-async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (String, i32) {
-    let out = rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .expect("exec")
-        .into_inner();
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (text, out.exit_code)
 }
 
 fn security(

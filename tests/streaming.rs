@@ -13,7 +13,7 @@ use berth_stream::spdy::frame::rst;
 use berth_stream::TermSize;
 use berth_tests::eventually;
 use berth_tests::node::{
-    container_config, create_container, pod_config, remove_pod, run_pod, start_container, Node,
+    container_config, create_container, pod_config, remove_pod, run_pod, sh, start_container, Node,
 };
 use bytes::Bytes;
 use std::time::Duration;
@@ -89,20 +89,6 @@ async fn exec_both(
         "SPDY and WebSocket disagree on {cmd:?}"
     );
     spdy
-}
-
-/// What ExecSync's `sh -c SCRIPT` prints.
-async fn sh(rt: &mut Rt, id: &str, script: &str) -> String {
-    let out = rt
-        .exec_sync(ExecSyncRequest {
-            container_id: id.into(),
-            cmd: vec!["sh".into(), "-c".into(), script.into()],
-            timeout: 10,
-        })
-        .await
-        .expect("ExecSync")
-        .into_inner();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 /// Nothing berthd made for a stream is left: no FIFO directory.
@@ -222,6 +208,7 @@ async fn clients_that_vanish_leave_no_process_and_no_fifo() {
         async move {
             sh(&mut rt, &c, "ps")
                 .await
+                .0
                 .contains("sleep 1001")
                 .then_some(())
         }
@@ -239,6 +226,7 @@ async fn clients_that_vanish_leave_no_process_and_no_fifo() {
         async move {
             sh(&mut rt, &c, "ps")
                 .await
+                .0
                 .contains("sleep 1002")
                 .then_some(())
         }
@@ -252,7 +240,7 @@ async fn clients_that_vanish_leave_no_process_and_no_fifo() {
             let mut rt = rt.clone();
             let c = c.clone();
             async move {
-                let ps = sh(&mut rt, &c, "ps").await;
+                let ps = sh(&mut rt, &c, "ps").await.0;
                 (!ps.contains("sleep 1001") && !ps.contains("sleep 1002")).then_some(())
             }
         },

@@ -467,3 +467,18 @@ pub async fn container_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> 
         .and_then(|v| v.get("pid").and_then(|p| p.as_u64()))
         .unwrap_or(0) as u32
 }
+
+/// What `sh -c SCRIPT` (ExecSync) prints, trimmed, and its exit code.
+pub async fn sh(rt: &mut RuntimeServiceClient<Channel>, id: &str, script: &str) -> (String, i32) {
+    let out = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: id.into(),
+            cmd: vec!["sh".into(), "-c".into(), script.into()],
+            timeout: 10,
+        })
+        .await
+        .expect("exec")
+        .into_inner();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (text, out.exit_code)
+}
