@@ -30,6 +30,19 @@ fn malformed_config_names_the_key() {
 }
 
 #[test]
+fn a_stream_tls_half_set_or_unreadable_is_refused() {
+    expect_one_line_error(
+        "[stream]\ntls_cert_file = \"/nonexistent/c.pem\"",
+        &["tls_cert_file and tls_key_file go together"],
+    );
+    expect_one_line_error(
+        "[stream]\ntls_cert_file = \"/nonexistent/c.pem\"\ntls_key_file = \"/nonexistent/k.pem\"",
+        &["stream.tls", "/nonexistent/c.pem"],
+    );
+    expect_one_line_error("[stream]\naddress = \"not-an-ip\"", &["address"]);
+}
+
+#[test]
 fn a_missing_config_file_is_named() {
     let out = run_berthd_expecting_failure(std::path::Path::new("/nonexistent/berth.toml"));
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -614,3 +614,39 @@ fn berthd_tcp_listeners(pid: u32) -> Vec<String> {
     }
     found
 }
+
+#[tokio::test]
+async fn the_streaming_server_serves_https_with_a_configured_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write");
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).expect("write");
+    let n = Node::running(
+        "st",
+        &format!(
+            "[stream]\ntls_cert_file = \"{}\"\ntls_key_file = \"{}\"\n",
+            cert_pem.display(),
+            key_pem.display()
+        ),
+    )
+    .await;
+    berth_stream::client::trust(berth_stream::tls::client_config(&cert_pem).expect("roots"));
+    let mut rt = n.d.runtime().await;
+    let pod = run_pod(&mut rt, pod_config("streamtls", &n.logs()))
+        .await
+        .expect("pod");
+    let c = running(&mut rt, &n, &pod, "box", |_| {}).await;
+    let url = exec_url(&mut rt, &c, &["echo", "over tls"], false, false).await;
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (_, out) = remote_command_spdy(&url, io(None, false))
+        .await
+        .expect("https exec");
+    assert_eq!(out.stdout, b"over tls\n");
+    let url = exec_url(&mut rt, &c, &["echo", "over wss"], false, false).await;
+    let (out, _) = remote_command_ws(&url, "v5.channel.k8s.io", io(None, false))
+        .await
+        .expect("wss exec");
+    assert_eq!(out.stdout, b"over wss\n");
+    remove_pod(&mut rt, &pod).await.expect("remove");
+}

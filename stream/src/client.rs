@@ -27,13 +27,57 @@ pub enum ClientError {
 
 type Result<T> = std::result::Result<T, ClientError>;
 
-/// Host, port and path of an `http://` URL.
-fn split_url(url: &str) -> Result<(String, String)> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| ClientError::Protocol(format!("{url}: not an http:// URL")))?;
+/// Host (with port) and path of an `http://` or `https://` URL, and
+/// whether it is https.
+fn split_url(url: &str) -> Result<(String, String, bool)> {
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => {
+            return Err(ClientError::Protocol(format!(
+                "{url}: not an http(s):// URL"
+            )))
+        }
+    };
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    Ok((host.to_string(), format!("/{path}")))
+    Ok((host.to_string(), format!("/{path}"), tls))
+}
+
+/// The roots https URLs are checked against (see [`trust`]).
+static ROOTS: std::sync::RwLock<Option<std::sync::Arc<rustls::ClientConfig>>> =
+    std::sync::RwLock::new(None);
+
+/// Trusts the TLS configuration `config` (e.g. [`crate::tls::client_config`])
+/// for every https URL this client opens from now on.
+pub fn trust(config: std::sync::Arc<rustls::ClientConfig>) {
+    if let Ok(mut r) = ROOTS.write() {
+        *r = Some(config);
+    }
+}
+
+/// A connection to a streaming server: plain TCP or TLS.
+pub trait Conn: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Conn for T {}
+
+async fn dial(host: &str, tls: bool) -> Result<Box<dyn Conn>> {
+    let tcp = TcpStream::connect(host).await?;
+    let _ = tcp.set_nodelay(true);
+    if !tls {
+        return Ok(Box::new(tcp));
+    }
+    let config = ROOTS
+        .read()
+        .ok()
+        .and_then(|r| r.clone())
+        .ok_or_else(|| ClientError::Protocol("an https URL, and no roots trusted".into()))?;
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let server = rustls_pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| ClientError::Protocol(format!("{name}: {e}")))?;
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(server, tcp)
+        .await?;
+    Ok(Box::new(stream))
 }
 
 /// An upgraded SPDY connection.
@@ -46,9 +90,8 @@ pub struct SpdyConn {
 /// POSTs an upgrade to SPDY/3.1 offering `protocols`; the server's status
 /// and body when it refuses.
 pub async fn spdy_upgrade(url: &str, protocols: &[&str]) -> Result<SpdyConn> {
-    let (host, path) = split_url(url)?;
-    let mut tcp = TcpStream::connect(&host).await?;
-    let _ = tcp.set_nodelay(true);
+    let (host, path, tls) = split_url(url)?;
+    let mut tcp = dial(&host, tls).await?;
     let mut req = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\nContent-Length: 0\r\n"
     );
@@ -225,13 +268,17 @@ pub async fn remote_command_spdy(url: &str, io: CommandIo) -> Result<(String, Co
 }
 
 /// A WebSocket connection after the handshake.
-pub type WsConn = tokio_tungstenite::WebSocketStream<TcpStream>;
+pub type WsConn = tokio_tungstenite::WebSocketStream<Box<dyn Conn>>;
 
 /// Opens `url` as a WebSocket offering `protocols`; answers the chosen
 /// protocol.
 pub async fn ws_connect(url: &str, protocols: &[&str]) -> Result<(WsConn, String)> {
-    let (host, _) = split_url(url)?;
-    let ws_url = url.replacen("http://", "ws://", 1);
+    let (host, _, tls) = split_url(url)?;
+    let ws_url = if tls {
+        url.replacen("https://", "wss://", 1)
+    } else {
+        url.replacen("http://", "ws://", 1)
+    };
     let mut req = ws_url
         .into_client_request()
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -243,9 +290,8 @@ pub async fn ws_connect(url: &str, protocols: &[&str]) -> Result<(WsConn, String
                 .map_err(|_| ClientError::Protocol("a bad protocol list".into()))?,
         );
     }
-    let tcp = TcpStream::connect(&host).await?;
-    let _ = tcp.set_nodelay(true);
-    let (ws, resp) = match tokio_tungstenite::client_async(req, tcp).await {
+    let conn = dial(&host, tls).await?;
+    let (ws, resp) = match tokio_tungstenite::client_async(req, conn).await {
         Ok(x) => x,
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             return Err(ClientError::Refused {

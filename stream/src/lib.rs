@@ -10,6 +10,7 @@ pub mod remotecommand;
 pub mod request;
 pub mod server;
 pub mod spdy;
+pub mod tls;
 pub mod tokens;
 pub mod ws;
 

@@ -44,6 +44,8 @@ pub type Response = http::Response<Full<Bytes>>;
 pub struct Config {
     /// Where to listen (port 0: any free port).
     pub addr: SocketAddr,
+    /// Serve HTTPS with this (see tls.rs); URLs are then https.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub stream_creation_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_sessions: usize,
@@ -53,6 +55,7 @@ impl Config {
     pub fn new(addr: SocketAddr) -> Config {
         Config {
             addr,
+            tls: None,
             stream_creation_timeout: STREAM_CREATION_TIMEOUT,
             idle_timeout: STREAM_IDLE_TIMEOUT,
             max_sessions: MAX_SESSIONS,
@@ -92,12 +95,18 @@ impl StreamServer {
             SocketAddr::V4(a) => a.to_string(),
             SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
         };
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let server = StreamServer {
             state: state.clone(),
-            base: format!("http://{host}"),
+            base: format!("{scheme}://{host}"),
             addr,
         };
-        tokio::spawn(accept_loop(listener, state));
+        let tls = config.tls.map(tokio_rustls::TlsAcceptor::from);
+        tokio::spawn(accept_loop(listener, state, tls));
         tracing::info!(%addr, "streaming server listening");
         Ok(server)
     }
@@ -114,7 +123,14 @@ impl StreamServer {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+/// How long a client has for the TLS handshake.
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (conn, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -126,21 +142,40 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
         };
         let _ = conn.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
-            });
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(conn), service)
-                .with_upgrades()
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
+            match tls {
+                None => serve_connection(conn, peer, state).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(conn)).await {
+                        Ok(Ok(tls)) => serve_connection(tls, peer, state).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "streaming: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "streaming: TLS handshake timed out"),
+                    }
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, state: Arc<State>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(state, req).await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades()
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "streaming connection ended with an error");
     }
 }
 

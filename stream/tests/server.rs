@@ -543,3 +543,40 @@ async fn websocket_port_forward_uses_the_requests_ports() {
     }
     assert_eq!(got, b"HELLO");
 }
+
+#[tokio::test]
+async fn tls_serves_https_urls() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write");
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).expect("write");
+    let mut config = Config::new("127.0.0.1:0".parse().expect("addr"));
+    config.tls = Some(berth_stream::tls::server_config(&cert_pem, &key_pem).expect("tls"));
+    let s = StreamServer::start(config, Arc::new(FakeRuntime(Arc::new(Fake::default()))))
+        .await
+        .expect("start");
+    berth_stream::client::trust(berth_stream::tls::client_config(&cert_pem).expect("roots"));
+    let url = s.url_for(exec(&["cat", "0"], true, false)).expect("url");
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let (_, out) = remote_command_spdy(&url, io(b"over tls"))
+        .await
+        .expect("spdy");
+    assert_eq!(out.stdout, b"over tls");
+    let url = s.url_for(exec(&["cat", "0"], true, false)).expect("url");
+    let (out, _) = remote_command_ws(&url, "v5.channel.k8s.io", io(b"wss too"))
+        .await
+        .expect("wss");
+    assert_eq!(out.stdout, b"wss too");
+    // Plain HTTP to the TLS port gets no answer it can use.
+    let url = s.url_for(exec(&["cat", "0"], true, false)).expect("url");
+    let plain = url.replacen("https://", "http://", 1);
+    assert!(spdy_upgrade(&plain, &["v4.channel.k8s.io"]).await.is_err());
+    // Nor does a client that trusts something else.
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).expect("cert");
+    let other_pem = dir.path().join("other.pem");
+    std::fs::write(&other_pem, other.cert.pem()).expect("write");
+    berth_stream::client::trust(berth_stream::tls::client_config(&other_pem).expect("roots"));
+    let url = s.url_for(exec(&["cat", "0"], true, false)).expect("url");
+    assert!(spdy_upgrade(&url, &["v4.channel.k8s.io"]).await.is_err());
+}

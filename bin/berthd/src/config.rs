@@ -201,6 +201,10 @@ pub struct Stream {
     pub stream_creation_timeout_secs: u64,
     /// Seconds a session may stay without traffic.
     pub idle_timeout_secs: u64,
+    /// HTTPS: the certificate chain (PEM); with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// HTTPS: the certificate's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for Stream {
@@ -210,6 +214,8 @@ impl Default for Stream {
             port: 0,
             stream_creation_timeout_secs: 30,
             idle_timeout_secs: 4 * 3600,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -324,6 +330,12 @@ impl Config {
         })?;
         if self.chaos.interval_ms < 10 {
             return Err("chaos.interval_ms: must be at least 10".into());
+        }
+        if self.stream.tls_cert_file.is_some() != self.stream.tls_key_file.is_some() {
+            return Err("stream: tls_cert_file and tls_key_file go together".into());
+        }
+        if self.stream.stream_creation_timeout_secs == 0 || self.stream.idle_timeout_secs == 0 {
+            return Err("stream: timeouts must be at least 1 second".into());
         }
         const ACTORS: [&str; 5] = ["network", "shim", "image", "sandbox", "container"];
         if let Some(a) = self

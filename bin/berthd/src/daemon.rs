@@ -49,6 +49,13 @@ pub async fn run(config: Config) -> Result<()> {
     ] {
         check_socket_path(key, path)?;
     }
+    // Read before anything starts: a bad certificate is a start-up error.
+    let tls = match (&config.stream.tls_cert_file, &config.stream.tls_key_file) {
+        (Some(cert), Some(key)) => Some(
+            berth_stream::tls::server_config(cert, key).map_err(|e| anyhow!("stream.tls: {e}"))?,
+        ),
+        _ => None,
+    };
 
     let host = Arc::new(probe_host(&config));
     let events_socket = config.state.join("events.sock");
@@ -124,6 +131,7 @@ pub async fn run(config: Config) -> Result<()> {
     );
 
     let stream_config = berth_stream::Config {
+        tls,
         stream_creation_timeout: Duration::from_secs(config.stream.stream_creation_timeout_secs),
         idle_timeout: Duration::from_secs(config.stream.idle_timeout_secs),
         ..berth_stream::Config::new(std::net::SocketAddr::new(
