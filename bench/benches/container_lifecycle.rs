@@ -15,7 +15,9 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench container_lifecycle
 
-use berth_bench::{conflist, push_pause, table, Peer, Samples};
+use berth_bench::{
+    bridge_has_ports, bridge_subnet, conflist, link_exists, push_pause, table, Peer, Samples,
+};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -724,42 +726,6 @@ fn us(d: Duration) -> f64 {
 
 fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-12)
-}
-
-fn link_exists(name: &str) -> bool {
-    Path::new("/sys/class/net").join(name).exists()
-}
-
-/// The IPv4 network already on `bridge` (e.g. `10.78.0.0/16` for a
-/// leftover peer0 with 10.78.0.1/16): the bridge plugin refuses a second
-/// subnet on a bridge, so the peer must use the one there.
-fn bridge_subnet(bridge: &str) -> Option<String> {
-    let out = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", bridge])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let cidr = text
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)?;
-    let (addr, len) = cidr.split_once('/')?;
-    let addr: std::net::Ipv4Addr = addr.parse().ok()?;
-    let len: u32 = len.parse().ok()?;
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len.min(32))
-    };
-    let net = std::net::Ipv4Addr::from(u32::from(addr) & mask);
-    Some(format!("{net}/{len}"))
-}
-
-/// Whether any interface is enslaved to `bridge`.
-fn bridge_has_ports(bridge: &str) -> bool {
-    std::fs::read_dir(Path::new("/sys/class/net").join(bridge).join("brif"))
-        .map(|d| d.count() > 0)
-        .unwrap_or(false)
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -580,3 +580,71 @@ async fn tls_serves_https_urls() {
     let url = s.url_for(exec(&["cat", "0"], true, false)).expect("url");
     assert!(spdy_upgrade(&url, &["v4.channel.k8s.io"]).await.is_err());
 }
+
+async fn server_with(edit: impl FnOnce(&mut Config)) -> (StreamServer, Arc<Fake>) {
+    let fake = Arc::new(Fake::default());
+    let mut config = Config::new("127.0.0.1:0".parse().expect("addr"));
+    edit(&mut config);
+    let s = StreamServer::start(config, Arc::new(FakeRuntime(fake.clone())))
+        .await
+        .expect("start");
+    (s, fake)
+}
+
+/// Opens every stream a `hang` exec without stdin expects.
+async fn open_hang(url: &str) -> berth_stream::client::SpdyConn {
+    let conn = spdy_upgrade(url, &["v4.channel.k8s.io"])
+        .await
+        .expect("upgrade");
+    for kind in ["error", "stdout", "stderr"] {
+        let s = conn
+            .session
+            .open(vec![("streamtype".into(), kind.into())])
+            .await
+            .expect("stream");
+        std::mem::forget(s);
+    }
+    conn
+}
+
+#[tokio::test]
+async fn sessions_at_once_are_bounded() {
+    let (s, _) = server_with(|c| c.max_sessions = 2).await;
+    let a = open_hang(&s.url_for(exec(&["hang"], false, false)).expect("url")).await;
+    let b = open_hang(&s.url_for(exec(&["hang"], false, false)).expect("url")).await;
+    let url = s.url_for(exec(&["hang"], false, false)).expect("url");
+    let err = spdy_upgrade(&url, &["v4.channel.k8s.io"]).await.err();
+    assert!(
+        matches!(err, Some(ClientError::Refused { status: 429, .. })),
+        "{err:?}"
+    );
+    // One ends: room for another.
+    drop(a);
+    let mut served = false;
+    for _ in 0..100 {
+        let url = s.url_for(exec(&["cat", "0"], false, false)).expect("url");
+        if remote_command_spdy(&url, io(b"")).await.is_ok() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served, "a session ended, and none could start");
+    drop(b);
+}
+
+#[tokio::test]
+async fn an_idle_session_is_ended() {
+    let (s, fake) = server_with(|c| c.idle_timeout = Duration::from_secs(1)).await;
+    let conn = open_hang(&s.url_for(exec(&["hang"], false, false)).expect("url")).await;
+    tokio::time::timeout(Duration::from_secs(10), conn.session.closed())
+        .await
+        .expect("the idle session is ended");
+    for _ in 0..100 {
+        if fake.gone.load(Ordering::SeqCst) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the runtime was not told the client is gone");
+}

@@ -61,6 +61,9 @@ struct Slot {
 
 struct Shared {
     out: mpsc::Sender<Frame>,
+    /// Held from taking a stream id to queueing its SYN_STREAM: streams go
+    /// out in the order of their ids, as the peer requires.
+    opening: tokio::sync::Mutex<()>,
     slots: Mutex<HashMap<u32, Slot>>,
     next_id: AtomicU32,
     closed: AtomicBool,
@@ -160,6 +163,7 @@ impl Session {
         let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
         let shared = Arc::new(Shared {
             out,
+            opening: tokio::sync::Mutex::new(()),
             slots: Mutex::new(HashMap::new()),
             next_id: AtomicU32::new(match role {
                 Role::Client => 1,
@@ -185,6 +189,7 @@ impl Session {
 
     /// Opens a stream with `headers` and waits for the peer's reply.
     pub async fn open(&self, headers: Headers) -> Result<Stream, SessionError> {
+        let opening = self.shared.opening.lock().await;
         let id = self.shared.next_id.fetch_add(2, Ordering::SeqCst);
         let (data_tx, rx) = mpsc::channel(STREAM_QUEUE);
         let (reply_tx, reply_rx) = oneshot::channel();
@@ -215,6 +220,7 @@ impl Session {
             .send(syn)
             .await
             .map_err(|_| SessionError::Closed)?;
+        drop(opening);
         let reply = reply_rx.await.map_err(|_| SessionError::Closed)??;
         Ok(Stream {
             id,
@@ -707,6 +713,40 @@ mod tests {
         let s2 = server.accept().await.expect("second");
         assert_eq!(s2.id, 3);
         assert_eq!(second.await.expect("join"), Ok(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn streams_opened_at_once_reach_the_peer_in_id_order() {
+        let (client, mut server) = pair();
+        let client = Arc::new(client);
+        let opens: Vec<_> = (0..500)
+            .map(|_| {
+                let c = client.clone();
+                tokio::spawn(async move { c.open(vec![]).await.map(|s| s.id) })
+            })
+            .collect();
+        let mut ids = Vec::new();
+        for _ in 0..500 {
+            let next = tokio::time::timeout(std::time::Duration::from_secs(5), server.accept());
+            let s = next.await.unwrap_or_else(|_| {
+                let gap = ids.windows(2).find(|w| w[1] != w[0] + 2);
+                panic!(
+                    "stream {} of 500 never came; first gap {gap:?}; first {:?}",
+                    ids.len() + 1,
+                    &ids[..5]
+                )
+            });
+            ids.push(s.expect("stream").id);
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(
+            ids, sorted,
+            "the server saw ids out of order (and refused some)"
+        );
+        for o in opens {
+            assert!(o.await.expect("join").is_ok());
+        }
     }
 
     #[tokio::test]
