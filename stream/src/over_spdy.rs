@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Read size when copying a forwarded connection.
-const FORWARD_CHUNK: usize = 32 * 1024;
+const FORWARD_CHUNK: usize = 128 * 1024;
 
 /// Runs `command` over `session`: waits for the client's streams, runs,
 /// reports on the error stream, then ends the session.

@@ -17,16 +17,16 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 /// Frames of data queued per stream before the reader waits.
-const STREAM_QUEUE: usize = 64;
+const STREAM_QUEUE: usize = 16;
 
 /// Frames queued for the writer before senders wait.
-const WRITE_QUEUE: usize = 256;
+const WRITE_QUEUE: usize = 64;
 
 /// Streams open at once on one session; more are refused.
 pub const MAX_STREAMS: usize = 1024;
 
 /// The largest data frame written: a larger send is cut.
-pub const MAX_DATA_FRAME: usize = 32 * 1024;
+pub const MAX_DATA_FRAME: usize = 128 * 1024;
 
 /// Which side of the connection this is: the client opens odd streams,
 /// the server even ones (it opens none here).
@@ -143,11 +143,20 @@ impl Drop for SenderInner {
             }
         };
         if fin {
-            let _ = self.shared.out.try_send(Frame::Data {
+            let frame = Frame::Data {
                 stream: self.id,
                 fin: true,
                 data: Bytes::new(),
-            });
+            };
+            // A full queue must not lose the FIN: it waits its turn.
+            if let Err(mpsc::error::TrySendError::Full(frame)) = self.shared.out.try_send(frame) {
+                if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                    let out = self.shared.out.clone();
+                    rt.spawn(async move {
+                        let _ = out.send(frame).await;
+                    });
+                }
+            }
             self.shared.settle(self.id);
         }
     }
@@ -256,10 +265,18 @@ impl Session {
 impl Drop for Session {
     /// A session let go of is over: GOAWAY, after what is queued.
     fn drop(&mut self) {
-        let _ = self.shared.out.try_send(Frame::GoAway {
+        let away = Frame::GoAway {
             last_good: self.shared.last_peer.load(Ordering::SeqCst),
             status: frame::goaway::OK,
-        });
+        };
+        if let Err(mpsc::error::TrySendError::Full(away)) = self.shared.out.try_send(away) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let out = self.shared.out.clone();
+                rt.spawn(async move {
+                    let _ = out.send(away).await;
+                });
+            }
+        }
     }
 }
 
@@ -489,8 +506,8 @@ async fn read_loop<R: AsyncRead>(
                 }
             }
         }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
+        if buf.capacity() - buf.len() < 64 * 1024 {
+            buf.reserve(256 * 1024);
         }
         match read.read_buf(&mut buf).await {
             Ok(0) | Err(_) => break,
@@ -677,6 +694,24 @@ mod tests {
             .collect()
     }
 
+    /// A SYN_STREAM for `stream`, encoded as a raw peer sends it.
+    fn syn(codec: &mut Codec, stream: u32) -> BytesMut {
+        let mut out = BytesMut::new();
+        codec
+            .encode(
+                &Frame::SynStream {
+                    stream,
+                    associated: 0,
+                    priority: 0,
+                    flags: 0,
+                    headers: vec![],
+                },
+                &mut out,
+            )
+            .expect("encode");
+        out
+    }
+
     fn pair() -> (Session, Session) {
         let (a, b) = tokio::io::duplex(1 << 20);
         (Session::new(a, Role::Client), Session::new(b, Role::Server))
@@ -799,21 +834,8 @@ mod tests {
         let server = Session::new(b, Role::Server);
         let (mut read, mut write) = tokio::io::split(a);
         let mut codec = Codec::new();
-        let mut out = BytesMut::new();
         // An even id is the server's to use.
-        codec
-            .encode(
-                &Frame::SynStream {
-                    stream: 2,
-                    associated: 0,
-                    priority: 0,
-                    flags: 0,
-                    headers: vec![],
-                },
-                &mut out,
-            )
-            .expect("encode");
-        write.write_all(&out).await.expect("write");
+        write.write_all(&syn(&mut codec, 2)).await.expect("write");
         let mut buf = BytesMut::new();
         let f = loop {
             read.read_buf(&mut buf).await.expect("read");
@@ -835,6 +857,51 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), server.closed())
             .await
             .expect("the session ends");
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_while_the_queue_is_full_still_says_fin() {
+        let (a, b) = tokio::io::duplex(1024);
+        let mut server = Session::new(b, Role::Server);
+        let (mut read, mut write) = tokio::io::split(a);
+        let mut codec = Codec::new();
+        write.write_all(&syn(&mut codec, 1)).await.expect("write");
+        let stream = server.accept().await.expect("stream");
+        // Nobody reads the server's output: its queue fills.
+        let sender = stream.sender();
+        loop {
+            let send = sender.send(Bytes::from(vec![0u8; 1024]));
+            if tokio::time::timeout(std::time::Duration::from_millis(50), send)
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        drop(sender);
+        drop(stream);
+        // Read everything: the FIN must come.
+        let mut buf = BytesMut::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            while let Some(f) = codec.decode(&mut buf).expect("decode") {
+                if matches!(
+                    f,
+                    Frame::Data {
+                        stream: 1,
+                        fin: true,
+                        ..
+                    }
+                ) {
+                    return;
+                }
+            }
+            let n = tokio::time::timeout_at(deadline, read.read_buf(&mut buf))
+                .await
+                .expect("the FIN before the deadline")
+                .expect("read");
+            assert!(n > 0, "the connection ended without the FIN");
+        }
     }
 
     #[tokio::test]
