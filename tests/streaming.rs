@@ -371,10 +371,12 @@ async fn attach_joins_the_containers_stdio_beside_its_log() {
 /// GET /n over a forwarded connection; answers the response body.
 async fn http_get(pf: &PortForward, port: u16) -> Result<Vec<u8>, String> {
     let mut f = pf.connect(port).await.map_err(|e| e.to_string())?;
-    f.data
+    // A failed connection may be reset before the request goes: what went
+    // wrong is then on the error stream.
+    let sent = f
+        .data
         .send(Bytes::from_static(b"GET /n HTTP/1.0\r\nHost: pod\r\n\r\n"))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await;
     let resp = f.data.read_to_end(64 << 20).await;
     // As client-go does once the pod's side ended.
     f.data.sender().reset(rst::CANCEL).await;
@@ -382,6 +384,7 @@ async fn http_get(pf: &PortForward, port: u16) -> Result<Vec<u8>, String> {
     if !err.is_empty() {
         return Err(String::from_utf8_lossy(&err).to_string());
     }
+    sent.map_err(|e| e.to_string())?;
     let at = resp
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
