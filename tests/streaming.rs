@@ -188,6 +188,9 @@ async fn clients_that_vanish_leave_no_process_and_no_fifo() {
         .await
         .expect("pod");
     let c = running(&mut rt, &n, &pod, "box", |_| {}).await;
+    // One exec first, so that what berthd opens once is open.
+    let _ = exec_both(&mut rt, &c, &["true"], None, false).await;
+    let fds_before = open_fds(n.d.pid());
     // Over SPDY: the client opens its streams, the process starts, the
     // connection drops.
     let url = exec_url(&mut rt, &c, &["sleep", "1001"], true, false).await;
@@ -251,7 +254,25 @@ async fn clients_that_vanish_leave_no_process_and_no_fifo() {
         async move { left.is_empty().then_some(()) }
     })
     .await;
+    // Nor a descriptor: berthd holds what it held before.
+    let pid = n.d.pid();
+    eventually(
+        Duration::from_secs(10),
+        "berthd's descriptors to close",
+        || {
+            let now = open_fds(pid);
+            async move { (now <= fds_before).then_some(()) }
+        },
+    )
+    .await;
     remove_pod(&mut rt, &pod).await.expect("remove");
+}
+
+/// How many descriptors `pid` holds open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 #[tokio::test]
