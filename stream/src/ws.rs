@@ -243,6 +243,18 @@ fn unframe(base64: bool, msg: Message) -> Option<(u8, Bytes)> {
     Some((first, data.slice(1..)))
 }
 
+/// The client's next message; `None` once it closed, failed, or sent
+/// nothing for `idle`.
+async fn next_message(
+    stream: &mut futures::stream::SplitStream<Ws>,
+    idle: Duration,
+) -> Option<Message> {
+    match tokio::time::timeout(idle, stream.next()).await {
+        Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => None,
+        Ok(Some(Ok(m))) => Some(m),
+    }
+}
+
 /// The writer side: every message goes through one task.
 fn spawn_writer(
     mut sink: futures::stream::SplitSink<Ws, Message>,
@@ -293,14 +305,7 @@ async fn remote_command(
     let reader = tokio::spawn(async move {
         let mut stdin = want.stdin.then_some(stdin_tx);
         let mut resize = want.tty.then_some(resize_tx);
-        loop {
-            let msg = match tokio::time::timeout(idle, stream.next()).await {
-                Ok(Some(Ok(m))) => m,
-                _ => break,
-            };
-            if matches!(msg, Message::Close(_)) {
-                break;
-            }
+        while let Some(msg) = next_message(&mut stream, idle).await {
             let Some((ch, payload)) = unframe(base64, msg) else {
                 continue;
             };
@@ -440,14 +445,7 @@ async fn port_forward(
         }));
     }
     let reader = tokio::spawn(async move {
-        loop {
-            let msg = match tokio::time::timeout(idle, stream.next()).await {
-                Ok(Some(Ok(m))) => m,
-                _ => break,
-            };
-            if matches!(msg, Message::Close(_)) {
-                break;
-            }
+        while let Some(msg) = next_message(&mut stream, idle).await {
             let Some((ch, payload)) = unframe(base64, msg) else {
                 continue;
             };
@@ -479,15 +477,11 @@ async fn tunnel(ws: Ws, request: PortForwardRequest, runtime: Arc<dyn Runtime>, 
     let (sink, mut stream) = ws.split();
     let (out, writer) = spawn_writer(sink);
     let inbound = tokio::spawn(async move {
-        loop {
-            let msg = match tokio::time::timeout(idle, stream.next()).await {
-                Ok(Some(Ok(m))) => m,
-                _ => break,
-            };
-            match msg {
-                Message::Binary(b) if far_write.write_all(&b).await.is_err() => break,
-                Message::Close(_) => break,
-                _ => {}
+        while let Some(msg) = next_message(&mut stream, idle).await {
+            if let Message::Binary(b) = msg {
+                if far_write.write_all(&b).await.is_err() {
+                    break;
+                }
             }
         }
         let _ = far_write.shutdown().await;

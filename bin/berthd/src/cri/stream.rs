@@ -37,61 +37,62 @@ fn check_stdio(tty: bool, stdin: bool, stdout: bool, stderr: bool) -> Result<(),
     Ok(())
 }
 
-fn need_container(id: &str) -> Result<(), Error> {
-    if id.is_empty() {
-        return Err(Error::InvalidArgument("container_id is empty".into()));
-    }
-    Ok(())
-}
-
 impl Cri {
-    pub(super) async fn exec_url(&self, req: ExecRequest) -> Result<ExecResponse, Error> {
-        need_container(&req.container_id)?;
-        if req.cmd.is_empty() || req.cmd.iter().all(|a| a.is_empty()) {
+    /// The checks Exec and Attach share: a container named, a command
+    /// (Exec's), stdio asked for, and the container running. Answers its
+    /// full ID.
+    async fn remote_command_target(
+        &self,
+        container_id: String,
+        cmd: Option<&[String]>,
+        (tty, stdin, stdout, stderr): (bool, bool, bool, bool),
+    ) -> Result<String, Error> {
+        if container_id.is_empty() {
+            return Err(Error::InvalidArgument("container_id is empty".into()));
+        }
+        if cmd.is_some_and(|c| c.iter().all(|a| a.is_empty())) {
             return Err(Error::InvalidArgument("cmd is empty".into()));
         }
-        check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
-        let id = self
-            .node
+        check_stdio(tty, stdin, stdout, stderr)?;
+        self.node
             .container
-            .call(ctr::RunningContainer {
-                id: req.container_id,
-            })
+            .call(ctr::RunningContainer { id: container_id })
+            .await
+    }
+
+    /// A single-use URL on the streaming server for `req`.
+    fn url(&self, req: Request) -> Result<String, Error> {
+        self.stream.url_for(req).map_err(url_error)
+    }
+
+    pub(super) async fn exec_url(&self, req: ExecRequest) -> Result<ExecResponse, Error> {
+        let stdio = (req.tty, req.stdin, req.stdout, req.stderr);
+        let id = self
+            .remote_command_target(req.container_id, Some(&req.cmd), stdio)
             .await?;
-        let url = self
-            .stream
-            .url_for(Request::Exec(berth_stream::ExecRequest {
-                container_id: id,
-                cmd: req.cmd,
-                tty: req.tty,
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-            }))
-            .map_err(url_error)?;
+        let url = self.url(Request::Exec(berth_stream::ExecRequest {
+            container_id: id,
+            cmd: req.cmd,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        }))?;
         Ok(ExecResponse { url })
     }
 
     pub(super) async fn attach_url(&self, req: AttachRequest) -> Result<AttachResponse, Error> {
-        need_container(&req.container_id)?;
-        check_stdio(req.tty, req.stdin, req.stdout, req.stderr)?;
+        let stdio = (req.tty, req.stdin, req.stdout, req.stderr);
         let id = self
-            .node
-            .container
-            .call(ctr::RunningContainer {
-                id: req.container_id,
-            })
+            .remote_command_target(req.container_id, None, stdio)
             .await?;
-        let url = self
-            .stream
-            .url_for(Request::Attach(berth_stream::AttachRequest {
-                container_id: id,
-                tty: req.tty,
-                stdin: req.stdin,
-                stdout: req.stdout,
-                stderr: req.stderr,
-            }))
-            .map_err(url_error)?;
+        let url = self.url(Request::Attach(berth_stream::AttachRequest {
+            container_id: id,
+            tty: req.tty,
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+        }))?;
         Ok(AttachResponse { url })
     }
 
@@ -125,13 +126,10 @@ impl Cri {
                 record.id
             )));
         }
-        let url = self
-            .stream
-            .url_for(Request::PortForward(berth_stream::PortForwardRequest {
-                sandbox_id: record.id,
-                ports,
-            }))
-            .map_err(url_error)?;
+        let url = self.url(Request::PortForward(berth_stream::PortForwardRequest {
+            sandbox_id: record.id,
+            ports,
+        }))?;
         Ok(PortForwardResponse { url })
     }
 }
