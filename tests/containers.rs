@@ -1098,3 +1098,75 @@ async fn a_tty_container_logs_its_terminal_and_a_stdin_container_waits_for_input
     }
     remove_pod(&mut rt, &p).await;
 }
+
+/// The shims berthd lists: container ID to (pid, bundle address).
+async fn shims(d: &Daemon) -> std::collections::BTreeMap<String, (u32, String)> {
+    d.admin()
+        .await
+        .list_shims(berth_protocol::admin::ListShimsRequest {})
+        .await
+        .expect("ListShims")
+        .into_inner()
+        .shims
+        .into_iter()
+        .map(|s| (s.container_id, (s.pid, s.address)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_remove_that_answered_left_no_shim_and_no_bundle() {
+    let n = setup();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let pod = pod(&mut rt, "gone", &n.logs()).await;
+    let id = create(
+        &mut rt,
+        &pod,
+        container("gone", &n.image, &["sleep", "3600"]),
+    )
+    .await
+    .expect("create");
+    rt.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("start");
+    let (pid, address) = shims(&n.d).await.remove(&id).expect("its shim is listed");
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "the shim runs");
+    // Sockets are in <state>/s, bundles in <state>/shims/<id>.
+    let state = Path::new(&address)
+        .parent()
+        .and_then(Path::parent)
+        .expect("state dir");
+    let bundle = state.join("shims").join(&id);
+    assert!(
+        bundle.exists(),
+        "bundle {} before the removal",
+        bundle.display()
+    );
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .expect("remove");
+    // At once, not after a sweep: a crash right now must strand nothing.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
+    assert!(
+        matches!(state, None | Some(Some('Z'))),
+        "shim {pid} still runs after RemoveContainer answered: {stat}"
+    );
+    assert!(
+        !bundle.exists(),
+        "bundle {} is still there",
+        bundle.display()
+    );
+    assert!(!shims(&n.d).await.contains_key(&id));
+    remove_pod(&mut rt, &pod).await;
+    n.assert_consistent();
+    assert!(
+        !n.d.log().contains("no record owns"),
+        "the sweep found leftovers:\n{}",
+        n.d.log()
+    );
+}

@@ -758,3 +758,50 @@ async fn a_pull_cut_short_by_a_crash_leaves_nothing_after_the_restart() {
     assert!(list(&mut c).await.is_empty(), "no half-pulled image");
     assert_nothing_left(&d, (0, 0));
 }
+
+/// A registry that answers every request with a manifest of `size` bytes
+/// (no length given, so only what arrives tells): serves until dropped.
+fn endless_manifest_registry(size: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host = listener.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{BufRead, Write};
+                let mut reader = std::io::BufReader::new(conn.try_clone().expect("clone"));
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nConnection: close\r\n\r\n";
+                if conn.write_all(head.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < size && conn.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    host
+}
+
+#[tokio::test]
+async fn a_registry_that_sends_a_huge_manifest_is_refused_before_memory_fills() {
+    let host = endless_manifest_registry(64 << 20);
+    let d = daemon(std::slice::from_ref(&host), "");
+    let mut c = d.images().await;
+    let err = pull(&mut c, &format!("{host}/huge:v1"))
+        .await
+        .expect_err("a 64 MiB manifest");
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("larger than 4194304 bytes"),
+        "{err:?}"
+    );
+    assert!(list(&mut c).await.is_empty());
+    assert_nothing_left(&d, (0, 0));
+}

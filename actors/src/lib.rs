@@ -9,6 +9,7 @@
 //!   [`network`], [`shim`]. Each has `actor.rs` (the thin actix shell),
 //!   `messages.rs` (what it answers) and `store.rs` (its journal records).
 
+pub mod checked;
 pub mod container;
 pub mod error;
 pub mod host;

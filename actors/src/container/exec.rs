@@ -15,6 +15,9 @@ impl Containers {
     }
 
     pub(super) fn exec_in(&mut self, msg: ExecIn) -> Reply<Self, u32> {
+        if let Err(e) = super::validate::exec_command(&msg.cmd) {
+            return Reply::Now(Err(e));
+        }
         let full = match self.running(&msg.id) {
             Ok(f) => f,
             Err(e) => return Reply::Now(Err(e)),

@@ -8,6 +8,9 @@ use crate::shim::messages::ExecInTask;
 
 impl Containers {
     pub(super) fn exec_sync(&mut self, msg: ExecSync) -> Reply<Self, ExecOutput> {
+        if let Err(e) = super::validate::exec_command(&msg.cmd) {
+            return Reply::Now(Err(e));
+        }
         let full = match self.running(&msg.id) {
             Ok(f) => f,
             Err(e) => return Reply::Now(Err(e)),

@@ -17,6 +17,7 @@ mod stop;
 pub mod store;
 mod update;
 mod usage;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

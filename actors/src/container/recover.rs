@@ -2,6 +2,9 @@
 //!
 //! - a container still `Creating` was cut short: its task and shim and its
 //!   root filesystem are removed and the record dropped;
+//! - a `Created` container whose shim says its process runs was started
+//!   by a StartContainer the crash cut short (before its answer was
+//!   journalled): it is `Running` with that PID, as the shim knows it;
 //! - a `Created` or `Running` container whose exit is on record (its shim
 //!   wrote it, maybe while berthd was down, or shim recovery did for a
 //!   shim that died) is `Exited` with that code and time;
@@ -12,7 +15,7 @@ use super::stop::teardown;
 use super::store::ContainerState;
 use crate::kernel::{claim_cut_short, patiently, short, Recovered, Reply};
 use crate::shim::exits::ExitsOf;
-use crate::shim::messages::{Exit, TaskExited};
+use crate::shim::messages::{Exit, TaskExited, TaskInfo, TaskState};
 use crate::shim::recover::SHIM_DIED_STATUS;
 use crate::Result;
 use actix::Message;
@@ -27,11 +30,13 @@ impl Message for RecoverContainers {
     type Result = Result<Recovered>;
 }
 
-/// What recovery learns off the actor: the exits on record, and how the
-/// undoing of each half-made container went.
+/// What recovery learns off the actor: the exits on record, how the
+/// undoing of each half-made container went, and what the shims of
+/// created containers say of their process.
 type Found = (
     Result<BTreeMap<String, TaskExited>>,
     Vec<(String, Result<(String, Option<Exit>)>)>,
+    Vec<(String, Result<TaskInfo>)>,
 );
 
 impl Containers {
@@ -42,6 +47,12 @@ impl Containers {
             .iter()
             .filter(|r| matches!(r.state, ContainerState::Created | ContainerState::Running))
             .filter(|r| !self.busy.contains(&r.id))
+            .map(|r| r.id.clone())
+            .collect();
+        let created: Vec<String> = self
+            .records
+            .iter()
+            .filter(|r| r.state == ContainerState::Created && !self.busy.contains(&r.id))
             .map(|r| r.id.clone())
             .collect();
         let creating = self
@@ -68,37 +79,73 @@ impl Containers {
             // shim wrote it, maybe while berthd was down, or shim recovery
             // did for a shim that died).
             let exits = shim.call(ExitsOf { ids: live }).await;
-            (exits, futures::future::join_all(jobs).await)
-        };
-        Reply::later(work, move |me: &mut Self, (exits, undone): Found| {
-            for (id, gone) in undone {
-                me.busy.remove(&id);
-                match gone {
-                    Ok(_) => {
-                        me.records.remove(&id)?;
-                        report.fixed(format!("container {}: half-made, undone", short(&id)));
-                    }
-                    Err(e) => report.fixed(format!(
-                        "container {}: half-made, undo failed ({e}); kept for the next pass",
-                        short(&id)
-                    )),
+            let states = created.into_iter().map(|id| {
+                let shim = shim.clone();
+                async move {
+                    let info = shim.call(TaskState { id: id.clone() }).await;
+                    (id, info)
                 }
-            }
-            for (id, exit) in exits? {
-                let code = exit.status;
-                me.task_exited(exit)?;
-                let how = if code == SHIM_DIED_STATUS {
-                    "exited (or its shim died)"
-                } else {
-                    "exited"
-                };
-                report.fixed(format!(
-                    "container {}: {how} with {}, EXITED",
-                    short(&id),
-                    code as i32
-                ));
-            }
-            Ok(report)
-        })
+            });
+            let (undone, states) = futures::join!(
+                futures::future::join_all(jobs),
+                futures::future::join_all(states)
+            );
+            (exits, undone, states)
+        };
+        Reply::later(
+            work,
+            move |me: &mut Self, (exits, undone, states): Found| {
+                for (id, gone) in undone {
+                    me.busy.remove(&id);
+                    match gone {
+                        Ok(_) => {
+                            me.records.remove(&id)?;
+                            report.fixed(format!("container {}: half-made, undone", short(&id)));
+                        }
+                        Err(e) => report.fixed(format!(
+                            "container {}: half-made, undo failed ({e}); kept for the next pass",
+                            short(&id)
+                        )),
+                    }
+                }
+                for (id, info) in states {
+                    // A shim that cannot say leaves the record as it is.
+                    let Ok(info) = info else { continue };
+                    if !info.running || info.pid == 0 {
+                        continue;
+                    }
+                    let Some(mut r) = me.records.get(&id).cloned() else {
+                        continue;
+                    };
+                    if r.state != ContainerState::Created {
+                        continue;
+                    }
+                    r.state = ContainerState::Running;
+                    r.pid = info.pid;
+                    r.started_unix_nanos = crate::journal::unix_nanos();
+                    me.records.put(r)?;
+                    report.fixed(format!(
+                        "container {}: started before the crash recorded it, RUNNING (pid {})",
+                        short(&id),
+                        info.pid
+                    ));
+                }
+                for (id, exit) in exits? {
+                    let code = exit.status;
+                    me.task_exited(exit)?;
+                    let how = if code == SHIM_DIED_STATUS {
+                        "exited (or its shim died)"
+                    } else {
+                        "exited"
+                    };
+                    report.fixed(format!(
+                        "container {}: {how} with {}, EXITED",
+                        short(&id),
+                        code as i32
+                    ));
+                }
+                Ok(report)
+            },
+        )
     }
 }

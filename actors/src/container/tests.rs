@@ -13,7 +13,9 @@ use crate::kernel::{Fakes, Handle, Kernel, Link};
 use crate::sandbox::messages::{PodConfig, PodSandboxStatus};
 use crate::sandbox::store::{SandboxRecord, SandboxState};
 use crate::shim::exits::ExitsOf;
-use crate::shim::messages::{CreateTask, DeleteTask, Exit, StartTask, StopTask, TaskExited};
+use crate::shim::messages::{
+    CreateTask, DeleteTask, Exit, StartTask, StopTask, TaskExited, TaskInfo, TaskState,
+};
 use crate::Error;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -97,6 +99,13 @@ fn fakes(step: Step, dir: &std::path::Path) -> Arc<Fakes> {
     f.on(|_: DeleteTask| Ok(()));
     f.on(|_: RemoveRootfs| Ok(()));
     f.on(|_: ExitsOf| Ok(BTreeMap::<String, TaskExited>::new()));
+    f.on(|_: TaskState| {
+        Ok(TaskInfo {
+            pid: 0,
+            running: false,
+            exit: None,
+        })
+    });
     f
 }
 
@@ -301,6 +310,9 @@ async fn recovery_undoes_cut_short_containers_and_takes_exits_on_record() {
     let (r, _) = rig(Step::None, journal.clone()).await;
     let running = r.containers.call(create("running")).await.expect("create");
     let exited = r.containers.call(create("exited")).await.expect("create");
+    // Started by a StartContainer the crash cut short: Created on record.
+    let started = r.containers.call(create("started")).await.expect("create");
+    let idle = r.containers.call(create("idle")).await.expect("create");
     for id in [&running, &exited] {
         r.containers
             .call(StartContainer { id: id.clone() })
@@ -321,6 +333,14 @@ async fn recovery_undoes_cut_short_containers_and_takes_exits_on_record() {
     let (r, fakes) = rig(Step::None, journal).await;
     let dead = exited.clone();
     fakes.on(crate::shim::exits::exited_only(dead, 7, 42));
+    let runs = started.clone();
+    fakes.on(move |m: TaskState| {
+        Ok(TaskInfo {
+            pid: if m.id == runs { 6000 } else { 0 },
+            running: m.id == runs,
+            exit: None,
+        })
+    });
     let report = r.containers.call(RecoverContainers).await.expect("recover");
     let fixed = report.fixed.join("\n");
     assert!(fixed.contains("half-made, undone"), "{fixed}");
@@ -337,6 +357,10 @@ async fn recovery_undoes_cut_short_containers_and_takes_exits_on_record() {
         async move { c.call(ContainerStatus { id }).await.expect("status") }
     };
     assert_eq!(st(running).await.state, ContainerState::Running);
+    assert!(fixed.contains("RUNNING (pid 6000)"), "{fixed}");
+    let s = st(started).await;
+    assert_eq!((s.state, s.pid), (ContainerState::Running, 6000));
+    assert_eq!(st(idle).await.state, ContainerState::Created);
     let e = st(exited).await;
     assert_eq!(
         (e.state, e.exit_code, e.finished_unix_nanos),

@@ -10,6 +10,9 @@ use actix::fut::{wrap_future, ActorFutureExt};
 
 impl Containers {
     pub(super) fn update_resources(&mut self, msg: UpdateContainerResources) -> Reply<Self, ()> {
+        if let Err(e) = super::validate::resources("resources", &msg.resources) {
+            return Reply::Now(Err(e));
+        }
         let full = match self.running(&msg.id) {
             Ok(f) => f,
             Err(e) => return Reply::Now(Err(e)),

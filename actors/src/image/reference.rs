@@ -109,7 +109,10 @@ impl ImageName {
 }
 
 fn invalid(s: &str, why: &str) -> Error {
-    Error::InvalidArgument(format!("invalid image reference {s:?}: {why}"))
+    Error::InvalidArgument(format!(
+        "invalid image reference {}: {why}",
+        crate::checked::shown(s)
+    ))
 }
 
 fn valid_component(c: &str) -> bool {
@@ -178,7 +181,7 @@ impl Reference {
             return Err(invalid(s, "empty"));
         }
         if s.len() > 4096 {
-            return Err(invalid(&s[..64], "too long"));
+            return Err(invalid(s, "longer than 4096 bytes"));
         }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (
@@ -286,6 +289,21 @@ impl fmt::Display for Reference {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_reference_with_multibyte_characters_is_refused_not_a_panic() {
+        // Byte 64 falls inside an 'é'.
+        let r = format!(
+            "registry.example/{}{}:tag",
+            "a".repeat(46),
+            "é".repeat(2100)
+        );
+        let e = Reference::parse(&r).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(m) if m.contains("longer than 4096")),
+            "{e:?}"
+        );
+    }
+
     use super::*;
 
     const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";

@@ -368,10 +368,8 @@ impl Session {
                         resp.status()
                     )));
                 }
-                let bytes = resp
-                    .bytes()
-                    .await
-                    .map_err(|e| Error::Unavailable(format!("token service {realm}: {e}")))?;
+                let bytes =
+                    read_capped(resp, TOKEN_MAX, &format!("token service {realm}"), realm).await?;
                 let body: serde_json::Value = serde_json::from_slice(&bytes)
                     .map_err(|e| Error::Unavailable(format!("token service {realm}: {e}")))?;
                 let token = body
@@ -415,11 +413,9 @@ impl Session {
             .and_then(|h| h.to_str().ok())
             .map(|s| s.split(';').next().unwrap_or(s).trim().to_string())
             .unwrap_or_default();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| unreachable_err(&self.endpoint.base, e))?;
-        Ok((bytes.to_vec(), media_type))
+        let what = format!("manifest {}:{reference}", self.repository);
+        let bytes = read_capped(resp, MANIFEST_MAX, &what, &self.endpoint.base).await?;
+        Ok((bytes, media_type))
     }
 
     /// A blob, as a response to stream.
@@ -431,6 +427,39 @@ impl Session {
         }
         Ok(resp)
     }
+}
+
+/// The largest manifest or index berth reads; real ones are a few KiB,
+/// and a registry that sends more is refused before it fills memory.
+pub const MANIFEST_MAX: usize = 4 * 1024 * 1024;
+
+/// The largest answer of a token service berth reads.
+const TOKEN_MAX: usize = 1024 * 1024;
+
+/// A response body of at most `max` bytes (by its length, and by what
+/// actually arrives): a bigger one is an error naming `what`.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+    what: &str,
+    host: &str,
+) -> Result<Vec<u8>> {
+    let too_big = || {
+        Error::Unavailable(format!(
+            "{what} from {host} is larger than {max} bytes; refused"
+        ))
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(too_big());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| unreachable_err(host, e))? {
+        if out.len() + chunk.len() > max {
+            return Err(too_big());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

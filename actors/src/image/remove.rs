@@ -26,6 +26,12 @@ impl Images {
         let Some(record) = self.find(name)?.cloned() else {
             return Ok(None);
         };
+        if record.pinned {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is pinned: it is the sandbox image every pod runs from",
+                record.id
+            )));
+        }
         self.images.remove(&record.id)?;
         tracing::info!(image = %record.id, tags = ?record.repo_tags, "image removed");
         Ok(Some(record.id))

@@ -10,7 +10,7 @@ pub mod spec;
 mod status;
 mod stop;
 pub mod store;
-mod validate;
+pub mod validate;
 
 #[cfg(test)]
 mod tests;

@@ -294,14 +294,15 @@ impl Sandboxes {
             || handler == "runc"
             || self.deps.config.runtime_handlers.contains(&handler))
         {
+            let mut known: Vec<&str> = vec!["", "runc"];
+            for h in &self.deps.config.runtime_handlers {
+                if !known.contains(&h.as_str()) {
+                    known.push(h);
+                }
+            }
             return Err(Error::InvalidArgument(format!(
-                "runtime handler {handler:?} is not configured (known: \"\", \"runc\"{})",
-                self.deps
-                    .config
-                    .runtime_handlers
-                    .iter()
-                    .map(|h| format!(", {h:?}"))
-                    .collect::<String>()
+                "runtime handler {} is not configured (known: {known:?})",
+                crate::checked::shown(&handler)
             )));
         }
         let name = msg.config.metadata.reserved_name();

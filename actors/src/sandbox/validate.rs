@@ -1,8 +1,21 @@
 //! Checks of a pod's configuration before anything is made: bad input is a
 //! clear InvalidArgument and changes nothing.
 
-use super::messages::{NamespaceMode, PodConfig};
+use super::messages::{DnsConfig, NamespaceMode, PodConfig};
+use crate::checked::{self, shown, NAME_MAX};
 use crate::{Error, Result};
+use std::path::Path;
+
+/// Labels and annotations of a pod: twice what the Kubernetes API allows
+/// a pod's annotations (256 KiB), which kubelet copies here.
+pub const METADATA_MAP_MAX: usize = 512 * 1024;
+
+/// Host ports one pod may publish: each is a set of NAT rules the port
+/// mapping plugin writes one by one.
+pub const HOST_PORTS_MAX: usize = 256;
+
+/// Search domains in resolv.conf, as the Kubernetes API bounds them.
+const DNS_SEARCHES_MAX: usize = 32;
 
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
@@ -31,16 +44,20 @@ pub fn pod(config: &PodConfig) -> Result<()> {
         ("namespace", &m.namespace),
         ("uid", &m.uid),
     ] {
-        if value.is_empty() {
-            return Err(invalid(format!("pod sandbox metadata: {field} is empty")));
-        }
-        if value.contains(['/', '\0']) {
+        checked::required(&format!("pod sandbox metadata: {field}"), value, NAME_MAX)?;
+        if value.contains('/') {
             return Err(invalid(format!(
-                "pod sandbox metadata: {field} {value:?} holds '/'"
+                "pod sandbox metadata: {field} {} holds '/'",
+                shown(value)
             )));
         }
     }
+    checked::string_map("pod labels", &config.labels, METADATA_MAP_MAX)?;
+    checked::string_map("pod annotations", &config.annotations, METADATA_MAP_MAX)?;
     hostname(&config.hostname)?;
+    if let Some(dns) = &config.dns {
+        dns_config(dns)?;
+    }
     let ns = &config.security.namespaces;
     for (name, value) in &config.sysctls {
         let valid_name = !name.is_empty()
@@ -48,22 +65,28 @@ pub fn pod(config: &PodConfig) -> Result<()> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !valid_name || name.contains("..") {
-            return Err(invalid(format!("sysctl {name:?} is not a valid name")));
+            return Err(invalid(format!(
+                "sysctl {} is not a valid name",
+                shown(name)
+            )));
         }
         match namespaced(name) {
             None => {
                 return Err(invalid(format!(
-                    "sysctl {name:?} is not namespaced: a pod may not set it"
+                    "sysctl {} is not namespaced: a pod may not set it",
+                    shown(name)
                 )))
             }
             Some("network") if ns.network == NamespaceMode::Node => {
                 return Err(invalid(format!(
-                    "sysctl {name:?} would change the host's network namespace"
+                    "sysctl {} would change the host's network namespace",
+                    shown(name)
                 )))
             }
             Some("ipc") if ns.ipc == NamespaceMode::Node => {
                 return Err(invalid(format!(
-                    "sysctl {name:?} would change the host's IPC namespace"
+                    "sysctl {} would change the host's IPC namespace",
+                    shown(name)
                 )))
             }
             _ => {}
@@ -71,27 +94,92 @@ pub fn pod(config: &PodConfig) -> Result<()> {
         let file = std::path::Path::new("/proc/sys").join(name.replace('.', "/"));
         if !file.exists() {
             return Err(invalid(format!(
-                "sysctl {name:?} does not exist on this kernel"
+                "sysctl {} does not exist on this kernel",
+                shown(name)
             )));
         }
-        if value.contains('\n') {
-            return Err(invalid(format!("sysctl {name:?}: value holds a newline")));
-        }
+        checked::line(&format!("sysctl {} value", shown(name)), value, 4096)?;
     }
     cgroup_parent(&config.cgroup_parent)?;
+    if config.port_mappings.len() > HOST_PORTS_MAX {
+        return Err(invalid(format!(
+            "port mappings: {} host ports; a pod may publish at most {HOST_PORTS_MAX}",
+            config.port_mappings.len()
+        )));
+    }
     for p in &config.port_mappings {
         if p.container_port == 0 {
             return Err(invalid("port mapping: container port 0".into()));
         }
         if !["tcp", "udp", "sctp"].contains(&p.protocol.as_str()) {
-            return Err(invalid(format!("port mapping: protocol {:?}", p.protocol)));
+            return Err(invalid(format!(
+                "port mapping: protocol {}",
+                shown(&p.protocol)
+            )));
+        }
+        if !p.host_ip.is_empty() && p.host_ip.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "port mapping: host IP {} is not an IP address",
+                shown(&p.host_ip)
+            )));
         }
     }
-    if !config.log_directory.is_empty() && !config.log_directory.starts_with('/') {
+    log_directory(&config.log_directory)
+}
+
+/// Where kernel interfaces live: a pod's logs never go there.
+const KERNEL_FILESYSTEMS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// The pod's log directory (empty: no logs): absolute, no `..`, not in a
+/// kernel filesystem, and a directory if it exists.
+pub fn log_directory(dir: &str) -> Result<()> {
+    if dir.is_empty() {
+        return Ok(());
+    }
+    checked::absolute("log directory", dir)?;
+    let path = Path::new(dir);
+    if KERNEL_FILESYSTEMS.iter().any(|k| path.starts_with(k)) {
         return Err(invalid(format!(
-            "log directory {:?} is not an absolute path",
-            config.log_directory
+            "log directory {} is inside a kernel filesystem",
+            shown(dir)
         )));
+    }
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_dir() => Err(invalid(format!(
+            "log directory {} exists and is not a directory",
+            shown(dir)
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// resolv.conf is written line by line from these: servers are IP
+/// addresses; searches and options single words.
+fn dns_config(dns: &DnsConfig) -> Result<()> {
+    for s in &dns.servers {
+        if s.parse::<std::net::IpAddr>().is_err() {
+            return Err(invalid(format!(
+                "dns config: server {} is not an IP address",
+                shown(s)
+            )));
+        }
+    }
+    if dns.searches.len() > DNS_SEARCHES_MAX {
+        return Err(invalid(format!(
+            "dns config: {} search domains; the most is {DNS_SEARCHES_MAX}",
+            dns.searches.len()
+        )));
+    }
+    for (field, values) in [("search", &dns.searches), ("option", &dns.options)] {
+        for v in values {
+            checked::required(&format!("dns config: {field}"), v, NAME_MAX)?;
+            if v.contains(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "dns config: {field} {} holds white space",
+                    shown(v)
+                )));
+            }
+        }
     }
     Ok(())
 }
@@ -109,7 +197,8 @@ pub fn hostname(name: &str) -> Result<()> {
     }
     if name.len() > HOSTNAME_MAX {
         return Err(invalid(format!(
-            "hostname {name:?} is {} bytes long; the most is {HOSTNAME_MAX}",
+            "hostname {} is {} bytes long; the most is {HOSTNAME_MAX}",
+            shown(name),
             name.len()
         )));
     }
@@ -121,7 +210,8 @@ pub fn hostname(name: &str) -> Result<()> {
     };
     if !name.split('.').all(label_ok) {
         return Err(invalid(format!(
-            "hostname {name:?} is not a valid hostname (dot-separated labels of letters, digits and inner hyphens)"
+            "hostname {} is not a valid hostname (dot-separated labels of letters, digits and inner hyphens)",
+            shown(name)
         )));
     }
     Ok(())

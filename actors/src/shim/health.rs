@@ -52,6 +52,51 @@ pub fn shim_alive(pid: u32, id: &str) -> bool {
 }
 
 /// SIGKILL to `pid`; one that is gone already is fine.
+/// Ends the shim `pid` of container `id`, told to shut down, and waits
+/// (at most `limit`) until it is gone, so that nothing of it outlives the
+/// removal that asked. The signal goes through a pidfd opened while the
+/// process was checked to be the shim, so a recycled pid is never hit;
+/// the pidfd turns readable when the process ends.
+pub(super) async fn end_shim(pid: u32, id: &str, limit: Duration) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return; // Gone already.
+    }
+    // SAFETY: a fresh fd this function alone owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    if !shim_alive(pid, id) {
+        return; // Gone, or the pid is another process's now.
+    }
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal on an fd we own, no siginfo.
+    let sent = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if sent < 0 {
+        return;
+    }
+    // SAFETY: the AsyncFd owns the pidfd, which nothing else closes or
+    // replaces while it is registered.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    };
+    let ended = match registered {
+        Ok(fd) => tokio::time::timeout(limit, fd.readable()).await.is_ok(),
+        Err(_) => false,
+    };
+    if !ended {
+        tracing::warn!(shim = pid, container = %id, "shim still there {limit:?} after SIGKILL");
+    }
+}
+
 pub(super) fn sigkill(pid: u32) {
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),

@@ -5,7 +5,6 @@
 
 use super::actor::{ShimSupervisor, Shims};
 use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
-use super::health::{shim_alive, sigkill};
 use super::host::{Os, Processes};
 use super::launch::{self, LaunchOpts, ShimArgs};
 use super::messages::*;
@@ -18,6 +17,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// How long a shim may take to start and answer a call.
 const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a removal waits for a shim it ended to be gone.
+const SHIM_END_LIMIT: Duration = Duration::from_secs(5);
 
 fn exit(e: ExitInfo) -> Exit {
     Exit {
@@ -324,20 +326,11 @@ impl Shims {
                 }
                 let _ = c.shutdown(true).await;
             }
-            // The shim ends by itself after shutdown; a watcher makes sure
-            // of it without keeping the caller waiting.
+            // The shim would end by itself a moment after its shutdown
+            // answered; it holds nothing more, so it is ended now and
+            // awaited: a removal that returned leaves no shim behind.
             if let Ok(pid) = launch::read_shim_pid(&bundle) {
-                let task = task.clone();
-                tokio::spawn(async move {
-                    for _ in 0..100 {
-                        if !shim_alive(pid, &task) {
-                            return;
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    tracing::warn!(shim = pid, "shim did not exit after shutdown; killing it");
-                    sigkill(pid);
-                });
+                super::health::end_shim(pid, &task, SHIM_END_LIMIT).await;
             }
             tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
                 .await

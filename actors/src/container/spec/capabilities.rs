@@ -23,7 +23,7 @@ pub(super) const DEFAULT_CAPABILITIES: [Capability; 14] = [
 
 /// A capability as kubelet may spell it: any case, with or without
 /// `CAP_`. None for "ALL".
-pub(super) fn parse_capability(field: &str, name: &str) -> Result<Option<Capability>> {
+pub(crate) fn parse_capability(field: &str, name: &str) -> Result<Option<Capability>> {
     let upper = name.trim().to_ascii_uppercase();
     let bare = upper.strip_prefix("CAP_").unwrap_or(&upper);
     if bare == "ALL" {

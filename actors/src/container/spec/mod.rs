@@ -46,6 +46,7 @@ use namespaces::*;
 use resources::*;
 use seccomp::*;
 
+pub(crate) use capabilities::parse_capability;
 pub use mounts::prepare_host_paths;
 pub use resources::update_resources;
 pub use seccomp::default_seccomp;

@@ -88,15 +88,49 @@ pub fn default_seccomp() -> Result<LinuxSeccomp> {
     builder.build().map_err(spec_err)
 }
 
+/// The most a seccomp profile file may hold; the default profiles of
+/// containerd and docker are under 30 KiB.
+const PROFILE_MAX: u64 = 1024 * 1024;
+
+/// Reads a profile file that a client named: a regular file (a FIFO, a
+/// device or a directory is refused before any read could block or never
+/// end), at most [`PROFILE_MAX`] bytes.
+fn read_profile(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > PROFILE_MAX {
+        return Err(std::io::Error::other(format!(
+            "{} bytes; the most is {PROFILE_MAX}",
+            meta.len()
+        )));
+    }
+    let mut out = Vec::new();
+    file.take(PROFILE_MAX + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > PROFILE_MAX {
+        return Err(std::io::Error::other(format!(
+            "more than {PROFILE_MAX} bytes"
+        )));
+    }
+    Ok(out)
+}
+
 pub(super) fn load_seccomp(path: &str) -> Result<LinuxSeccomp> {
     if !Path::new(path).is_absolute() {
         return Err(invalid(format!(
             "seccomp: localhost profile {path:?} is not an absolute path"
         )));
     }
-    let text = std::fs::read_to_string(path)
+    let text = read_profile(Path::new(path))
         .map_err(|e| invalid(format!("seccomp: localhost profile {path}: {e}")))?;
-    serde_json::from_str(&text).map_err(|e| {
+    serde_json::from_slice(&text).map_err(|e| {
         invalid(format!(
             "seccomp: localhost profile {path} is not an OCI seccomp profile: {e}"
         ))

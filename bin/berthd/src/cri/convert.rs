@@ -14,14 +14,35 @@ pub fn image_name(spec: Option<&cri::ImageSpec>) -> Result<String, Error> {
         .ok_or_else(|| Error::InvalidArgument("image spec: no image named".into()))
 }
 
-pub fn credentials(auth: Option<cri::AuthConfig>) -> Option<Credentials> {
-    auth.map(|a| Credentials {
+/// The most any one credential may hold: a token from an identity
+/// provider is a few KiB; a header a registry would take is far below.
+const CREDENTIAL_MAX: usize = 64 * 1024;
+
+pub fn credentials(auth: Option<cri::AuthConfig>) -> Result<Option<Credentials>, Error> {
+    let Some(a) = auth else { return Ok(None) };
+    for (field, value) in [
+        ("auth: username", &a.username),
+        ("auth: password", &a.password),
+        ("auth: auth", &a.auth),
+        ("auth: identity_token", &a.identity_token),
+        ("auth: registry_token", &a.registry_token),
+        ("auth: server_address", &a.server_address),
+    ] {
+        // The value is a secret: only its size is said.
+        if value.len() > CREDENTIAL_MAX || value.contains(['\0', '\r', '\n']) {
+            return Err(Error::InvalidArgument(format!(
+                "{field}: {} bytes, or a NUL or line break; at most {CREDENTIAL_MAX} bytes of one line",
+                value.len()
+            )));
+        }
+    }
+    Ok(Some(Credentials {
         username: a.username,
         password: a.password,
         auth: a.auth,
         identity_token: a.identity_token,
         registry_token: a.registry_token,
-    })
+    }))
 }
 
 pub fn image(info: &ImageInfo) -> cri::Image {
@@ -114,27 +135,46 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
     let mut ports = Vec::new();
     for p in &c.port_mappings {
         let protocol = match cri::Protocol::try_from(p.protocol) {
+            Ok(cri::Protocol::Tcp) => "tcp",
             Ok(cri::Protocol::Udp) => "udp",
             Ok(cri::Protocol::Sctp) => "sctp",
-            _ => "tcp",
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!(
+                    "port mapping: protocol {} is not TCP, UDP or SCTP",
+                    p.protocol
+                )))
+            }
         };
         let port = |v: i32, what: &str| {
-            u16::try_from(v)
-                .map_err(|_| Error::InvalidArgument(format!("port mapping: {what} {v}")))
+            u16::try_from(v).map_err(|_| {
+                Error::InvalidArgument(format!("port mapping: {what} {v} is not a port"))
+            })
         };
+        let host_port = port(p.host_port, "host port")?;
+        let container_port = port(p.container_port, "container port")?;
         // A mapping without a host port publishes nothing (kubelet sends
         // container ports this way too).
-        if p.host_port == 0 {
+        if host_port == 0 {
             continue;
         }
         ports.push(PortMap {
-            host_port: port(p.host_port, "host port")?,
-            container_port: port(p.container_port, "container port")?,
+            host_port,
+            container_port,
             protocol: protocol.into(),
             host_ip: p.host_ip.clone(),
         });
     }
     let linux = c.linux.unwrap_or_default();
+    // Pod-level resources are not applied to the pod's cgroup yet; they
+    // are still checked like a container's.
+    for (field, r) in [
+        ("pod resources", &linux.resources),
+        ("pod overhead", &linux.overhead),
+    ] {
+        if let Some(r) = r {
+            berth_actors::container::validate::resources(field, &resources(r.clone()))?;
+        }
+    }
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
     Ok(pod::PodConfig {
@@ -241,15 +281,22 @@ pub fn sandbox(r: &SandboxRecord) -> cri::PodSandbox {
     }
 }
 
-pub fn sandbox_filter(f: Option<cri::PodSandboxFilter>) -> pod::ListPodSandbox {
+pub fn sandbox_filter(f: Option<cri::PodSandboxFilter>) -> Result<pod::ListPodSandbox, Error> {
     let f = f.unwrap_or_default();
-    pod::ListPodSandbox {
+    let ready = match f.state.map(|s| cri::PodSandboxState::try_from(s.state)) {
+        None => None,
+        Some(Ok(state)) => Some(state == cri::PodSandboxState::SandboxReady),
+        Some(Err(e)) => {
+            return Err(Error::InvalidArgument(format!(
+                "pod sandbox filter: state: {e}"
+            )))
+        }
+    };
+    Ok(pod::ListPodSandbox {
         id: Some(f.id).filter(|i| !i.is_empty()),
-        ready: f
-            .state
-            .map(|s| s.state == cri::PodSandboxState::SandboxReady as i32),
+        ready,
         labels: f.label_selector.into_iter().collect(),
-    }
+    })
 }
 
 use berth_actors::container::messages as ctr;
@@ -372,12 +419,17 @@ fn container_state(s: CState) -> i32 {
     }) as i32
 }
 
-pub fn container_state_filter(s: i32) -> Option<CState> {
+/// The state a filter asks for: None for CONTAINER_UNKNOWN, which berth
+/// never reports (nothing matches it).
+pub fn container_state_filter(s: i32) -> Result<Option<CState>, Error> {
     match cri::ContainerState::try_from(s) {
-        Ok(cri::ContainerState::ContainerCreated) => Some(CState::Created),
-        Ok(cri::ContainerState::ContainerRunning) => Some(CState::Running),
-        Ok(cri::ContainerState::ContainerExited) => Some(CState::Exited),
-        _ => None,
+        Ok(cri::ContainerState::ContainerCreated) => Ok(Some(CState::Created)),
+        Ok(cri::ContainerState::ContainerRunning) => Ok(Some(CState::Running)),
+        Ok(cri::ContainerState::ContainerExited) => Ok(Some(CState::Exited)),
+        Ok(cri::ContainerState::ContainerUnknown) => Ok(None),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "container filter: state: {e}"
+        ))),
     }
 }
 
@@ -472,14 +524,24 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
     }
 }
 
-pub fn container_filter(f: Option<cri::ContainerFilter>) -> ctr::ListContainers {
+/// The list to ask for; None when nothing can match.
+pub fn container_filter(
+    f: Option<cri::ContainerFilter>,
+) -> Result<Option<ctr::ListContainers>, Error> {
     let f = f.unwrap_or_default();
-    ctr::ListContainers {
+    let state = match f.state {
+        None => None,
+        Some(s) => match container_state_filter(s.state)? {
+            Some(state) => Some(state),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(ctr::ListContainers {
         id: Some(f.id).filter(|i| !i.is_empty()),
         sandbox_id: Some(f.pod_sandbox_id).filter(|i| !i.is_empty()),
-        state: f.state.and_then(|s| container_state_filter(s.state)),
+        state,
         labels: f.label_selector.into_iter().collect(),
-    }
+    }))
 }
 
 use berth_actors::container::messages::{ContainerUsage, PodUsage};

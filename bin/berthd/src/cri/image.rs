@@ -31,8 +31,8 @@ impl ImageService for Cri {
         let req = request.into_inner();
         serve("PullImage", async {
             let image = convert::image_name(req.image.as_ref())?;
-            tracing::info!(%image, "pulling");
-            let auth = convert::credentials(req.auth);
+            let auth = convert::credentials(req.auth)?;
+            tracing::info!(image = %berth_actors::checked::shown(&image), "pulling");
             let id = self.node.image.call(msg::PullImage { image, auth }).await?;
             Ok(PullImageResponse { image_ref: id })
         })

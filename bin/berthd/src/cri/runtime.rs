@@ -253,8 +253,9 @@ impl RuntimeService for Cri {
         &self,
         request: Request<ListPodSandboxRequest>,
     ) -> Result<Response<ListPodSandboxResponse>, Status> {
-        let filter = convert::sandbox_filter(request.into_inner().filter);
+        let filter = request.into_inner().filter;
         serve("ListPodSandbox", async {
+            let filter = convert::sandbox_filter(filter)?;
             let pods = self.node.sandbox.call(filter).await?;
             Ok(ListPodSandboxResponse {
                 items: pods.iter().map(convert::sandbox).collect(),
@@ -267,8 +268,9 @@ impl RuntimeService for Cri {
         &self,
         request: Request<StreamPodSandboxesRequest>,
     ) -> Result<Response<Self::StreamPodSandboxesStream>, Status> {
-        let filter = convert::sandbox_filter(request.into_inner().filter);
+        let filter = request.into_inner().filter;
         serve("StreamPodSandboxes", async {
+            let filter = convert::sandbox_filter(filter)?;
             let pods = self.node.sandbox.call(filter).await?;
             Ok(feed(&pods, |c| StreamPodSandboxesResponse {
                 pod_sandboxes: c.iter().map(convert::sandbox).collect(),
@@ -434,6 +436,12 @@ impl RuntimeService for Cri {
     ) -> Result<Response<ExecSyncResponse>, Status> {
         let req = request.into_inner();
         serve("ExecSync", async {
+            if req.timeout < 0 {
+                return Err(Error::InvalidArgument(format!(
+                    "exec: timeout {} is negative",
+                    req.timeout
+                )));
+            }
             let out = self
                 .node
                 .container
@@ -554,9 +562,12 @@ impl RuntimeService for Cri {
         &self,
         request: Request<ListContainersRequest>,
     ) -> Result<Response<ListContainersResponse>, Status> {
-        let filter = convert::container_filter(request.into_inner().filter);
+        let filter = request.into_inner().filter;
         serve("ListContainers", async {
-            let list = self.node.container.call(filter).await?;
+            let list = match convert::container_filter(filter)? {
+                Some(filter) => self.node.container.call(filter).await?,
+                None => Vec::new(),
+            };
             Ok(ListContainersResponse {
                 containers: list.iter().map(convert::container).collect(),
             })
@@ -568,9 +579,12 @@ impl RuntimeService for Cri {
         &self,
         request: Request<StreamContainersRequest>,
     ) -> Result<Response<Self::StreamContainersStream>, Status> {
-        let filter = convert::container_filter(request.into_inner().filter);
+        let filter = request.into_inner().filter;
         serve("StreamContainers", async {
-            let list = self.node.container.call(filter).await?;
+            let list = match convert::container_filter(filter)? {
+                Some(filter) => self.node.container.call(filter).await?,
+                None => Vec::new(),
+            };
             Ok(feed(&list, |c| StreamContainersResponse {
                 containers: c.iter().map(convert::container).collect(),
             }))
