@@ -911,3 +911,39 @@ async fn chaos_mode_from_the_config_kills_only_the_actors_it_names() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("nope"));
 }
+
+#[tokio::test]
+async fn fsck_tells_its_own_leaked_ips_from_another_runtimes_in_a_shared_ipam_store() {
+    let n = Node::running("ri", "").await;
+    let mut rt = n.d.runtime().await;
+    let pod = berth_tests::node::run_pod(
+        &mut rt,
+        berth_tests::node::pod_config("released", &n.logs()),
+    )
+    .await
+    .expect("RunPodSandbox");
+    berth_tests::node::remove_pod(&mut rt, &pod)
+        .await
+        .expect("remove the pod");
+    n.assert_consistent();
+    let store = n.d.dir.path().join("ipam").join("node");
+    let prefix = n.subnet.trim_end_matches("0/24");
+    // Another runtime's pod, sharing the store: not this berthd's business.
+    std::fs::write(
+        store.join(format!("{prefix}250")),
+        format!("{}\neth0", "ab".repeat(32)),
+    )
+    .expect("another runtime's reservation");
+    n.assert_consistent();
+    // The pod this berthd removed, still holding an IP: a leak.
+    std::fs::write(store.join(format!("{prefix}251")), format!("{pod}\neth0"))
+        .expect("a leaked reservation");
+    let (ok, report) = n.fsck();
+    assert!(!ok, "fsck finds the leak: {report}");
+    assert!(
+        report.contains(&format!("{prefix}251")) && !report.contains(&format!("{prefix}250")),
+        "{report}"
+    );
+    std::fs::remove_file(store.join(format!("{prefix}251"))).expect("rm");
+    n.assert_consistent();
+}

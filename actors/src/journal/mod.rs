@@ -60,6 +60,9 @@ pub enum Kind {
     Container,
     Image,
     NetworkAllocation,
+    /// Pods whose network was released (CNI DEL succeeded), kept a while
+    /// so that fsck can tell this berthd's IPs from another's.
+    NetworkReleased,
     Shim,
     /// Containers' root filesystems (overlay mounts), kept by the image
     /// actor.
@@ -72,11 +75,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Sandbox,
         Kind::Container,
         Kind::Image,
         Kind::NetworkAllocation,
+        Kind::NetworkReleased,
         Kind::Shim,
         Kind::Rootfs,
         Kind::Meta,
@@ -90,6 +94,7 @@ impl Kind {
             Kind::Container => "container",
             Kind::Image => "image",
             Kind::NetworkAllocation => "network",
+            Kind::NetworkReleased => "network-released",
             Kind::Shim => "shim",
             Kind::Rootfs => "rootfs",
             Kind::Meta => "meta",
@@ -103,6 +108,7 @@ impl Kind {
         match self {
             Kind::Meta | Kind::Quarantine => "kernel",
             Kind::Rootfs => "image",
+            Kind::NetworkReleased => "network",
             kind => kind.name(),
         }
     }

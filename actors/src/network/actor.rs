@@ -4,7 +4,7 @@
 
 use super::cni::Plugins;
 use super::messages::*;
-use super::store::NetworkAllocation;
+use super::store::{NetworkAllocation, ReleasedAllocation, RELEASED_KEPT};
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::Result;
@@ -54,6 +54,8 @@ impl NetworkConfig {
 
 pub struct Network {
     pub(super) allocations: Table<NetworkAllocation>,
+    /// Pods whose network was released, newest [`RELEASED_KEPT`].
+    pub(super) released: Table<ReleasedAllocation>,
     pub(super) config: NetworkConfig,
     /// Pods whose namespace or CNI ADD is under way: a DEL now would race
     /// the ADD, so it waits (Unavailable, retried by the caller).
@@ -72,6 +74,7 @@ impl Subsystem for Network {
     fn rebuild(deps: &NetworkConfig, journal: &Arc<dyn Journal>) -> Result<Self> {
         Ok(Network {
             allocations: Table::open(journal, Self::NAME)?,
+            released: Table::open(journal, Self::NAME)?,
             config: deps.clone(),
             busy: Default::default(),
             masquerading: false,
@@ -184,5 +187,40 @@ impl Handles<super::recover::ListAllocations> for Network {
         _cx: Cx<'_, Self>,
     ) -> Reply<Self, Vec<NetworkAllocation>> {
         Reply::Now(Ok(self.allocations.iter().cloned().collect()))
+    }
+}
+
+impl Handles<super::recover::ListReleased> for Network {
+    type Output = Vec<ReleasedAllocation>;
+
+    fn handle(
+        &mut self,
+        _msg: super::recover::ListReleased,
+        _cx: Cx<'_, Self>,
+    ) -> Reply<Self, Vec<ReleasedAllocation>> {
+        Reply::Now(Ok(self.released.iter().cloned().collect()))
+    }
+}
+
+impl Network {
+    /// Drops the allocation of a pod whose DEL succeeded, remembering the
+    /// pod as released (the oldest memory goes past [`RELEASED_KEPT`]).
+    pub(super) fn release(&mut self, sandbox_id: &str) -> Result<()> {
+        self.allocations.remove(sandbox_id)?;
+        self.released.put(ReleasedAllocation {
+            sandbox_id: sandbox_id.to_string(),
+            released_unix_nanos: crate::journal::unix_nanos(),
+        })?;
+        if self.released.len() > RELEASED_KEPT {
+            let oldest = self
+                .released
+                .iter()
+                .min_by_key(|r| r.released_unix_nanos)
+                .map(|r| r.sandbox_id.clone());
+            if let Some(id) = oldest {
+                self.released.remove(&id)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -72,10 +72,7 @@ impl Network {
                 return Ok(());
             };
             match (deleted, remove) {
-                (Ok(()), true) => {
-                    me.allocations.remove(&sandbox_id)?;
-                    Ok(())
-                }
+                (Ok(()), true) => me.release(&sandbox_id),
                 (Ok(()), false) => {
                     record.attached = false;
                     record.result = serde_json::Value::Null;
@@ -112,7 +109,7 @@ impl Network {
                 move |res: Result<()>, act: &mut NetworkActor, _| {
                     if res.is_ok() {
                         if let Some(me) = act.state_mut() {
-                            if let Err(e) = me.allocations.remove(&id) {
+                            if let Err(e) = me.release(&id) {
                                 tracing::warn!(sandbox = %id, error = %e, "cannot drop the allocation");
                             } else {
                                 tracing::info!(sandbox = %id, "CNI DEL succeeded on retry");

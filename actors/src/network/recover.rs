@@ -31,6 +31,14 @@ impl Message for ListAllocations {
     type Result = Result<Vec<NetworkAllocation>>;
 }
 
+/// The pods whose network this berthd released lately (fsck).
+#[derive(Debug, Clone, Default)]
+pub struct ListReleased;
+
+impl Message for ListReleased {
+    type Result = Result<Vec<super::store::ReleasedAllocation>>;
+}
+
 impl Network {
     pub(super) fn recover(&mut self, pods: BTreeSet<String>) -> Reply<Self, Recovered> {
         let (orphans, kept): (Vec<NetworkAllocation>, Vec<NetworkAllocation>) = self
@@ -83,7 +91,7 @@ impl Network {
             for (id, outcome) in released {
                 match outcome {
                     Ok(()) => {
-                        me.allocations.remove(&id)?;
+                        me.release(&id)?;
                         report.fixed(format!("network of pod {}: no pod, released", short(&id)));
                     }
                     Err(e) => {

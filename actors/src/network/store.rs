@@ -45,3 +45,25 @@ impl Record for NetworkAllocation {
         self.sandbox_id.clone()
     }
 }
+
+/// A pod whose network this berthd released (CNI DEL succeeded). An IP
+/// still reserved for it leaked; one reserved for a pod this berthd never
+/// had belongs to someone else sharing the IPAM store. The newest
+/// [`RELEASED_KEPT`] are kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleasedAllocation {
+    pub sandbox_id: String,
+    pub released_unix_nanos: i64,
+}
+
+/// Released pods remembered for fsck.
+pub const RELEASED_KEPT: usize = 4096;
+
+impl Record for ReleasedAllocation {
+    const KIND: Kind = Kind::NetworkReleased;
+    const VERSION: u32 = 1;
+
+    fn key(&self) -> String {
+        self.sandbox_id.clone()
+    }
+}

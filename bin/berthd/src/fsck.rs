@@ -11,7 +11,9 @@
 //!   pods' /dev/shm) against rootfs records, allocations and pods;
 //! - pinned namespaces against allocations, and ready pods' namespaces;
 //! - host-local IP reservations of the networks berth used against
-//!   allocations;
+//!   allocations: a reservation for a pod this berthd has or released
+//!   lately must have one; one for a pod it never had belongs to another
+//!   runtime sharing the IPAM store and is left out;
 //! - cgroups under the pods' parents against pods and containers, and
 //!   running ones' cgroups against the machine.
 
@@ -19,7 +21,7 @@ use crate::config::Config;
 use berth_actors::container::messages::ListContainers;
 use berth_actors::container::store::ContainerState;
 use berth_actors::image::recover::ListRootfs;
-use berth_actors::network::recover::ListAllocations;
+use berth_actors::network::recover::{ListAllocations, ListReleased};
 use berth_actors::node::Node;
 use berth_actors::sandbox::messages::ListPodSandbox;
 use berth_actors::sandbox::store::SandboxState;
@@ -40,6 +42,8 @@ pub struct Finding {
 pub struct Fsck {
     pub findings: Vec<Finding>,
     pub checked: u64,
+    /// IP reservations for pods this berthd never had (another runtime's).
+    pub foreign_ips: u64,
 }
 
 impl Fsck {
@@ -73,6 +77,7 @@ struct Journal {
     containers: Vec<berth_actors::container::store::ContainerRecord>,
     shims: Vec<berth_actors::shim::health::ShimHealth>,
     allocations: Vec<berth_actors::network::store::NetworkAllocation>,
+    released: Vec<berth_actors::network::store::ReleasedAllocation>,
     rootfs: Vec<berth_actors::image::store::RootfsRecord>,
 }
 
@@ -82,12 +87,20 @@ pub async fn run(node: &Node, config: &Config) -> Result<Fsck> {
         containers: node.container.call(ListContainers::default()).await?,
         shims: node.shim.call(ListShims).await?,
         allocations: node.network.call(ListAllocations).await?,
+        released: node.network.call(ListReleased).await?,
         rootfs: node.image.call(ListRootfs).await?,
     };
     let config = config.clone();
-    tokio::task::spawn_blocking(move || check(&journal, &config))
+    let f = tokio::task::spawn_blocking(move || check(&journal, &config))
         .await
-        .map_err(|e| berth_actors::Error::Internal(format!("fsck task: {e}")))
+        .map_err(|e| berth_actors::Error::Internal(format!("fsck task: {e}")))?;
+    if f.foreign_ips > 0 {
+        tracing::info!(
+            reservations = f.foreign_ips,
+            "fsck: IPs reserved for pods this berthd never had (another runtime sharing the IPAM store) left out"
+        );
+    }
+    Ok(f)
 }
 
 fn check(j: &Journal, config: &Config) -> Fsck {
@@ -262,6 +275,14 @@ fn check_ips(f: &mut Fsck, j: &Journal, config: &Config) {
         .iter()
         .map(|a| a.sandbox_id.as_str())
         .collect();
+    // Pods this berthd has or had: only their reservations are its own.
+    let known: BTreeSet<&str> = j
+        .pods
+        .iter()
+        .map(|p| p.id.as_str())
+        .chain(j.released.iter().map(|r| r.sandbox_id.as_str()))
+        .chain(holders.iter().copied())
+        .collect();
     for dir in dirs {
         for ip in dir_names(&dir) {
             if ip.starts_with("last_reserved_ip") || ip == "lock" {
@@ -272,6 +293,10 @@ fn check_ips(f: &mut Fsck, j: &Journal, config: &Config) {
             };
             let owner = text.lines().next().unwrap_or_default().trim();
             if !berth_id(owner) {
+                continue;
+            }
+            if !known.contains(owner) {
+                f.foreign_ips += 1;
                 continue;
             }
             f.checked += 1;
