@@ -137,6 +137,13 @@ async fn sweep_images(n: &Node, s: &mut Sweep) {
             names,
         );
     }
+    // Past the gRPC message limit (4 MiB): refused before it is decoded.
+    s.expect(
+        "PullImage of 5 MiB",
+        images.pull_image(pull(&long(5 << 20))).await,
+        Code::OutOfRange,
+        "message length too large",
+    );
     s.expect(
         "PullImage with a 1 MiB user name",
         images

@@ -226,7 +226,7 @@ fn frame(base64: bool, ch: u8, payload: &[u8]) -> Message {
 
 /// A message's channel and payload; `None` for control messages and
 /// anything undecodable (dropped, as the reference does).
-fn unframe(base64: bool, msg: Message) -> Option<(u8, Bytes)> {
+pub fn unframe(base64: bool, msg: Message) -> Option<(u8, Bytes)> {
     let data: Bytes = match msg {
         Message::Binary(b) => b,
         Message::Text(t) => Bytes::copy_from_slice(t.as_bytes()),

@@ -108,6 +108,9 @@ impl ImageName {
     }
 }
 
+/// The longest repository name, registry host included.
+const NAME_MAX: usize = 255;
+
 fn invalid(s: &str, why: &str) -> Error {
     Error::InvalidArgument(format!(
         "invalid image reference {}: {why}",
@@ -221,6 +224,14 @@ impl Reference {
             return Err(invalid(
                 s,
                 "repository path must be lowercase letters, digits and separators",
+            ));
+        }
+        // The distribution spec's bound on a whole name, host included
+        // (so also after "docker.io/library/" is added).
+        if registry.len() + 1 + repository.len() > NAME_MAX {
+            return Err(invalid(
+                s,
+                &format!("the name is longer than {NAME_MAX} bytes"),
             ));
         }
         let tag = match (tag, &digest) {

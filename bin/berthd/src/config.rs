@@ -430,7 +430,8 @@ fn one_line(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) => {
-            let line_no = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line_no = before.iter().filter(|b| **b == b'\n').count() + 1;
             let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
             format!("line {line_no} ({line}): {message}")
         }

@@ -7,7 +7,6 @@
 
 mod admin;
 mod chaos;
-mod config;
 mod cri;
 mod daemon;
 mod door;
@@ -16,6 +15,7 @@ mod fsck;
 mod recover;
 mod stream;
 
+use berthd::{config, convert};
 use clap::Parser;
 use config::Config;
 use std::path::PathBuf;

@@ -1,8 +1,8 @@
 //! ImageService: pulling, listing, inspecting and removing images, through
 //! the ImageActor.
 
-use super::convert;
 use super::Cri;
+use crate::convert;
 use crate::door::{feed, serve, Feed};
 use berth_actors::image::messages as msg;
 use berth_protocol::cri::image_service_server::ImageService;

@@ -3,7 +3,6 @@
 //! becomes a CRI response. Calls whose issue has not landed answer
 //! UNIMPLEMENTED naming the RPC.
 
-mod convert;
 mod image;
 mod runtime;
 mod stream;

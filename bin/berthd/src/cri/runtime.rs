@@ -1,9 +1,9 @@
 //! RuntimeService: the runtime's identity, status and configuration, and
 //! (as their issues land) pods and containers.
 
-use super::convert;
 use super::Cri;
 use crate::config::CgroupDriver;
+use crate::convert;
 use crate::door::{feed, serve, unimplemented_rpcs, Feed};
 use berth_actors::container::messages as ctr;
 use berth_actors::kernel::ActorSnapshot;
