@@ -41,3 +41,39 @@ pub enum Error {
     #[error("journal: {0}")]
     Journal(#[from] JournalError),
 }
+
+impl Error {
+    /// Whether an I/O error says the disk (or a quota) is full.
+    pub fn disk_full(e: &std::io::Error) -> bool {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        ) || matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
+    }
+
+    /// `e` and its causes, one after another ("failed to unpack x: No
+    /// space left on device").
+    pub fn chain(e: &dyn std::error::Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            let more = s.to_string();
+            if !text.contains(&more) {
+                text.push_str(": ");
+                text.push_str(&more);
+            }
+            source = s.source();
+        }
+        text
+    }
+
+    /// A failure to store something (`message` says what): a full disk is
+    /// ResourceExhausted, anything else what `otherwise` makes of it.
+    pub fn storing(e: &std::io::Error, message: String, otherwise: fn(String) -> Error) -> Error {
+        if Error::disk_full(e) {
+            Error::ResourceExhausted(message)
+        } else {
+            otherwise(message)
+        }
+    }
+}

@@ -17,7 +17,11 @@ pub struct ContentStore {
 }
 
 fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
-    Error::Internal(format!("{what} {}: {e}", path.display()))
+    Error::storing(
+        &e,
+        format!("{what} {}: {e}", path.display()),
+        Error::Internal,
+    )
 }
 
 /// A unique name for a temporary file or directory.

@@ -267,7 +267,8 @@ fn unpack_layer(
         inner: source,
         out: blob,
     };
-    let corrupt = |e: io::Error| Error::DataLoss(format!("layer {}: {e}", layer.digest));
+    let corrupt =
+        |e: io::Error| Error::storing(&e, format!("layer {}: {e}", layer.digest), Error::DataLoss);
     {
         let decompressed = unpack::decompress(&mut tee).map_err(corrupt)?;
         let mut hashed = super::content::Hashing::new(decompressed);

@@ -45,8 +45,17 @@ fn unsafe_entry(path: &Path, why: &str) -> Error {
     ))
 }
 
-fn io_fail(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::DataLoss(format!("layer entry {:?}: {e}", path.display().to_string()))
+fn io_fail(path: &Path, e: impl Into<io::Error>) -> Error {
+    let e: io::Error = e.into();
+    Error::storing(
+        &e,
+        format!(
+            "layer entry {:?}: {}",
+            path.display().to_string(),
+            Error::chain(&e)
+        ),
+        Error::DataLoss,
+    )
 }
 
 /// The entry's path relative to the snapshot root, refusing absolute paths

@@ -99,6 +99,21 @@ impl Network {
         let plugins = self.config.plugins();
         let work = async move {
             match plugins.add(&list, &attachment).await {
+                // A pod network that gave the pod no address is broken: the
+                // pod would be Ready and unreachable.
+                Ok(result) if pod_ips(&result).is_empty() => {
+                    let _ = plugins.del(&list, &attachment, &result).await;
+                    let types: Vec<&str> = list
+                        .plugins
+                        .iter()
+                        .filter_map(|p| p.get("type").and_then(|t| t.as_str()))
+                        .collect();
+                    Err(Error::FailedPrecondition(format!(
+                        "CNI network {:?} (plugins {types:?}) gave pod {} no IP address",
+                        list.name,
+                        crate::kernel::short(&attachment.container_id)
+                    )))
+                }
                 Ok(result) => Ok(result),
                 Err(e) => {
                     // Release whatever part of ADD succeeded (an IP).

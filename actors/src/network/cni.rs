@@ -389,11 +389,12 @@ pub fn pod_ips(result: &Value) -> Vec<String> {
         let Some(addr) = ip.get("address").and_then(|a| a.as_str()) else {
             continue;
         };
-        let bare = addr.split('/').next().unwrap_or(addr).to_string();
-        if bare.contains(':') {
-            v6.push(bare);
-        } else {
-            v4.push(bare);
+        // What a plugin prints is checked: only real addresses count.
+        let bare = addr.split('/').next().unwrap_or(addr);
+        match bare.parse::<std::net::IpAddr>() {
+            Ok(std::net::IpAddr::V4(_)) => v4.push(bare.to_string()),
+            Ok(std::net::IpAddr::V6(_)) => v6.push(bare.to_string()),
+            Err(_) => {}
         }
     }
     v4.extend(v6);
@@ -422,6 +423,8 @@ mod tests {
         assert_eq!(pod_ips(&result), vec!["10.88.0.5", "fd00::5"]);
         let v040 = json!({"ips": [{"version": "4", "address": "10.1.0.2/24"}]});
         assert_eq!(pod_ips(&v040), vec!["10.1.0.2"]);
+        let lies = json!({"ips": [{"address": "999.1.1.1/99"}, {"address": "x"}, {"address": 7}]});
+        assert!(pod_ips(&lies).is_empty());
     }
 
     #[test]

@@ -1,0 +1,307 @@
+//! Faults injected from outside berth: CNI plugins and an OCI runtime
+//! that hang, crash or print garbage, and a disk that fills up during a
+//! pull. Each must end in a clear error, with nothing left behind and
+//! berthd still serving.
+
+use berth_protocol::cri::*;
+use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
+use berth_tests::node::{pod_config, run_pod, Node};
+use berth_tests::registry::Registry;
+use berth_tests::Daemon;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// Writes an executable script.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// Adds keys to the `[cni]` table of berthd's configuration.
+fn cni_keys(d: &Daemon, keys: &str) {
+    let text = std::fs::read_to_string(&d.config).expect("config");
+    std::fs::write(
+        &d.config,
+        text.replacen("[cni]\n", &format!("[cni]\n{keys}\n"), 1),
+    )
+    .expect("config");
+}
+
+/// What berthd keeps under its state directory for pods.
+fn state_left(d: &Daemon) -> Vec<String> {
+    let state = d.dir.path().join("run");
+    let mut left = Vec::new();
+    for dir in ["netns", "shims", "sandboxes"] {
+        for e in std::fs::read_dir(state.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            left.push(format!("{dir}/{}", e.file_name().to_string_lossy()));
+        }
+    }
+    left
+}
+
+/// Processes whose command line holds `needle`.
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn cni_plugins_that_hang_crash_or_print_garbage_fail_the_pod_cleanly() {
+    let n = Node::new("fc", "");
+    let bin = n.d.dir.path().join("fake-cni");
+    std::fs::create_dir_all(&bin).expect("bin dir");
+    // Each reads its config (as plugins do) and misbehaves.
+    let marker = format!("berth-fake-cni-{}", std::process::id());
+    script(
+        &bin.join("hang"),
+        &format!("cat >/dev/null; exec sleep 600 # {marker}"),
+    );
+    script(&bin.join("crash"), "cat >/dev/null; kill -SEGV $$");
+    script(
+        &bin.join("garbage"),
+        "cat >/dev/null; printf '}{ not json \\001\\002'",
+    );
+    script(
+        &bin.join("liar"),
+        "cat >/dev/null; printf '{\"cniVersion\":\"1.0.0\",\"ips\":[{\"address\":\"999.1.1.1/99\"}]}'",
+    );
+    cni_keys(
+        &n.d,
+        &format!(
+            "bin_dirs = [\"{}\", \"/usr/lib/cni\"]\nplugin_timeout_secs = 2",
+            bin.display()
+        ),
+    );
+    let working =
+        std::fs::read_to_string(n.d.cni_dir().join("10-node.conflist")).expect("conflist");
+    let mut d = n;
+    d.d.spawn();
+    let mut rt = d.d.runtime().await;
+    for plugin in ["hang", "crash", "garbage", "liar"] {
+        let conf = serde_json::json!({
+            "cniVersion": "1.0.0", "name": "node",
+            "plugins": [{"type": plugin}]
+        });
+        std::fs::write(d.d.cni_dir().join("10-node.conflist"), conf.to_string()).expect("conflist");
+        let start = Instant::now();
+        let err = run_pod(&mut rt, pod_config(&format!("fault-{plugin}"), &d.logs()))
+            .await
+            .expect_err(plugin);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{plugin}: took {:?}",
+            start.elapsed()
+        );
+        assert!(
+            matches!(
+                err.code(),
+                Code::FailedPrecondition | Code::DeadlineExceeded | Code::Unavailable
+            ),
+            "{plugin}: {err:?}"
+        );
+        assert!(
+            err.message().contains(plugin),
+            "{plugin}: the error names the plugin: {err:?}"
+        );
+        let pods = rt
+            .list_pod_sandbox(ListPodSandboxRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .items;
+        assert!(pods.is_empty(), "{plugin}: {pods:?}");
+        assert!(
+            state_left(&d.d).is_empty(),
+            "{plugin}: {:?}",
+            state_left(&d.d)
+        );
+    }
+    assert_eq!(processes_with(&marker), 0, "the hanging plugin was ended");
+    // berthd still serves, and a pod runs once the network is good.
+    d.d.images().await;
+    std::fs::write(d.d.cni_dir().join("10-node.conflist"), working).expect("conflist");
+    let id = run_pod(&mut rt, pod_config("fault-good", &d.logs()))
+        .await
+        .expect("a pod on a working network");
+    berth_tests::node::remove_pod(&mut rt, &id)
+        .await
+        .expect("remove");
+    d.assert_consistent();
+}
+
+#[tokio::test]
+async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
+    let mut n = Node::new("fr", "");
+    let fake = n.d.dir.path().join("fake-runc");
+    script(
+        &fake,
+        "printf '\\377\\376 not json {{{{ \\n' >&2; printf 'garbage'; exit 3",
+    );
+    let text = std::fs::read_to_string(&n.d.config).expect("config");
+    std::fs::write(
+        &n.d.config,
+        format!(
+            "{text}\n[runtimes.broken]\nbinary = \"{}\"\n",
+            fake.display()
+        ),
+    )
+    .expect("config");
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let start = Instant::now();
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("fault-runtime", &n.logs())),
+            runtime_handler: "broken".into(),
+        })
+        .await
+        .expect_err("a broken runtime");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        !matches!(err.code(), Code::Ok | Code::Unknown),
+        "a clear code: {err:?}"
+    );
+    assert!(
+        err.message().contains("runc") || err.message().contains("runtime"),
+        "{err:?}"
+    );
+    let pods = rt
+        .list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .items;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(state_left(&n.d).is_empty(), "{:?}", state_left(&n.d));
+    // The default runtime still works.
+    let id = run_pod(&mut rt, pod_config("fault-after", &n.logs()))
+        .await
+        .expect("a pod under runc");
+    berth_tests::node::remove_pod(&mut rt, &id)
+        .await
+        .expect("remove");
+    n.assert_consistent();
+}
+
+/// Mounts a tmpfs of `mib` MiB on `dir`; unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &Path, mib: u32) -> SmallDisk {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount")
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_disk_that_fills_during_a_pull_fails_it_cleanly_and_berthd_goes_on() {
+    let reg = Registry::start();
+    let big = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .random_file("big", 48 << 20, 3)
+                .build(Compression::Gzip),
+        )
+        .build();
+    reg.push_image("big", Some("v1"), &big);
+    let small = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("marker", "x", 0o644)
+                .build(Compression::Gzip),
+        )
+        .build();
+    reg.push_image("small", Some("v1"), &small);
+    let mut d = Daemon::configure(&format!(
+        "[registries.\"{}\"]\ninsecure = true\n",
+        reg.host()
+    ));
+    // berth's root (journal, content, snapshots) on a 40 MiB disk.
+    let disk = SmallDisk::mount(&d.root(), 40);
+    d.spawn();
+    let free = || {
+        let s = nix::sys::statvfs::statvfs(&d.root()).expect("statvfs");
+        s.blocks_available() * s.fragment_size()
+    };
+    // berth's own sandbox image is there from the start.
+    let free_before = free();
+    let mut images = d.images().await;
+    let err = images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reg.image_ref("big", "v1"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect_err("48 MiB do not fit on 40");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("No space left"), "{err:?}");
+    // Nothing of it stays to fill the disk for the next pull.
+    let after = free();
+    assert!(
+        after + (1 << 20) >= free_before,
+        "{} bytes free before the pull, {after} after",
+        free_before
+    );
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reg.image_ref("small", "v1"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a small image still fits");
+    let listed = images
+        .list_images(ListImagesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .images;
+    assert!(
+        listed
+            .iter()
+            .all(|i| !i.repo_tags.iter().any(|t| t.contains("big"))),
+        "{listed:?}"
+    );
+    drop(images);
+    d.terminate(Duration::from_secs(10));
+    drop(disk);
+}
