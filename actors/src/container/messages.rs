@@ -207,6 +207,8 @@ pub struct ListContainers {
     pub sandbox_id: Option<String>,
     pub state: Option<super::store::ContainerState>,
     pub labels: BTreeMap<String, String>,
+    /// Also the containers still being created (never shown to clients).
+    pub with_creating: bool,
 }
 
 impl Message for ListContainers {

@@ -22,7 +22,7 @@ impl Containers {
     pub(super) fn list(&self, f: &ListContainers) -> Vec<ContainerRecord> {
         self.records
             .iter()
-            .filter(|r| r.state != ContainerState::Creating)
+            .filter(|r| f.with_creating || r.state != ContainerState::Creating)
             .filter(|r| f.id.as_deref().is_none_or(|id| r.id.starts_with(id)))
             .filter(|r| {
                 f.sandbox_id

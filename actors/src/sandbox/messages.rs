@@ -131,6 +131,8 @@ pub struct ListPodSandbox {
     pub id: Option<String>,
     pub ready: Option<bool>,
     pub labels: BTreeMap<String, String>,
+    /// Also the pods still being made (never shown to clients).
+    pub with_creating: bool,
 }
 
 impl Message for ListPodSandbox {

@@ -55,7 +55,7 @@ impl Sandboxes {
     pub(super) fn list(&self, f: &ListPodSandbox) -> Vec<SandboxRecord> {
         self.records
             .iter()
-            .filter(|r| r.state != SandboxState::Creating)
+            .filter(|r| f.with_creating || r.state != SandboxState::Creating)
             .filter(|r| f.id.as_deref().is_none_or(|id| r.id.starts_with(id)))
             .filter(|r| {
                 f.ready

@@ -296,6 +296,7 @@ pub fn sandbox_filter(f: Option<cri::PodSandboxFilter>) -> Result<pod::ListPodSa
         id: Some(f.id).filter(|i| !i.is_empty()),
         ready,
         labels: f.label_selector.into_iter().collect(),
+        with_creating: false,
     })
 }
 
@@ -541,6 +542,7 @@ pub fn container_filter(
         sandbox_id: Some(f.pod_sandbox_id).filter(|i| !i.is_empty()),
         state,
         labels: f.label_selector.into_iter().collect(),
+        with_creating: false,
     }))
 }
 
@@ -629,6 +631,7 @@ pub fn container_stats_filter(f: Option<cri::ContainerStatsFilter>) -> ctr::Cont
             sandbox_id: Some(f.pod_sandbox_id).filter(|i| !i.is_empty()),
             state: None,
             labels: f.label_selector.into_iter().collect(),
+            with_creating: false,
         },
     }
 }
@@ -641,6 +644,7 @@ pub fn pod_stats_filter(f: Option<cri::PodSandboxStatsFilter>) -> ctr::PodStats 
             id: Some(f.id).filter(|i| !i.is_empty()),
             ready: None,
             labels: f.label_selector.into_iter().collect(),
+            with_creating: false,
         },
     }
 }

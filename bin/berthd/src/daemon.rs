@@ -105,6 +105,19 @@ pub async fn run(config: Config) -> Result<()> {
     let recovery = recovery?;
     let sandbox_image = sandbox_image.map_err(|e| anyhow!("the sandbox image: {e}"))?;
     tracing::debug!(id = %sandbox_image.id, "sandbox image made and pinned");
+    // While berthd runs, shims whose owners are gone are swept up.
+    let sweeper = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut suspects = std::collections::BTreeSet::new();
+            let mut every = tokio::time::interval(crate::recover::SWEEP_EVERY);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                crate::recover::sweep_unowned_shims(&node, &mut suspects).await;
+            }
+        })
+    };
     let chaos = Arc::new(Chaos::new(node.clone()));
     if config.chaos.enabled {
         let op = match config.chaos.mode {
@@ -190,6 +203,7 @@ pub async fn run(config: Config) -> Result<()> {
         );
     }
     events.shutdown();
+    sweeper.abort();
     // The sockets go; shims publishing an exit meanwhile find no endpoint,
     // and the next berthd reads their exit records.
     for path in [&config.cri.socket, &config.admin.socket, &events_socket] {

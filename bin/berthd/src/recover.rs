@@ -181,3 +181,78 @@ pub async fn run(node: &Node) -> Result<Report> {
     );
     Ok(report)
 }
+
+/// How often berthd looks for shims whose container and pod are gone while
+/// it runs (what a restart of an actor in the middle of a removal leaves).
+pub const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// One round of the sweep: shims owned by no container and no pod are
+/// deleted once two rounds in a row saw them so (`suspects` carries the
+/// last round's). Shims are listed before their owners: an owner record
+/// is written before its shim is made and removed after it is deleted,
+/// so a shim seen without an owner listed later has none.
+pub async fn sweep_unowned_shims(node: &Node, suspects: &mut BTreeSet<String>) {
+    let Ok(shims) = node.shim.call(ListShims).await else {
+        return;
+    };
+    let (Ok(pods), Ok(containers)) = (
+        node.sandbox
+            .call(ListPodSandbox {
+                with_creating: true,
+                ..Default::default()
+            })
+            .await,
+        node.container
+            .call(ListContainers {
+                with_creating: true,
+                ..Default::default()
+            })
+            .await,
+    ) else {
+        return;
+    };
+    let owners: BTreeSet<String> = pods
+        .into_iter()
+        .map(|p| p.id)
+        .chain(containers.into_iter().map(|c| c.id))
+        .collect();
+    let unowned: BTreeSet<String> = shims
+        .into_iter()
+        .map(|s| s.container_id)
+        .filter(|id| !owners.contains(id))
+        .collect();
+    for id in due(&unowned, suspects) {
+        match node.shim.call(DeleteTask { id: id.clone() }).await {
+            Ok(()) => tracing::warn!(
+                task = %short(&id),
+                "deleted a shim whose container and pod are gone"
+            ),
+            Err(e) => {
+                tracing::warn!(task = %short(&id), error = %e, "cannot delete an unowned shim")
+            }
+        }
+    }
+    *suspects = unowned;
+}
+
+/// The shims to delete this round: unowned now and in the last round.
+fn due(unowned: &BTreeSet<String>, suspects: &BTreeSet<String>) -> Vec<String> {
+    unowned.intersection(suspects).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shim_is_swept_only_when_two_rounds_in_a_row_found_it_unowned() {
+        let set = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        // First seen: only a suspect.
+        assert!(due(&set(&["a"]), &set(&[])).is_empty());
+        // Seen again: deleted; one owned again meanwhile is not.
+        assert_eq!(
+            due(&set(&["a", "c"]), &set(&["a", "b"])),
+            vec!["a".to_string()]
+        );
+    }
+}
