@@ -19,12 +19,19 @@ fn storage(e: impl std::fmt::Display) -> JournalError {
     JournalError::Storage(e.to_string())
 }
 
+/// The journal's page cache, in bytes.
+const JOURNAL_CACHE: u64 = 16 * 1024 * 1024;
+
 impl SledJournal {
     /// Opens (or creates) the journal at `path`.
     pub fn open(path: &Path) -> Result<Self, JournalError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // sled's own page cache (1 GiB unless told): the actors hold
+            // every record in memory already, so a small one is enough,
+            // and berthd's memory stays flat under churn.
+            .cache_capacity(JOURNAL_CACHE)
             .open()
             .map_err(|e| storage(format!("open {}: {e}", path.display())))?;
         let trees = Kind::ALL
