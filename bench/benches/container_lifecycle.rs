@@ -15,15 +15,10 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench container_lifecycle
 
-use berth_bench::{
-    bridge_has_ports, bridge_subnet, conflist, link_exists, push_pause, table, Peer, Samples,
-};
+use berth_bench::{berth_on_bridge, busybox_registry, table, PodPeer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
-use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
-use berth_tests::registry::Registry;
-use berth_tests::Daemon;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -45,10 +40,6 @@ const STOP_TIMEOUT: i64 = 10;
 /// berth's own network for this benchmark.
 const BRIDGE: &str = "bctr0";
 const SUBNET: &str = "10.95.0.0/16";
-/// containerd's subnet (on the peer's own bridge, peer0), unless peer0 is
-/// already there with another.
-const PEER_SUBNET: &str = "10.79.0.0/16";
-const PEER_BRIDGE: &str = "peer0";
 
 /// One runtime under test: its CRI socket, the image reference it pulled,
 /// and its pod.
@@ -736,30 +727,10 @@ async fn main() {
         .expect("tempdir");
 
     // The image, in a local registry both runtimes pull from.
-    let layer = LayerBuilder::new().busybox().build(Compression::Gzip);
-    let layer_bytes = layer.bytes.clone();
-    let img = ImageBuilder::new()
-        .layer(layer)
-        .env("PATH", "/bin")
-        .cmd(&["sh"])
-        .build();
-    let reg = Registry::start();
-    reg.push_image("busybox", Some("bench"), &img);
-    let image = reg.image_ref("busybox", "bench");
+    let (reg, image, layer_bytes) = busybox_registry();
 
     // berth.
-    let mut d = Daemon::configure_logging(
-        &format!("[registries.\"{}\"]\ninsecure = true\n", reg.host()),
-        "warn",
-    );
-    let ipam = d.dir.path().join("ipam");
-    std::fs::write(
-        d.cni_dir().join("10-bench.conflist"),
-        conflist(BRIDGE, SUBNET, &ipam, false).to_string(),
-    )
-    .expect("conflist");
-    d.masquerade(&[SUBNET]);
-    d.spawn();
+    let mut d = berth_on_bridge(&reg, BRIDGE, SUBNET);
     let berth = measure("berth", &d.cri_socket(), &image, &d.dir.path().join("logs")).await;
     if !berth.errors.is_empty() {
         let log = d.log();
@@ -779,56 +750,10 @@ async fn main() {
     let floor = floor(&layer_bytes, work.path(), CONTAINERS);
 
     // containerd.
-    let peer_bridge_was_there = link_exists(PEER_BRIDGE);
-    let sandbox_image = push_pause(&reg, &berth_tests::bin("berth-pause"));
-    let peer_subnet = bridge_subnet(PEER_BRIDGE).unwrap_or_else(|| PEER_SUBNET.into());
-    let peer = Peer::start(&[
-        "--sandbox-image".into(),
-        sandbox_image.clone(),
-        "--subnet".into(),
-        peer_subnet,
-        "--mirror".into(),
-        format!("{}={}", reg.host(), reg.url()),
-    ]);
-    let containerd = match &peer {
-        Some(p) => {
-            let mut images = ImageServiceClient::new(berth_tests::connect(&p.socket()).await);
-            let pulled = images
-                .pull_image(PullImageRequest {
-                    image: Some(ImageSpec {
-                        image: sandbox_image.clone(),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                })
-                .await;
-            match pulled {
-                Ok(_) => Some(
-                    measure(
-                        "containerd",
-                        &p.socket(),
-                        &image,
-                        &p.dir.path().join("logs"),
-                    )
-                    .await,
-                ),
-                Err(e) => {
-                    eprintln!("{}", failed("containerd", "PullImage", &sandbox_image, e));
-                    None
-                }
-            }
-        }
-        None => {
-            println!("(containerd peer not available)");
-            None
-        }
+    let containerd = match PodPeer::start(&reg).await {
+        Some(p) => Some(measure("containerd", &p.peer().socket(), &image, &p.logs()).await),
+        None => None,
     };
-    drop(peer);
-    if !peer_bridge_was_there && !bridge_has_ports(PEER_BRIDGE) {
-        let _ = Command::new("ip")
-            .args(["link", "del", PEER_BRIDGE])
-            .status();
-    }
 
     // One table: every row, with ratios against the floor's cycle and
     // containerd's serial cycle (for a step, its share of that cycle).

@@ -15,7 +15,7 @@
 //!   cargo bench -p berth-bench --bench pod_lifecycle
 
 use berth_actors::network::cni::{Attachment, NetworkList, Plugins};
-use berth_bench::{conflist, push_pause, table, Peer, Samples};
+use berth_bench::{conflist, push_pause, rss_kib, table, Peer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -169,18 +169,6 @@ async fn lifecycle(socket: &Path, tag: &str, wave: usize, between: impl FnOnce()
         v.wall[slot] = start.elapsed();
     }
     v
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// Processes called `name` whose command line names `dir`: this run's own,

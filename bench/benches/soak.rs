@@ -9,7 +9,7 @@
 //!
 //!   BERTH_SOAK_SECS=3600 bench/run soak     (default: an hour)
 
-use berth_bench::Samples;
+use berth_bench::{rss_kib, Samples};
 use berth_protocol::admin::{StartChaosRequest, StopChaosRequest};
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
@@ -204,17 +204,6 @@ async fn cycle(
 struct NodeInfo {
     image: String,
     logs: std::path::PathBuf,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 fn open_files(pid: u32) -> usize {

@@ -18,16 +18,11 @@
 //!
 //!   bench/run streaming
 
-use berth_bench::{
-    bridge_has_ports, bridge_subnet, conflist, link_exists, push_pause, table, Peer, Samples,
-};
+use berth_bench::{berth_on_bridge, busybox_registry, rss_kib, table, PodPeer, Samples};
 use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use berth_stream::client::{remote_command_spdy, CommandIo, PortForward};
-use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
-use berth_tests::registry::Registry;
-use berth_tests::Daemon;
 use bytes::Bytes;
 use std::path::Path;
 use std::process::Command;
@@ -52,8 +47,6 @@ const PORT: u16 = 9000;
 
 const BRIDGE: &str = "bstream0";
 const SUBNET: &str = "10.96.0.0/16";
-const PEER_SUBNET: &str = "10.79.0.0/16";
-const PEER_BRIDGE: &str = "peer0";
 
 const SERVER: &str = "exec nc -ll -p 9000 -e sh -c 'echo ready; read n; dd if=/dev/zero bs=65536 count=$((n/65536)) 2>/dev/null'";
 
@@ -365,15 +358,6 @@ fn mib_per_s(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64().max(1e-9)
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// `runc exec` of `true` into the same container, as the floor.
 fn runc_exec_floor(root: &Path, id: &str) -> Samples {
     let mut lat = Vec::with_capacity(EXECS);
@@ -420,29 +404,10 @@ async fn measure(t: &mut Target) -> Result<Measured, String> {
 
 #[tokio::main]
 async fn main() {
-    let layer = LayerBuilder::new().busybox().build(Compression::Gzip);
-    let img = ImageBuilder::new()
-        .layer(layer)
-        .env("PATH", "/bin")
-        .cmd(&["sh"])
-        .build();
-    let reg = Registry::start();
-    reg.push_image("busybox", Some("bench"), &img);
-    let image = reg.image_ref("busybox", "bench");
+    let (reg, image, _) = busybox_registry();
 
     // berth.
-    let mut d = Daemon::configure_logging(
-        &format!("[registries.\"{}\"]\ninsecure = true\n", reg.host()),
-        "warn",
-    );
-    let ipam = d.dir.path().join("ipam");
-    std::fs::write(
-        d.cni_dir().join("10-bench.conflist"),
-        conflist(BRIDGE, SUBNET, &ipam, false).to_string(),
-    )
-    .expect("conflist");
-    d.masquerade(&[SUBNET]);
-    d.spawn();
+    let mut d = berth_on_bridge(&reg, BRIDGE, SUBNET);
     let mut berth = setup("berth", &d.cri_socket(), &image, &d.dir.path().join("logs"))
         .await
         .expect("berth set-up");
@@ -479,54 +444,15 @@ async fn main() {
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
 
     // containerd.
-    let peer_bridge_was_there = link_exists(PEER_BRIDGE);
-    let sandbox_image = push_pause(&reg, &berth_tests::bin("berth-pause"));
-    let peer_subnet = bridge_subnet(PEER_BRIDGE).unwrap_or_else(|| PEER_SUBNET.into());
-    let peer = Peer::start(&[
-        "--sandbox-image".into(),
-        sandbox_image.clone(),
-        "--subnet".into(),
-        peer_subnet,
-        "--mirror".into(),
-        format!("{}={}", reg.host(), reg.url()),
-    ]);
     let mut containerd = None;
-    if let Some(p) = &peer {
-        let mut images = ImageServiceClient::new(berth_tests::connect(&p.socket()).await);
-        let pulled = images
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: sandbox_image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await;
-        match pulled {
-            Ok(_) => match setup(
-                "containerd",
-                &p.socket(),
-                &image,
-                &p.dir.path().join("logs"),
-            )
-            .await
-            {
-                Ok(mut t) => match measure(&mut t).await {
-                    Ok(m) => containerd = Some(m),
-                    Err(e) => eprintln!("{e}"),
-                },
+    if let Some(p) = PodPeer::start(&reg).await {
+        match setup("containerd", &p.peer().socket(), &image, &p.logs()).await {
+            Ok(mut t) => match measure(&mut t).await {
+                Ok(m) => containerd = Some(m),
                 Err(e) => eprintln!("{e}"),
             },
-            Err(e) => eprintln!("containerd: PullImage {sandbox_image}: {e}"),
+            Err(e) => eprintln!("{e}"),
         }
-    } else {
-        println!("(containerd peer not available)");
-    }
-    drop(peer);
-    if !peer_bridge_was_there && !bridge_has_ports(PEER_BRIDGE) {
-        let _ = Command::new("ip")
-            .args(["link", "del", PEER_BRIDGE])
-            .status();
     }
 
     // Exec.

@@ -270,3 +270,130 @@ pub fn bridge_has_ports(bridge: &str) -> bool {
     .map(|d| d.count() > 0)
     .unwrap_or(false)
 }
+
+/// A process's resident memory, in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The busybox image both runtimes pull, in a local registry: the
+/// registry, the image's reference and its one layer's bytes.
+pub fn busybox_registry() -> (berth_tests::registry::Registry, String, Vec<u8>) {
+    use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
+    let layer = LayerBuilder::new().busybox().build(Compression::Gzip);
+    let layer_bytes = layer.bytes.clone();
+    let img = ImageBuilder::new()
+        .layer(layer)
+        .env("PATH", "/bin")
+        .cmd(&["sh"])
+        .build();
+    let reg = berth_tests::registry::Registry::start();
+    reg.push_image("busybox", Some("bench"), &img);
+    let image = reg.image_ref("busybox", "bench");
+    (reg, image, layer_bytes)
+}
+
+/// berthd (logging at warn) trusting `reg`, on its own network: `bridge`
+/// with `subnet`, masqueraded by berthd; spawned.
+pub fn berth_on_bridge(
+    reg: &berth_tests::registry::Registry,
+    bridge: &str,
+    subnet: &str,
+) -> berth_tests::Daemon {
+    let mut d = berth_tests::Daemon::configure_logging(
+        &format!("[registries.\"{}\"]\ninsecure = true\n", reg.host()),
+        "warn",
+    );
+    let ipam = d.dir.path().join("ipam");
+    std::fs::write(
+        d.cni_dir().join("10-bench.conflist"),
+        conflist(bridge, subnet, &ipam, false).to_string(),
+    )
+    .expect("conflist");
+    d.masquerade(&[subnet]);
+    d.spawn();
+    d
+}
+
+/// The containerd peer's bridge, and the subnet it takes unless the bridge
+/// is already there with one.
+const PEER_BRIDGE: &str = "peer0";
+const PEER_SUBNET: &str = "10.79.0.0/16";
+
+/// containerd ready to run pods beside berth: berth's pause program as its
+/// sandbox image (pushed to the registry it mirrors, and pulled), on its
+/// own bridge. When dropped, containerd stops and the bridge goes unless
+/// it was there before.
+pub struct PodPeer {
+    peer: Option<Peer>,
+    bridge_was_there: bool,
+}
+
+impl PodPeer {
+    /// None, with the reason printed, when the peer is not there or cannot
+    /// pull its sandbox image.
+    pub async fn start(reg: &berth_tests::registry::Registry) -> Option<PodPeer> {
+        use berth_protocol::cri::image_service_client::ImageServiceClient;
+        use berth_protocol::cri::{ImageSpec, PullImageRequest};
+        let bridge_was_there = link_exists(PEER_BRIDGE);
+        let sandbox_image = push_pause(reg, &berth_tests::bin("berth-pause"));
+        let subnet = bridge_subnet(PEER_BRIDGE).unwrap_or_else(|| PEER_SUBNET.into());
+        let Some(peer) = Peer::start(&[
+            "--sandbox-image".into(),
+            sandbox_image.clone(),
+            "--subnet".into(),
+            subnet,
+            "--mirror".into(),
+            format!("{}={}", reg.host(), reg.url()),
+        ]) else {
+            println!("(containerd peer not available)");
+            return None;
+        };
+        let p = PodPeer {
+            peer: Some(peer),
+            bridge_was_there,
+        };
+        let mut images = ImageServiceClient::new(berth_tests::connect(&p.peer().socket()).await);
+        let pulled = images
+            .pull_image(PullImageRequest {
+                image: Some(ImageSpec {
+                    image: sandbox_image.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await;
+        match pulled {
+            Ok(_) => Some(p),
+            Err(e) => {
+                eprintln!("containerd: PullImage {sandbox_image}: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn peer(&self) -> &Peer {
+        self.peer.as_ref().expect("a started peer")
+    }
+
+    /// Where containerd's pods log.
+    pub fn logs(&self) -> std::path::PathBuf {
+        self.peer().dir.path().join("logs")
+    }
+}
+
+impl Drop for PodPeer {
+    fn drop(&mut self) {
+        drop(self.peer.take());
+        if !self.bridge_was_there && !bridge_has_ports(PEER_BRIDGE) {
+            let _ = std::process::Command::new("ip")
+                .args(["link", "del", PEER_BRIDGE])
+                .status();
+        }
+    }
+}
