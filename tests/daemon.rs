@@ -527,12 +527,7 @@ async fn restarts_after_kill_9_succeed_every_time_while_a_child_outlives_berthd(
         berth_tests::signal(pid, libc::SIGKILL);
     }
     // Every half-made pod was undone at the next start.
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     drop(d);
     berth_tests::node::remove_cgroups(&parent);

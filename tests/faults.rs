@@ -116,12 +116,7 @@ async fn cni_plugins_that_hang_crash_or_print_garbage_fail_the_pod_cleanly() {
             err.message().contains(plugin),
             "{plugin}: the error names the plugin: {err:?}"
         );
-        let pods = rt
-            .list_pod_sandbox(ListPodSandboxRequest::default())
-            .await
-            .expect("list")
-            .into_inner()
-            .items;
+        let pods = berth_tests::node::list_pods(&mut rt).await;
         assert!(pods.is_empty(), "{plugin}: {pods:?}");
         assert!(
             state_left(&d.d).is_empty(),
@@ -183,12 +178,7 @@ async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
         err.message().contains("runc") || err.message().contains("runtime"),
         "{err:?}"
     );
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert!(state_left(&n.d).is_empty(), "{:?}", state_left(&n.d));
     // The default runtime still works.

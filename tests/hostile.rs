@@ -947,12 +947,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     sweep_pods(&n, &mut rt, &mut s).await;
 
     // Nothing the refused pods asked for was made.
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(&mut rt).await;
     for p in pods {
         let name = p.metadata.map(|m| m.name).unwrap_or_default();
         s.wrong.push(format!(

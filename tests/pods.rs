@@ -291,12 +291,7 @@ async fn a_failing_cni_plugin_rolls_everything_back_and_a_retry_succeeds() {
         .expect_err("broken network");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("no-such-plugin"), "{err:?}");
-    let listed = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let listed = berth_tests::node::list_pods(&mut rt).await;
     assert!(listed.is_empty());
     let state = n.d.dir.path().join("run");
     for dir in ["netns", "shims", "sandboxes"] {

@@ -396,12 +396,7 @@ async fn make_pod(
 /// ready pod's pause process and a running container's process are alive,
 /// an exited container's is not.
 async fn assert_true_to_life(rt: &mut RuntimeServiceClient<Channel>) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(rt).await;
     for p in &pods {
         let s = rt
             .pod_sandbox_status(PodSandboxStatusRequest {
@@ -466,12 +461,7 @@ async fn running_pids(rt: &mut RuntimeServiceClient<Channel>) -> Vec<(String, u3
 
 /// Removes every pod (and so every container) berthd knows.
 async fn remove_all(rt: &mut RuntimeServiceClient<Channel>) {
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("ListPodSandbox")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(rt).await;
     for p in pods {
         let id = p.id.clone();
         until_ok("remove a pod", || {
@@ -744,12 +734,7 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
     let e = run(&mut rt).await.expect_err("runc create was killed");
     assert!(!runc_trigger.exists(), "the fault fired");
     n.assert_consistent();
-    let pods = rt
-        .list_pod_sandbox(ListPodSandboxRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .items;
+    let pods = berth_tests::node::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "no half-made pod: {pods:?} ({e:?})");
 
     // Retried, the pod is made; then runc dies running a container (at

@@ -435,6 +435,15 @@ pub async fn pod_status(
 }
 
 /// StopPodSandbox then RemovePodSandbox.
+/// Every pod berthd lists.
+pub async fn list_pods(rt: &mut RuntimeServiceClient<Channel>) -> Vec<PodSandbox> {
+    rt.list_pod_sandbox(ListPodSandboxRequest::default())
+        .await
+        .expect("ListPodSandbox")
+        .into_inner()
+        .items
+}
+
 pub async fn remove_pod(
     rt: &mut RuntimeServiceClient<Channel>,
     pod: &str,
