@@ -44,6 +44,9 @@ pub struct ShimArgs {
     pub runtime_root: PathBuf,
     /// berthd's ttrpc socket for TaskExit events, if it takes them.
     pub events: Option<PathBuf>,
+    /// Every exec goes through the runtime; otherwise the shim starts
+    /// exec'd processes itself where it can.
+    pub runtime_exec: bool,
 }
 
 /// What the shim's command line asks for.
@@ -55,7 +58,7 @@ pub enum Command {
 }
 
 pub const USAGE: &str = "usage: berth-shim start --id ID --bundle DIR --socket PATH \
-[--runtime RUNC] [--runtime-root DIR] [--events SOCKET]";
+[--runtime RUNC] [--runtime-root DIR] [--events SOCKET] [--runtime-exec]";
 
 impl ShimArgs {
     /// The arguments of `berth-shim` (after the program name) that start
@@ -74,6 +77,9 @@ impl ShimArgs {
         if let Some(events) = &self.events {
             flag("--events", events);
         }
+        if self.runtime_exec {
+            argv.push("--runtime-exec".into());
+        }
         argv
     }
 }
@@ -90,6 +96,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
     let (mut id, mut bundle, mut socket, mut events) = (None, None, None, None);
     let mut runtime = PathBuf::from("runc");
     let mut runtime_root = PathBuf::from(DEFAULT_RUNTIME_ROOT);
+    let mut runtime_exec = false;
     while let Some(arg) = argv.next() {
         let arg = arg
             .into_string()
@@ -118,6 +125,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
             "--runtime" => runtime = PathBuf::from(value()?),
             "--runtime-root" => runtime_root = PathBuf::from(value()?),
             "--events" => events = Some(PathBuf::from(value()?)),
+            "--runtime-exec" if inline.is_none() => runtime_exec = true,
             other => return Err(format!("unknown flag {other}; {USAGE}")),
         }
     }
@@ -145,6 +153,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
         runtime,
         runtime_root,
         events,
+        runtime_exec,
     }))
 }
 
@@ -475,6 +484,7 @@ mod tests {
             runtime: "/usr/sbin/runc".into(),
             runtime_root: "/r".into(),
             events: Some("/e.sock".into()),
+            runtime_exec: false,
         }
     }
 
@@ -486,6 +496,7 @@ mod tests {
             Ok(Command::Start(a.clone()))
         );
         a.events = None;
+        a.runtime_exec = true;
         assert_eq!(parse(a.to_argv().into_iter()), Ok(Command::Start(a)));
         let cmd = parse_strs(&[
             "start",

@@ -23,6 +23,8 @@ pub struct Runtime {
     pub binary: PathBuf,
     /// Its `--root` (state of its containers).
     pub root: PathBuf,
+    /// Whether the shim may start exec'd processes itself.
+    pub native_exec: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

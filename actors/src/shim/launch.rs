@@ -155,6 +155,7 @@ mod tests {
                 runtime: "runc".into(),
                 runtime_root: dir.path().join("runc"),
                 events: None,
+                runtime_exec: false,
             },
             timeout: Duration::from_secs(5),
         };

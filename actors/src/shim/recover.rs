@@ -302,6 +302,7 @@ mod tests {
         Runtime {
             binary: PathBuf::from("runc"),
             root: PathBuf::from("/rt"),
+            native_exec: true,
         }
     }
 
@@ -451,6 +452,7 @@ mod tests {
         let other = Runtime {
             binary: PathBuf::from("crun"),
             root: PathBuf::from("/rt2"),
+            native_exec: true,
         };
         let cleared = clear_unowned(
             &node,

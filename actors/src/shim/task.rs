@@ -91,6 +91,7 @@ impl Shims {
                 runtime: runtime.binary,
                 runtime_root: runtime.root,
                 events: self.config.events_socket.clone(),
+                runtime_exec: !runtime.native_exec,
             },
             timeout: SHIM_TIMEOUT,
         };

@@ -32,6 +32,9 @@ pub enum ShimError {
     NoTerminal,
     #[error(transparent)]
     Runc(#[from] RuncError),
+    /// An exec the shim could not start itself.
+    #[error("{0}")]
+    Exec(String),
     /// The runtime printed what it should not have.
     #[error("{0}")]
     RuntimeOutput(String),

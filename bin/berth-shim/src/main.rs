@@ -41,6 +41,7 @@ mod daemon;
 mod error;
 mod events;
 mod io;
+mod native;
 mod pidfd;
 mod reaper;
 mod runc;

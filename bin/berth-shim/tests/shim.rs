@@ -44,7 +44,9 @@ fn make_bundle(bundle: &Path, args: &[&str], pid_ns: bool) {
     let bin = bundle.join("rootfs/bin");
     std::fs::create_dir_all(&bin).expect("rootfs");
     std::fs::copy(busybox(), bin.join("busybox")).expect("copy busybox");
-    for tool in ["sh", "echo", "sleep", "cat", "true", "false", "printf"] {
+    for tool in [
+        "sh", "echo", "sleep", "cat", "true", "false", "printf", "id", "grep", "tty", "env", "sort",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(tool)).expect("symlink");
     }
     let out = Command::new("runc")
@@ -92,6 +94,16 @@ impl Fixture {
         pid_ns: bool,
         events: Option<PathBuf>,
     ) -> Fixture {
+        Fixture::launch(tag, args, pid_ns, events, false).await
+    }
+
+    async fn launch(
+        tag: &str,
+        args: &[&str],
+        pid_ns: bool,
+        events: Option<PathBuf>,
+        runtime_exec: bool,
+    ) -> Fixture {
         let dir = tempfile::tempdir().expect("tempdir");
         let id = unique_id(tag);
         let bundle = dir.path().join("bundle");
@@ -107,6 +119,7 @@ impl Fixture {
                 runtime: "runc".into(),
                 runtime_root: runc_root.clone(),
                 events,
+                runtime_exec,
             },
             timeout: Duration::from_secs(20),
         })
@@ -441,6 +454,169 @@ async fn exec_runs_in_the_container_with_raw_output() {
     f.finish().await;
 }
 
+/// Runs `process` as exec `exec_id` to its end; its output.
+async fn exec_output(f: &Fixture, exec_id: &str, process: &serde_json::Value, tty: bool) -> String {
+    let out = f.dir.path().join(format!("{exec_id}.out"));
+    f.client
+        .exec(&ExecOpts {
+            exec_id: exec_id.into(),
+            process_json: serde_json::to_vec(process).expect("json"),
+            stdout: Some(out.clone()),
+            stderr: (!tty).then(|| out.clone()),
+            terminal: tty,
+            ..Default::default()
+        })
+        .await
+        .expect("exec");
+    f.client.start(Some(exec_id)).await.expect("start exec");
+    let exit = f
+        .client
+        .wait(Some(exec_id), Some(Duration::from_secs(10)))
+        .await
+        .expect("wait exec");
+    f.client.delete(Some(exec_id)).await.expect("delete exec");
+    let text = read(&out);
+    assert_eq!(exit.status, 0, "{exec_id}: {text}");
+    text
+}
+
+/// An exec as a user with groups, capabilities, rlimits, a umask and an
+/// oom_score_adj of its own, HOME from the container's /etc/passwd.
+fn probe_process(args: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "user": {"uid": 1000, "gid": 1000, "additionalGids": [1000, 20], "umask": 23},
+        "args": args,
+        "env": ["PATH=/bin", "GREETING=hi there"],
+        "cwd": "/work",
+        "capabilities": {
+            "bounding": ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN"],
+            "effective": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "permitted": ["CAP_KILL", "CAP_NET_BIND_SERVICE"],
+            "inheritable": ["CAP_NET_BIND_SERVICE"],
+            "ambient": ["CAP_NET_BIND_SERVICE"]
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}],
+        "noNewPrivileges": true,
+        "oomScoreAdj": 500
+    })
+}
+
+/// What an exec sees of itself: first what runc 1.1 leaves out or gets
+/// wrong at times (the process's umask and oomScoreAdj; its soft
+/// RLIMIT_NOFILE, which Go raises), then, after `==`, what must be the
+/// same whoever started it.
+const PROBE: &str = "umask; ulimit -Sn; cat /proc/self/oom_score_adj; echo ==; \
+    id; pwd; echo HOME=$HOME; ulimit -Hn; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
+    env | grep -v -E '^(PWD|SHLVL|_)=' | sort; cat /proc/1/cmdline; echo";
+
+/// A container whose execs are started by the shim, or by runc.
+async fn probe_fixture(tag: &str, runtime_exec: bool) -> Fixture {
+    let f = Fixture::launch(tag, &["sleep", "1000"], true, None, runtime_exec).await;
+    let rootfs = f.bundle.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("etc")).expect("etc");
+    std::fs::create_dir_all(rootfs.join("work")).expect("work");
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nu:x:1000:1000::/home/u:/bin/sh\n",
+    )
+    .expect("passwd");
+    f.create_and_start().await;
+    f
+}
+
+#[tokio::test]
+async fn execs_started_by_the_shim_match_runcs() {
+    let native = probe_fixture("native", false).await;
+    let runc = probe_fixture("runc", true).await;
+    let probe = probe_process(&["sh", "-c", PROBE]);
+    let seen = exec_output(&native, "p1", &probe, false).await;
+    let expected = exec_output(&runc, "p1", &probe, false).await;
+    let same = |text: &str| text.split_once("==\n").map(|(_, s)| s.to_string());
+    assert_eq!(same(&seen), same(&expected));
+    for want in [
+        "0027\n256\n500\n==\n",
+        "uid=1000(u) gid=1000 groups=20,1000\n/work\nHOME=/home/u\n512\n",
+        "CapEff:\t0000000000000400",
+        "CapBnd:\t0000000000000421",
+        "CapAmb:\t0000000000000400",
+        "NoNewPrivs:\t1",
+        "GREETING=hi there",
+        "sleep\u{0}1000\u{0}",
+    ] {
+        assert!(seen.contains(want), "{want:?} in {seen}");
+    }
+    // A terminal of the container's own devpts, as its controlling one.
+    let mut tty = probe_process(&["sh", "-c", "tty; [ -t 0 ] && echo interactive"]);
+    tty["terminal"] = serde_json::json!(true);
+    let seen = exec_output(&native, "t1", &tty, true).await;
+    assert_eq!(seen, exec_output(&runc, "t1", &tty, true).await);
+    assert!(seen.contains("/dev/pts/0\r\ninteractive"), "{seen:?}");
+
+    // Same namespaces and cgroups as the init, seen from the node.
+    let init = native.client.state(None).await.expect("state").pid;
+    let mut sleeper = probe_process(&["sleep", "30"]);
+    sleeper["user"] = serde_json::json!({"uid": 0, "gid": 0});
+    native
+        .client
+        .exec(&ExecOpts {
+            exec_id: "s1".into(),
+            process_json: serde_json::to_vec(&sleeper).expect("json"),
+            ..Default::default()
+        })
+        .await
+        .expect("exec");
+    let pid = native.client.start(Some("s1")).await.expect("start");
+    for ns in ["ipc", "uts", "net", "pid", "mnt", "cgroup"] {
+        let link = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).expect("ns");
+        assert_eq!(link(pid), link(init), "{ns}");
+    }
+    let cgroup = |p: u32| read(Path::new(&format!("/proc/{p}/cgroup")));
+    assert_eq!(cgroup(pid), cgroup(init));
+    assert_eq!(ppid(pid), native.shim_pid);
+    native
+        .client
+        .kill(Some("s1"), 9, false)
+        .await
+        .expect("kill");
+    let exit = native
+        .client
+        .wait(Some("s1"), Some(Duration::from_secs(10)))
+        .await
+        .expect("wait");
+    assert_eq!(exit.status, 137);
+
+    // What cannot start is an error at start, and leaves no process.
+    for (id, args, cwd, says) in [
+        (
+            "m1",
+            ["no-such-tool"],
+            "/",
+            "executable file not found in $PATH",
+        ),
+        ("m2", ["true"], "/no/such/dir", "chdir to cwd"),
+    ] {
+        let mut p = probe_process(&args);
+        p["cwd"] = serde_json::json!(cwd);
+        native
+            .client
+            .exec(&ExecOpts {
+                exec_id: id.into(),
+                process_json: serde_json::to_vec(&p).expect("json"),
+                ..Default::default()
+            })
+            .await
+            .expect("exec");
+        let e = native.client.start(Some(id)).await.expect_err(id);
+        assert!(e.to_string().contains(says), "{id}: {e}");
+    }
+    let log = read(&native.bundle.join("shim.log"));
+    assert!(log.contains("execs start in the shim"), "{log}");
+    let log = read(&runc.bundle.join("shim.log"));
+    assert!(!log.contains("execs start in the shim"), "{log}");
+    native.finish().await;
+    runc.finish().await;
+}
+
 #[tokio::test]
 async fn the_shim_stays_small() {
     let f = Fixture::new("rss", &["sleep", "1000"], true).await;
@@ -579,6 +755,7 @@ async fn a_shim_that_cannot_start_says_why() {
             runtime: "runc".into(),
             runtime_root: dir.path().join("runc"),
             events: None,
+            runtime_exec: false,
         },
         timeout: Duration::from_secs(10),
     };

@@ -64,6 +64,15 @@ pub struct RuntimeHandler {
     pub binary: PathBuf,
     #[serde(default)]
     pub root: Option<PathBuf>,
+    /// Exec'd processes are started by the shim itself where it can (see
+    /// berth-shim's `native` module); false sends every exec through the
+    /// runtime.
+    #[serde(default = "yes")]
+    pub native_exec: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
@@ -72,6 +81,7 @@ fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
         RuntimeHandler {
             binary: "runc".into(),
             root: None,
+            native_exec: true,
         },
     )])
 }

@@ -399,6 +399,7 @@ fn runtimes(config: &Config) -> BTreeMap<String, Runtime> {
             let runtime = Runtime {
                 binary: r.binary.clone(),
                 root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
+                native_exec: r.native_exec,
             };
             (name.clone(), runtime)
         })

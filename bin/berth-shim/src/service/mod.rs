@@ -146,6 +146,10 @@ pub struct Shared {
     pub(super) ops: Mutex<()>,
     /// Attaches to the container's output.
     pub(super) taps: crate::io::SharedTaps,
+    /// Exec'd processes started by the shim itself.
+    pub(super) native: crate::native::Native,
+    /// Every exec goes through the runtime (`--runtime-exec`).
+    pub(super) runtime_exec: bool,
 }
 
 impl Shared {
@@ -167,6 +171,8 @@ impl Shared {
             changed: Condvar::new(),
             ops: Mutex::default(),
             taps: Default::default(),
+            native: Default::default(),
+            runtime_exec: config.runtime_exec,
         })
     }
 

@@ -318,95 +318,22 @@ impl Shared {
                 exec.terminal,
             )
         };
-        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
-        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
-        // Relative (the bundle is the shim's directory): a socket address
-        // holds 108 bytes.
-        let console_socket = PathBuf::from(format!("console-{exec_id}.sock"));
-        let cleanup = || {
-            let _ = std::fs::remove_file(&spec_file);
-            let _ = std::fs::remove_file(&pid_file);
-            let _ = std::fs::remove_file(&console_socket);
-        };
-        cleanup();
-        write_private(&spec_file, &spec).map_err(|e| {
-            status(
-                Code::INTERNAL,
-                format!("{}: cannot write its process spec: {e}", self.name(exec_id)),
-            )
-        })?;
-        let failed = |e: crate::error::ShimError| {
-            status(
-                Code::FAILED_PRECONDITION,
-                format!("{}: {e}", self.name(exec_id)),
-            )
-        };
         let stdin = if stdin_path.is_empty() {
             None
         } else {
-            Some(fifo::open(&stdin_path, false).map_err(failed)?)
+            Some(fifo::open(&stdin_path, false).map_err(|e| self.exec_failed(exec_id, e))?)
+        };
+        let io = ExecIo {
+            stdin,
+            stdout,
+            stderr,
+            terminal,
         };
         let since = self.reaper.mark();
-        let mut args: Vec<&OsStr> = vec![
-            "exec".as_ref(),
-            "--process".as_ref(),
-            spec_file.as_os_str(),
-            "--detach".as_ref(),
-            "--pid-file".as_ref(),
-            pid_file.as_os_str(),
-        ];
-        let (ran, console) = if terminal {
-            let tty_out = if stdout.is_empty() {
-                None
-            } else {
-                Some(fifo::open(&stdout, true).map_err(failed)?)
-            };
-            let listener = UnixListener::bind(&console_socket).map_err(|e| {
-                status(
-                    Code::INTERNAL,
-                    format!(
-                        "{}: cannot bind the console socket: {e}",
-                        self.name(exec_id)
-                    ),
-                )
-            })?;
-            args.extend(["--console-socket".as_ref(), console_socket.as_os_str()]);
-            args.push(self.id.as_ref());
-            let io = Io::Pass {
-                stdin: Stdio::null(),
-                stdout: Stdio::null(),
-                stderr: Stdio::null(),
-            };
-            let ran = self.runc.run(&args, io);
-            let master = match &ran {
-                Ok(_) => Some(receive_console(&listener).map_err(|e| {
-                    status(
-                        Code::INTERNAL,
-                        format!("{}: the terminal: {e}", self.name(exec_id)),
-                    )
-                })?),
-                Err(_) => None,
-            };
-            if let Some(m) = &master {
-                fifo::copy_terminal(&format!("exec-{exec_id}"), m, stdin, tty_out)
-                    .map_err(failed)?;
-            }
-            (ran, master)
-        } else {
-            let (out, err) = self.exec_stdio(exec_id, &stdout, &stderr)?;
-            args.push(self.id.as_ref());
-            let io = Io::Pass {
-                stdin: stdin.map(Stdio::from).unwrap_or_else(Stdio::null),
-                stdout: out,
-                stderr: err,
-            };
-            (self.runc.run(&args, io), None)
+        let (pid, console) = match self.native_plan(exec_id, &spec) {
+            Some(process) => self.exec_natively(exec_id, &process, io)?,
+            None => self.exec_by_runtime(exec_id, &spec, io)?,
         };
-        let pid = ran
-            .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id))))
-            .and_then(|_| read_pid(&pid_file));
-        cleanup();
-        let pid = pid?;
         {
             let mut tasks = self.tasks();
             if let Some(exec) = tasks.execs.get_mut(exec_id) {
@@ -424,6 +351,187 @@ impl Shared {
             Box::new(move |exit| me.process_exited(&id, pid, exit)),
         );
         Ok(pid)
+    }
+
+    fn exec_failed(&self, exec_id: &str, e: crate::error::ShimError) -> ttrpc::Error {
+        status(
+            Code::FAILED_PRECONDITION,
+            format!("{}: {e}", self.name(exec_id)),
+        )
+    }
+
+    /// The exec's process, when the shim starts it itself; None: the
+    /// runtime does.
+    fn native_plan(&self, exec_id: &str, spec: &[u8]) -> Option<crate::native::Process> {
+        if self.runtime_exec {
+            return None;
+        }
+        let plan = self.native.plan(&self.bundle, spec);
+        // The first exec says which way it went, once per container: a
+        // probe every few seconds must not fill the log.
+        let first = self.native.first_exec();
+        match plan {
+            Ok(p) => {
+                if first {
+                    log::info!("container {}: execs start in the shim", self.id);
+                }
+                Some(p)
+            }
+            Err(why) => {
+                if first {
+                    log::info!("{}: through the runtime, as {why}", self.name(exec_id));
+                }
+                None
+            }
+        }
+    }
+
+    /// Starts the exec in the container without the runtime: see
+    /// [`crate::native`].
+    fn exec_natively(
+        &self,
+        exec_id: &str,
+        process: &crate::native::Process,
+        io: ExecIo,
+    ) -> TResult<(u32, Option<OwnedFd>)> {
+        let (init_pid, pidfd) = {
+            let tasks = self.tasks();
+            let init = tasks.init.as_ref().ok_or_else(|| self.not_found(""))?;
+            (init.pid, init.pidfd.as_ref().map(|f| f.try_clone()))
+        };
+        let pidfd = match pidfd {
+            Some(Ok(fd)) => fd,
+            Some(Err(e)) => {
+                return Err(status(
+                    Code::INTERNAL,
+                    format!("cannot duplicate a fd: {e}"),
+                ))
+            }
+            None => {
+                return Err(status(
+                    Code::FAILED_PRECONDITION,
+                    format!("container {} is not running", self.id),
+                ))
+            }
+        };
+        let init = crate::native::Init {
+            pid: init_pid,
+            pidfd: &pidfd,
+        };
+        let failed = |e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id)));
+        if io.terminal {
+            let tty_out = if io.stdout.is_empty() {
+                None
+            } else {
+                Some(fifo::open(&io.stdout, true).map_err(|e| self.exec_failed(exec_id, e))?)
+            };
+            let stdio = crate::native::Stdio {
+                terminal: true,
+                ..Default::default()
+            };
+            let started = self.native.start(process, init, stdio).map_err(failed)?;
+            if let Some(m) = &started.master {
+                fifo::copy_terminal(&format!("exec-{exec_id}"), m, io.stdin, tty_out)
+                    .map_err(|e| self.exec_failed(exec_id, e))?;
+            }
+            return Ok((started.pid, started.master));
+        }
+        let (out, err) = self.exec_files(exec_id, &io.stdout, &io.stderr)?;
+        let stdio = crate::native::Stdio {
+            terminal: false,
+            stdin: io.stdin.map(OwnedFd::from),
+            stdout: out.map(OwnedFd::from),
+            stderr: err.map(OwnedFd::from),
+        };
+        let started = self.native.start(process, init, stdio).map_err(failed)?;
+        Ok((started.pid, None))
+    }
+
+    /// `runc exec --detach`, with a console socket for a terminal.
+    fn exec_by_runtime(
+        &self,
+        exec_id: &str,
+        spec: &[u8],
+        io: ExecIo,
+    ) -> TResult<(u32, Option<OwnedFd>)> {
+        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
+        // Relative (the bundle is the shim's directory): a socket address
+        // holds 108 bytes.
+        let console_socket = PathBuf::from(format!("console-{exec_id}.sock"));
+        let cleanup = || {
+            let _ = std::fs::remove_file(&spec_file);
+            let _ = std::fs::remove_file(&pid_file);
+            let _ = std::fs::remove_file(&console_socket);
+        };
+        cleanup();
+        write_private(&spec_file, spec).map_err(|e| {
+            status(
+                Code::INTERNAL,
+                format!("{}: cannot write its process spec: {e}", self.name(exec_id)),
+            )
+        })?;
+        let mut args: Vec<&OsStr> = vec![
+            "exec".as_ref(),
+            "--process".as_ref(),
+            spec_file.as_os_str(),
+            "--detach".as_ref(),
+            "--pid-file".as_ref(),
+            pid_file.as_os_str(),
+        ];
+        let (ran, console) = if io.terminal {
+            let tty_out = if io.stdout.is_empty() {
+                None
+            } else {
+                Some(fifo::open(&io.stdout, true).map_err(|e| self.exec_failed(exec_id, e))?)
+            };
+            let listener = UnixListener::bind(&console_socket).map_err(|e| {
+                status(
+                    Code::INTERNAL,
+                    format!(
+                        "{}: cannot bind the console socket: {e}",
+                        self.name(exec_id)
+                    ),
+                )
+            })?;
+            args.extend(["--console-socket".as_ref(), console_socket.as_os_str()]);
+            args.push(self.id.as_ref());
+            let pass = Io::Pass {
+                stdin: Stdio::null(),
+                stdout: Stdio::null(),
+                stderr: Stdio::null(),
+            };
+            let ran = self.runc.run(&args, pass);
+            let master = match &ran {
+                Ok(_) => Some(receive_console(&listener).map_err(|e| {
+                    status(
+                        Code::INTERNAL,
+                        format!("{}: the terminal: {e}", self.name(exec_id)),
+                    )
+                })?),
+                Err(_) => None,
+            };
+            if let Some(m) = &master {
+                fifo::copy_terminal(&format!("exec-{exec_id}"), m, io.stdin, tty_out)
+                    .map_err(|e| self.exec_failed(exec_id, e))?;
+            }
+            (ran, master)
+        } else {
+            let (out, err) = self.exec_files(exec_id, &io.stdout, &io.stderr)?;
+            let to_stdio = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
+            args.push(self.id.as_ref());
+            let pass = Io::Pass {
+                stdin: to_stdio(io.stdin),
+                stdout: to_stdio(out),
+                stderr: to_stdio(err),
+            };
+            (self.runc.run(&args, pass), None)
+        };
+        let pid = ran
+            .map_err(|e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id))))
+            .and_then(|_| read_pid(&pid_file));
+        cleanup();
+        Ok((pid?, console))
     }
 
     /// A signal for an init that never ran ends it there (as if it had
@@ -566,6 +674,14 @@ impl Shared {
             std::process::exit(0);
         }
     }
+}
+
+/// Where an exec's stdio goes, as its request asked.
+struct ExecIo {
+    stdin: Option<File>,
+    stdout: String,
+    stderr: String,
+    terminal: bool,
 }
 
 pub(super) fn delete_response(p: &Proc) -> DeleteResponse {

@@ -73,12 +73,14 @@ impl Shared {
     }
 
     /// Opens the files an exec's output goes to, raw.
-    pub(super) fn exec_stdio(
+    /// An exec's stdout and stderr files (the same file twice when both
+    /// name one path); None where it has none.
+    pub(super) fn exec_files(
         &self,
         exec_id: &str,
         stdout: &str,
         stderr: &str,
-    ) -> TResult<(Stdio, Stdio)> {
+    ) -> TResult<(Option<File>, Option<File>)> {
         let open = |path: &str| -> TResult<Option<File>> {
             if path.is_empty() {
                 return Ok(None);
@@ -101,8 +103,7 @@ impl Shared {
         } else {
             open(stderr)?
         };
-        let to_stdio = |f: Option<File>| f.map(Stdio::from).unwrap_or_else(Stdio::null);
-        Ok((to_stdio(out), to_stdio(err)))
+        Ok((out, err))
     }
 }
 
