@@ -805,3 +805,84 @@ async fn a_registry_that_sends_a_huge_manifest_is_refused_before_memory_fills() 
     assert!(list(&mut c).await.is_empty());
     assert_nothing_left(&d, (0, 0));
 }
+
+#[tokio::test]
+async fn a_registry_lying_about_sizes_and_a_decompression_bomb_are_refused() {
+    let reg = Registry::start();
+    let d = daemon(&[reg.host()], "[image]\nmax_unpack_ratio = 10\n");
+    let mut c = d.images().await;
+
+    // A blob longer than its descriptor says: refused as soon as it runs
+    // past, not after the whole of it is stored.
+    let layer = LayerBuilder::new()
+        .file("x", "x".repeat(5000), 0o644)
+        .build(Compression::Gzip);
+    let img = ImageBuilder::new().layer(layer.clone()).build();
+    reg.push_image("long", Some("v1"), &img);
+    let mut longer = layer.bytes.clone();
+    longer.extend(std::iter::repeat_n(7u8, 4 << 20));
+    reg.corrupt_blob(&layer.digest, &longer);
+    let err = pull(&mut c, &reg.image_ref("long", "v1"))
+        .await
+        .expect_err("a longer blob");
+    assert_eq!(err.code(), Code::DataLoss, "{err:?}");
+    assert!(err.message().contains("descriptor says"), "{err:?}");
+    assert_nothing_left(&d, (0, 0));
+
+    // 300 MiB of zeros in a few MiB: past 256 MiB (10 times its size is
+    // less) the pull stops, with nothing kept.
+    let bomb = LayerBuilder::new()
+        .zero_file("zeros", 300 << 20)
+        .build(Compression::Gzip);
+    assert!(bomb.bytes.len() < 8 << 20, "{} bytes", bomb.bytes.len());
+    let img = ImageBuilder::new().layer(bomb).build();
+    reg.push_image("bomb", Some("v1"), &img);
+    let err = pull(&mut c, &reg.image_ref("bomb", "v1"))
+        .await
+        .expect_err("a bomb");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("decompression bomb"), "{err:?}");
+    assert!(list(&mut c).await.is_empty());
+    assert_nothing_left(&d, (0, 0));
+
+    // An honest image still comes through the same daemon.
+    let fine = simple_image("after");
+    reg.push_image("fine", Some("v1"), &fine);
+    pull(&mut c, &reg.image_ref("fine", "v1"))
+        .await
+        .expect("an honest image");
+}
+
+#[tokio::test]
+async fn pulls_of_different_images_wait_their_turn() {
+    let reg = Registry::start();
+    let img = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .random_file("big", 4 << 20, 5)
+                .build(Compression::None),
+        )
+        .build();
+    reg.push_image("slow", Some("v1"), &img);
+    reg.push_image("quick", Some("v1"), &simple_image("quick"));
+    let proxy = StallProxy::start(&reg.host(), 1 << 20);
+    // One turn: a pull that stalls holds it until its stall timeout, and
+    // the next pull starts only then.
+    for (turns, waits) in [(1, true), (2, false)] {
+        let config = format!("[image]\nstall_timeout_secs = 3\nmax_concurrent_pulls = {turns}\n");
+        let d = daemon(&[proxy.host(), reg.host()], &config);
+        let mut slow_client = d.images().await;
+        let mut c = d.images().await;
+        let slow_name = format!("{}/slow:v1", proxy.host());
+        let slow = tokio::spawn(async move { pull(&mut slow_client, &slow_name).await });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let start = std::time::Instant::now();
+        pull(&mut c, &reg.image_ref("quick", "v1"))
+            .await
+            .expect("the quick image");
+        let waited = start.elapsed() >= std::time::Duration::from_secs(2);
+        assert_eq!(waited, waits, "{turns} turns: {:?}", start.elapsed());
+        let err = slow.await.expect("join").expect_err("stalled");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    }
+}

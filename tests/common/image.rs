@@ -128,6 +128,7 @@ impl Default for Platform {
 enum Body {
     Bytes(Vec<u8>),
     Random { size: u64, seed: u64 },
+    Zeros(u64),
 }
 
 enum Kind {
@@ -232,6 +233,12 @@ impl LayerBuilder {
     /// `seed`, mode 0644. The bytes are produced as the tar is written.
     pub fn random_file(self, path: &str, size: u64, seed: u64) -> Self {
         self.push(path, Kind::File(Body::Random { size, seed }), 0o644, 0, 0)
+    }
+
+    /// A file of `size` zero bytes, mode 0644: it compresses about a
+    /// thousandfold. Produced as the tar is written.
+    pub fn zero_file(self, path: &str, size: u64) -> Self {
+        self.push(path, Kind::File(Body::Zeros(size)), 0o644, 0, 0)
     }
 
     /// A directory owned by root.
@@ -486,6 +493,11 @@ fn append_entry<W: Write>(tar: &mut tar::Builder<W>, e: Entry) {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(size);
             tar.append_data(&mut h, path, RandomReader::new(size, seed))
+        }
+        Kind::File(Body::Zeros(size)) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_size(size);
+            tar.append_data(&mut h, path, io::repeat(0).take(size))
         }
         Kind::Dir => {
             h.set_entry_type(tar::EntryType::Directory);

@@ -27,6 +27,12 @@ pub struct ImageConfig {
     pub stall_timeout: Duration,
     /// Layers fetched at once by one pull.
     pub max_concurrent_downloads: usize,
+    /// Pulls of different images at once; more wait their turn.
+    pub max_concurrent_pulls: usize,
+    /// A layer may unpack to this many times its compressed size (at
+    /// least [`UNPACK_FLOOR`]); more is refused as a decompression bomb.
+    /// 0: no bound.
+    pub max_unpack_ratio: u64,
     /// The platform picked from multi-platform images.
     pub platform: Platform,
 }
@@ -38,6 +44,8 @@ pub struct ImageBackend {
     pub registries: Registries,
     /// Pulls in flight, by reference: concurrent pulls share one.
     pub pulls: Arc<Flights<Pulled>>,
+    /// Turns of the pulls of different images (`max_concurrent_pulls`).
+    pub pull_turns: Arc<tokio::sync::Semaphore>,
     /// Layers being fetched and unpacked, by chain ID: images sharing a
     /// layer share its download.
     pub layers: Arc<Flights<()>>,
@@ -47,12 +55,32 @@ pub struct ImageBackend {
     pub gc_lock: Arc<tokio::sync::RwLock<()>>,
 }
 
+/// A layer may always unpack to this much, whatever its compressed size.
+pub const UNPACK_FLOOR: u64 = 256 << 20;
+
+/// The most a config blob may hold (real ones are a few KiB).
+pub const CONFIG_MAX: u64 = 16 << 20;
+
+impl ImageConfig {
+    /// The most a layer of `compressed` bytes may unpack to, or None.
+    pub fn unpack_limit(&self, compressed: u64) -> Option<u64> {
+        (self.max_unpack_ratio > 0).then(|| {
+            compressed
+                .saturating_mul(self.max_unpack_ratio)
+                .max(UNPACK_FLOOR)
+        })
+    }
+}
+
 impl ImageBackend {
     pub fn open(config: ImageConfig) -> Result<Arc<ImageBackend>> {
         Ok(Arc::new(ImageBackend {
             content: ContentStore::open(&config.root)?,
             snapshots: Snapshots::open(&config.root)?,
             registries: Registries::new(config.registries.clone()),
+            pull_turns: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_pulls.max(1),
+            )),
             pulls: Flights::new(),
             layers: Flights::new(),
             gc_lock: Arc::new(tokio::sync::RwLock::new(())),

@@ -185,6 +185,10 @@ impl<R: Read> Hashing<R> {
         }
     }
 
+    pub fn inner(&self) -> &R {
+        &self.inner
+    }
+
     /// Reads to the end (so that the hash covers everything) and returns
     /// the digest.
     pub fn finish(mut self) -> io::Result<(Digest, u64)> {

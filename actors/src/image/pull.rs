@@ -7,7 +7,7 @@
 //! is recorded (by the actor) only when every layer is in place, so a
 //! failed or cancelled pull leaves no visible image and no half snapshot.
 
-use super::backend::ImageBackend;
+use super::backend::{ImageBackend, CONFIG_MAX};
 use super::content::{BlobWriter, Tee};
 use super::manifest::{Descriptor, ImageConfigFile, Manifest};
 use super::reference::{Digest, Reference};
@@ -47,6 +47,14 @@ pub async fn pull(
     reference: Reference,
     creds: Option<Credentials>,
 ) -> Result<Pulled> {
+    // Taken before the garbage-collection hold, so that pulls waiting
+    // their turn do not keep collection away.
+    let _turn = backend
+        .pull_turns
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| Error::Unavailable("the image service is shutting down".into()))?;
     let hold = Arc::new(backend.gc_lock.clone().read_owned().await);
     let stall = backend.config.stall_timeout;
     let mut session = resolve(&backend, &reference, creds, stall).await?;
@@ -213,13 +221,15 @@ async fn fetch_small_blob(
     if backend.content.has(&desc.digest) {
         return backend.content.read(&desc.digest);
     }
+    if desc.size > CONFIG_MAX {
+        return Err(Error::FailedPrecondition(format!(
+            "config blob {} is {} bytes; berth reads at most {CONFIG_MAX}",
+            desc.digest, desc.size
+        )));
+    }
     let resp = with_stall(stall, "config", session.blob(&desc.digest)).await?;
-    let bytes = with_stall(stall, "config", async {
-        resp.bytes()
-            .await
-            .map_err(|e| Error::Unavailable(format!("config {}: {e}", desc.digest)))
-    })
-    .await?;
+    let what = format!("config blob {}", desc.digest);
+    let bytes = with_stall(stall, "config", session.read_capped(resp, desc.size, &what)).await?;
     if Digest::of(&bytes) != desc.digest {
         return Err(Error::DataLoss(format!(
             "config blob {} does not match its digest",
@@ -228,6 +238,26 @@ async fn fetch_small_blob(
     }
     backend.content.put(&desc.digest, &bytes)?;
     Ok(bytes.to_vec())
+}
+
+/// A reader that fails once more than `limit` bytes came through it.
+struct Capped<R> {
+    inner: R,
+    limit: u64,
+    seen: u64,
+    over: bool,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        if self.seen > self.limit {
+            self.over = true;
+            return Err(io::Error::other("over the unpack limit"));
+        }
+        Ok(n)
+    }
 }
 
 /// Feeds a blocking reader from the download task.
@@ -269,16 +299,41 @@ fn unpack_layer(
     };
     let corrupt =
         |e: io::Error| Error::storing(&e, format!("layer {}: {e}", layer.digest), Error::DataLoss);
+    let limit = backend.config.unpack_limit(layer.size);
+    let bomb = || {
+        Error::ResourceExhausted(format!(
+            "layer {} ({} bytes) unpacks to more than {} bytes; refused as a decompression bomb (image.max_unpack_ratio)",
+            layer.digest,
+            layer.size,
+            limit.unwrap_or(u64::MAX)
+        ))
+    };
     {
         let decompressed = unpack::decompress(&mut tee).map_err(corrupt)?;
-        let mut hashed = super::content::Hashing::new(decompressed);
-        unpack::apply(&mut hashed, staging.path()).map_err(|e| match e {
+        let mut hashed = super::content::Hashing::new(Capped {
+            inner: decompressed,
+            limit: limit.unwrap_or(u64::MAX),
+            seen: 0,
+            over: false,
+        });
+        let applied = unpack::apply(&mut hashed, staging.path());
+        if hashed.inner().over {
+            return Err(bomb());
+        }
+        applied.map_err(|e| match e {
             Error::FailedPrecondition(m) => {
                 Error::FailedPrecondition(format!("layer {}: {m}", layer.digest))
             }
             other => other,
         })?;
-        let (got, _) = hashed.finish().map_err(corrupt)?;
+        // The rest of the stream (past the tar's end) counts too.
+        let (got, _) = hashed.finish().map_err(|e| {
+            if e.to_string().contains("over the unpack limit") {
+                bomb()
+            } else {
+                corrupt(e)
+            }
+        })?;
         if got != *diff_id {
             return Err(Error::DataLoss(format!(
                 "layer {} unpacks to {got}, not the diff ID {diff_id} its config names",
@@ -330,8 +385,18 @@ async fn fetch_layer(
         unpack_layer(&b, reader, Some(writer), &l, &d, &c)
     });
 
+    let lied = |n: u64| {
+        Error::DataLoss(format!(
+            "layer {}: the registry sends {n} bytes; its descriptor says {}",
+            layer.digest, layer.size
+        ))
+    };
+    if let Some(n) = resp.content_length().filter(|n| *n != layer.size) {
+        return Err(lied(n));
+    }
     let mut stream = resp.bytes_stream();
     let mut download_error = None;
+    let mut received = 0u64;
     loop {
         match tokio::time::timeout(stall, stream.next()).await {
             Err(_) => {
@@ -348,6 +413,14 @@ async fn fetch_layer(
                 break;
             }
             Ok(Some(Ok(chunk))) => {
+                received += chunk.len() as u64;
+                if received > layer.size {
+                    download_error = Some(Error::DataLoss(format!(
+                        "layer {}: the registry sent more than the {} bytes its descriptor says",
+                        layer.digest, layer.size
+                    )));
+                    break;
+                }
                 if tx.send(Ok(chunk)).await.is_err() {
                     // The unpacker stopped: its error is the answer.
                     break;

@@ -418,6 +418,17 @@ impl Session {
         Ok((bytes, media_type))
     }
 
+    /// A small blob's response read whole, refused past `max` bytes.
+    pub async fn read_capped(
+        &self,
+        resp: reqwest::Response,
+        max: u64,
+        what: &str,
+    ) -> Result<Vec<u8>> {
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
+        read_capped(resp, max, what, &self.endpoint.base).await
+    }
+
     /// A blob, as a response to stream.
     pub async fn blob(&mut self, digest: &Digest) -> Result<reqwest::Response> {
         let url = self.url("blobs", digest.as_str());

@@ -26,6 +26,8 @@ fn config(dir: &std::path::Path) -> NodeConfig {
             registries: Default::default(),
             stall_timeout: Duration::from_secs(5),
             max_concurrent_downloads: 3,
+            max_concurrent_pulls: 4,
+            max_unpack_ratio: 100,
             platform: crate::image::manifest::Platform::host(),
         },
         host: Arc::new(crate::host::HostFacts::default()),

@@ -34,6 +34,11 @@ pub struct Config {
 pub struct Image {
     pub stall_timeout_secs: u64,
     pub max_concurrent_downloads: usize,
+    /// Pulls of different images at once; more wait their turn.
+    pub max_concurrent_pulls: usize,
+    /// A layer may unpack to this many times its compressed size (and
+    /// always to 256 MiB); 0: no bound.
+    pub max_unpack_ratio: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +294,8 @@ impl Default for Image {
         Image {
             stall_timeout_secs: 60,
             max_concurrent_downloads: 4,
+            max_concurrent_pulls: 4,
+            max_unpack_ratio: 100,
         }
     }
 }
@@ -409,6 +416,9 @@ impl Config {
         }
         if self.image.max_concurrent_downloads == 0 {
             return Err("image.max_concurrent_downloads: must be at least 1".into());
+        }
+        if self.image.max_concurrent_pulls == 0 {
+            return Err("image.max_concurrent_pulls: must be at least 1".into());
         }
         for (host, r) in &self.registries {
             for m in &r.mirrors {

@@ -248,6 +248,8 @@ fn image_config(config: &Config) -> ImageConfig {
             .collect(),
         stall_timeout: Duration::from_secs(config.image.stall_timeout_secs),
         max_concurrent_downloads: config.image.max_concurrent_downloads,
+        max_concurrent_pulls: config.image.max_concurrent_pulls,
+        max_unpack_ratio: config.image.max_unpack_ratio,
         platform: Platform::host(),
     }
 }
