@@ -284,14 +284,26 @@ impl Codec {
         Ok(Some(frame))
     }
 
+    /// Appends the 8-byte header of a DATA frame carrying `len` bytes;
+    /// its payload is written after it as it is.
+    pub fn encode_data_header(
+        stream: u32,
+        fin: bool,
+        len: usize,
+        out: &mut BytesMut,
+    ) -> Result<(), FrameError> {
+        let len = fit(len)?;
+        out.reserve(HEADER_LEN);
+        out.put_u32(stream & STREAM_MASK);
+        out.put_u32(u32::from(flag(fin)) << 24 | len);
+        Ok(())
+    }
+
     /// Appends `frame` to `out`.
     pub fn encode(&mut self, frame: &Frame, out: &mut BytesMut) -> Result<(), FrameError> {
         match frame {
             Frame::Data { stream, fin, data } => {
-                let len = fit(data.len())?;
-                out.reserve(HEADER_LEN + data.len());
-                out.put_u32(stream & STREAM_MASK);
-                out.put_u32(u32::from(flag(*fin)) << 24 | len);
+                Codec::encode_data_header(*stream, *fin, data.len(), out)?;
                 out.extend_from_slice(data);
             }
             Frame::SynStream {

@@ -441,6 +441,10 @@ impl Stream {
     }
 }
 
+/// DATA payloads at least this large are written from their own buffers
+/// (a vectored write) instead of being copied after their header.
+const WRITE_IN_PLACE: usize = 8 * 1024;
+
 async fn write_loop<W: AsyncWrite>(
     write: W,
     mut frames: mpsc::Receiver<Frame>,
@@ -448,31 +452,84 @@ async fn write_loop<W: AsyncWrite>(
 ) {
     tokio::pin!(write);
     let mut codec = Codec::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut small = BytesMut::with_capacity(64 * 1024);
+    let mut parts: Vec<Bytes> = Vec::new();
     let mut going_away = false;
     'out: while let Some(first) = frames.recv().await {
         let mut next = Some(first);
+        let mut queued = 0;
         // Everything queued goes out in one write.
         while let Some(f) = next.take() {
             going_away |= matches!(f, Frame::GoAway { .. });
-            if let Err(e) = codec.encode(&f, &mut buf) {
+            let encoded = match f {
+                Frame::Data { stream, fin, data } if data.len() >= WRITE_IN_PLACE => {
+                    queued += data.len();
+                    Codec::encode_data_header(stream, fin, data.len(), &mut small).map(|()| {
+                        parts.push(small.split().freeze());
+                        parts.push(data);
+                    })
+                }
+                other => codec.encode(&other, &mut small),
+            };
+            if let Err(e) = encoded {
                 tracing::debug!(error = %e, "SPDY: a frame that cannot be written");
             }
-            if going_away || buf.len() >= 256 * 1024 {
+            if going_away || queued + small.len() >= 512 * 1024 || parts.len() >= 64 {
                 break;
             }
             next = frames.try_recv().ok();
         }
-        if write.write_all(&buf).await.is_err() || write.flush().await.is_err() {
+        if !small.is_empty() {
+            parts.push(small.split().freeze());
+        }
+        if write_all_parts(&mut write, &mut parts).await.is_err() || write.flush().await.is_err() {
             break 'out;
         }
-        buf.clear();
         if going_away {
             break;
         }
     }
     let _ = write.shutdown().await;
     shared.close();
+}
+
+/// Writes every part, in order, with as few system calls as it takes.
+async fn write_all_parts<W: AsyncWrite + ?Sized>(
+    write: &mut std::pin::Pin<&mut W>,
+    parts: &mut Vec<Bytes>,
+) -> std::io::Result<()> {
+    use bytes::Buf;
+    let mut first = 0;
+    loop {
+        while parts.get(first).is_some_and(|p| p.is_empty()) {
+            first += 1;
+        }
+        if first >= parts.len() {
+            break;
+        }
+        let slices: Vec<std::io::IoSlice<'_>> = parts[first..]
+            .iter()
+            .take(64)
+            .map(|p| std::io::IoSlice::new(p))
+            .collect();
+        let mut n = write.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let Some(part) = parts.get_mut(first) else {
+                break;
+            };
+            let take = n.min(part.len());
+            part.advance(take);
+            n -= take;
+            if part.is_empty() {
+                first += 1;
+            }
+        }
+    }
+    parts.clear();
+    Ok(())
 }
 
 async fn read_loop<R: AsyncRead>(
@@ -715,6 +772,68 @@ mod tests {
     fn pair() -> (Session, Session) {
         let (a, b) = tokio::io::duplex(1 << 20);
         (Session::new(a, Role::Client), Session::new(b, Role::Server))
+    }
+
+    /// A writer that takes at most 5 bytes a call, from any slices.
+    struct Trickle(Vec<u8>);
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(5);
+            self.0.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let mut left = 5;
+            for b in bufs {
+                let n = b.len().min(left);
+                self.0.extend_from_slice(&b[..n]);
+                left -= n;
+            }
+            std::task::Poll::Ready(Ok(5 - left))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_written_a_few_bytes_at_a_time_arrive_whole_and_in_order() {
+        let mut parts: Vec<Bytes> = ["ab", "", "cdefghij", "k", "lmnopqrstuvwxyz", ""]
+            .into_iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        let mut w = Trickle(Vec::new());
+        let mut pinned = std::pin::Pin::new(&mut w);
+        write_all_parts(&mut pinned, &mut parts)
+            .await
+            .expect("written");
+        assert_eq!(w.0, b"abcdefghijklmnopqrstuvwxyz");
+        assert!(parts.is_empty());
     }
 
     #[tokio::test]
