@@ -191,6 +191,64 @@ async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
     n.assert_consistent();
 }
 
+#[tokio::test]
+async fn a_runtime_that_hangs_is_killed_at_its_timeout_and_the_pod_fails_cleanly() {
+    let mut n = Node::new("fh", "");
+    let fake = n.d.dir.path().join("fake-hang");
+    // It answers nothing, holds its output open through a child, and
+    // never ends; only `features` (asked at start-up) gets a quick no.
+    script(
+        &fake,
+        "case \"$*\" in *features*) exit 1;; esac\nsleep 98765",
+    );
+    let text = std::fs::read_to_string(&n.d.config).expect("config");
+    std::fs::write(
+        &n.d.config,
+        format!(
+            "{text}\n[runtimes.hangs]\nbinary = \"{}\"\ntimeout_secs = 2\n",
+            fake.display()
+        ),
+    )
+    .expect("config");
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let start = Instant::now();
+    let err = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("fault-hang", &n.logs())),
+            runtime_handler: "hangs".into(),
+        })
+        .await
+        .expect_err("a runtime that hangs");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(err.message().contains("did not finish in 2s"), "{err:?}");
+    assert!(
+        !matches!(err.code(), Code::Ok | Code::Unknown),
+        "a clear code: {err:?}"
+    );
+    // Killed with everything it started.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while processes_with("sleep\u{0}98765") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(processes_with("sleep\u{0}98765"), 0);
+    let pods = berth_tests::node::list_pods(&mut rt).await;
+    assert!(pods.is_empty(), "{pods:?}");
+    assert!(state_left(&n.d).is_empty(), "{:?}", state_left(&n.d));
+    let id = run_pod(&mut rt, pod_config("fault-hang-after", &n.logs()))
+        .await
+        .expect("a pod under runc");
+    berth_tests::node::remove_pod(&mut rt, &id)
+        .await
+        .expect("remove");
+    n.assert_consistent();
+}
+
 /// Mounts a tmpfs of `mib` MiB on `dir`; unmounted when dropped.
 struct SmallDisk(std::path::PathBuf);
 

@@ -211,21 +211,59 @@ fn kernel_has_mount_setattr() -> bool {
     rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
 }
 
+/// How long `<runtime> features` may take before berthd starts without
+/// its answer.
+const FEATURES_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The mount options an OCI runtime says it knows (`<runtime> features`,
-/// runc 1.1 and crun); none when it cannot say.
+/// runc 1.1 and crun); none when it cannot say, or does not in time.
 fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
-    let out = match Command::new(binary).arg("features").output() {
-        Ok(out) if out.status.success() => out.stdout,
-        Ok(out) => {
-            tracing::debug!(binary = %binary.display(), status = %out.status, "runtime features unknown");
-            return BTreeSet::new();
+    match features(binary, FEATURES_LIMIT) {
+        Ok(out) => mount_options(&out),
+        Err(why) => {
+            tracing::debug!(binary = %binary.display(), %why, "runtime features unknown");
+            BTreeSet::new()
         }
-        Err(e) => {
-            tracing::debug!(binary = %binary.display(), error = %e, "runtime features unknown");
-            return BTreeSet::new();
+    }
+}
+
+/// The stdout of `<binary> features`, if it succeeds within `limit` (its
+/// answer is a few KiB, which the pipe holds until it is read).
+fn features(binary: &Path, limit: std::time::Duration) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut child = Command::new(binary)
+        .arg("features")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer in {}s", limit.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
         }
     };
-    mount_options(&out)
+    if !status.success() {
+        return Err(format!("exit {status}"));
+    }
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stdout
+            .take(1 << 20)
+            .read_to_end(&mut out)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(out)
 }
 
 fn mount_options(features_json: &[u8]) -> BTreeSet<String> {

@@ -47,6 +47,8 @@ pub struct ShimArgs {
     /// Every exec goes through the runtime; otherwise the shim starts
     /// exec'd processes itself where it can.
     pub runtime_exec: bool,
+    /// A runtime command that runs longer is killed (default: 120 s).
+    pub runtime_timeout: Option<std::time::Duration>,
 }
 
 /// What the shim's command line asks for.
@@ -58,7 +60,8 @@ pub enum Command {
 }
 
 pub const USAGE: &str = "usage: berth-shim start --id ID --bundle DIR --socket PATH \
-[--runtime RUNC] [--runtime-root DIR] [--events SOCKET] [--runtime-exec]";
+[--runtime RUNC] [--runtime-root DIR] [--events SOCKET] [--runtime-exec] \
+[--runtime-timeout SECS]";
 
 impl ShimArgs {
     /// The arguments of `berth-shim` (after the program name) that start
@@ -80,6 +83,10 @@ impl ShimArgs {
         if self.runtime_exec {
             argv.push("--runtime-exec".into());
         }
+        if let Some(t) = self.runtime_timeout {
+            argv.push("--runtime-timeout".into());
+            argv.push(t.as_secs().to_string().into());
+        }
         argv
     }
 }
@@ -97,6 +104,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
     let mut runtime = PathBuf::from("runc");
     let mut runtime_root = PathBuf::from(DEFAULT_RUNTIME_ROOT);
     let mut runtime_exec = false;
+    let mut runtime_timeout = None;
     while let Some(arg) = argv.next() {
         let arg = arg
             .into_string()
@@ -126,6 +134,15 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
             "--runtime-root" => runtime_root = PathBuf::from(value()?),
             "--events" => events = Some(PathBuf::from(value()?)),
             "--runtime-exec" if inline.is_none() => runtime_exec = true,
+            "--runtime-timeout" => {
+                let v = value()?;
+                let secs = v
+                    .to_str()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .filter(|s| *s > 0)
+                    .ok_or_else(|| format!("--runtime-timeout {v:?} is not a number of seconds"))?;
+                runtime_timeout = Some(std::time::Duration::from_secs(secs));
+            }
             other => return Err(format!("unknown flag {other}; {USAGE}")),
         }
     }
@@ -154,6 +171,7 @@ pub fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Command, String
         runtime_root,
         events,
         runtime_exec,
+        runtime_timeout,
     }))
 }
 
@@ -485,6 +503,7 @@ mod tests {
             runtime_root: "/r".into(),
             events: Some("/e.sock".into()),
             runtime_exec: false,
+            runtime_timeout: Some(std::time::Duration::from_secs(7)),
         }
     }
 
@@ -511,6 +530,7 @@ mod tests {
             "/r",
             "--events",
             "/e.sock",
+            "--runtime-timeout=7",
         ]);
         assert_eq!(cmd, Ok(Command::Start(args())));
     }
@@ -535,6 +555,12 @@ mod tests {
         );
         assert!(err(&["start", "--id", "../x", "--bundle", "/b", "--socket", "/s"]).contains("id"));
         assert!(err(&["start", "--id"]).contains("needs a value"));
+        let base = ["start", "--id", "x", "--bundle", "/b", "--socket", "/s"];
+        for bad in ["0", "-1", "ten"] {
+            let mut args = base.to_vec();
+            args.extend(["--runtime-timeout", bad]);
+            assert!(err(&args).contains("--runtime-timeout"), "{bad}");
+        }
         assert!(parse_strs(&["serve"]).is_err());
         assert_eq!(parse_strs(&["--version"]), Ok(Command::Version));
     }

@@ -25,6 +25,8 @@ pub struct Runtime {
     pub root: PathBuf,
     /// Whether the shim may start exec'd processes itself.
     pub native_exec: bool,
+    /// How long one runtime command may run.
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

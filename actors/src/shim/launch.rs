@@ -156,6 +156,7 @@ mod tests {
                 runtime_root: dir.path().join("runc"),
                 events: None,
                 runtime_exec: false,
+                runtime_timeout: None,
             },
             timeout: Duration::from_secs(5),
         };

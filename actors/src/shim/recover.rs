@@ -303,6 +303,7 @@ mod tests {
             binary: PathBuf::from("runc"),
             root: PathBuf::from("/rt"),
             native_exec: true,
+            timeout: std::time::Duration::from_secs(120),
         }
     }
 
@@ -453,6 +454,7 @@ mod tests {
             binary: PathBuf::from("crun"),
             root: PathBuf::from("/rt2"),
             native_exec: true,
+            timeout: std::time::Duration::from_secs(120),
         };
         let cleared = clear_unowned(
             &node,

@@ -92,6 +92,7 @@ impl Shims {
                 runtime_root: runtime.root,
                 events: self.config.events_socket.clone(),
                 runtime_exec: !runtime.native_exec,
+                runtime_timeout: Some(runtime.timeout),
             },
             timeout: SHIM_TIMEOUT,
         };

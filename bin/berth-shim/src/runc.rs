@@ -2,6 +2,9 @@
 //!
 //! Every run goes through the [`Reaper`], never `Child::wait`, because the
 //! reaper's `waitpid(-1)` would otherwise race `wait` for the same child.
+//! Each run has a deadline (`--runtime-timeout`): a runtime that has not
+//! finished by then is killed with everything in its process group, even
+//! while it or a child of its still holds its output open.
 //! runc is told to log as JSON to `BUNDLE/runc.log`: for `create` and `exec`
 //! its stderr is the container's, so its own error is read back from there.
 
@@ -12,13 +15,15 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A runc command that never returns is killed after this long.
-const RUN_TIMEOUT: Duration = Duration::from_secs(120);
+/// A runc command that never returns is killed after this long, unless
+/// the shim is told otherwise.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Output kept of runc's stdout and stderr; runc's answers are small.
 const OUTPUT_MAX: usize = 1 << 20;
@@ -28,6 +33,7 @@ pub struct Runc {
     pub root: PathBuf,
     pub log: PathBuf,
     reaper: Arc<Reaper>,
+    timeout: Duration,
 }
 
 /// Why a runc command failed, in runc's own words where it gave any.
@@ -50,12 +56,19 @@ pub enum Io {
 }
 
 impl Runc {
-    pub fn new(binary: PathBuf, root: PathBuf, log: PathBuf, reaper: Arc<Reaper>) -> Runc {
+    pub fn new(
+        binary: PathBuf,
+        root: PathBuf,
+        log: PathBuf,
+        reaper: Arc<Reaper>,
+        timeout: Duration,
+    ) -> Runc {
         Runc {
             binary,
             root,
             log,
             reaper,
+            timeout,
         }
     }
 
@@ -74,7 +87,10 @@ impl Runc {
             .arg("--log-format")
             .arg("json")
             .args(args)
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            // Its own process group, so that a timeout ends whatever it
+            // started too (a container's init makes a session of its own).
+            .process_group(0);
         let mut feed = None;
         match io {
             Io::Capture { stdin } => {
@@ -93,6 +109,7 @@ impl Runc {
             }
         }
         let log_start = std::fs::metadata(&self.log).map(|m| m.len()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + self.timeout;
         let (tx, rx) = crossbeam_channel::bounded::<Exit>(1);
         let mut child = self
             .reaper
@@ -115,15 +132,20 @@ impl Runc {
                 }
             }
         }
-        let (stdout, stderr) = read_outputs(&mut child);
-        let exit = match rx.recv_timeout(RUN_TIMEOUT) {
+        let (stdout, stderr) = read_outputs(&mut child, deadline);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let exit = match rx.recv_timeout(left) {
             Ok(exit) => exit,
             Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
-                let _ = child.kill();
+                // SAFETY: a signal to the process group the child leads.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                // Reaped by the reaper; waited for a moment so that the
+                // caller's next step does not meet it half-dead.
+                let _ = rx.recv_timeout(Duration::from_secs(1));
                 return Err(RuncError {
                     message: format!(
                         "runc {what} did not finish in {}s and was killed",
-                        RUN_TIMEOUT.as_secs()
+                        self.timeout.as_secs()
                     ),
                 });
             }
@@ -142,9 +164,10 @@ impl Runc {
     }
 }
 
-/// Reads the child's captured stdout and stderr to their ends, both at
-/// once so that a full pipe on one cannot stall the other.
-fn read_outputs(child: &mut Child) -> (Vec<u8>, Vec<u8>) {
+/// Reads the child's captured stdout and stderr to their ends (or until
+/// `deadline`), both at once so that a full pipe on one cannot stall the
+/// other.
+fn read_outputs(child: &mut Child, deadline: std::time::Instant) -> (Vec<u8>, Vec<u8>) {
     let mut out = Vec::new();
     let mut err = Vec::new();
     // As plain files, so both pipes are handled alike.
@@ -165,7 +188,11 @@ fn read_outputs(child: &mut Child) -> (Vec<u8>, Vec<u8>) {
                 nix::poll::PollFlags::POLLIN,
             ));
         }
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::NONE) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let wait = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+        match nix::poll::poll(&mut fds, wait) {
+            // Out of time: the caller kills it.
+            Ok(0) => break,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {

@@ -120,6 +120,7 @@ impl Fixture {
                 runtime_root: runc_root.clone(),
                 events,
                 runtime_exec,
+                runtime_timeout: None,
             },
             timeout: Duration::from_secs(20),
         })
@@ -756,6 +757,7 @@ async fn a_shim_that_cannot_start_says_why() {
             runtime_root: dir.path().join("runc"),
             events: None,
             runtime_exec: false,
+            runtime_timeout: None,
         },
         timeout: Duration::from_secs(10),
     };

@@ -74,6 +74,13 @@ pub struct RuntimeHandler {
     /// runtime.
     #[serde(default = "yes")]
     pub native_exec: bool,
+    /// A runtime command that runs longer is killed and fails.
+    #[serde(default = "runtime_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn runtime_timeout() -> u64 {
+    120
 }
 
 fn yes() -> bool {
@@ -87,6 +94,7 @@ fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
             binary: "runc".into(),
             root: None,
             native_exec: true,
+            timeout_secs: runtime_timeout(),
         },
     )])
 }
@@ -388,6 +396,9 @@ impl Config {
             }
             if r.binary.as_os_str().is_empty() {
                 return Err(format!("runtimes.{name}.binary: empty"));
+            }
+            if r.timeout_secs == 0 {
+                return Err(format!("runtimes.{name}.timeout_secs: must be at least 1"));
             }
             if let Some(root) = &r.root {
                 if !root.is_absolute() {

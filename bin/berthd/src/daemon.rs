@@ -402,6 +402,7 @@ fn runtimes(config: &Config) -> BTreeMap<String, Runtime> {
                 binary: r.binary.clone(),
                 root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
                 native_exec: r.native_exec,
+                timeout: Duration::from_secs(r.timeout_secs),
             };
             (name.clone(), runtime)
         })

@@ -159,6 +159,7 @@ impl Shared {
             config.runtime_root,
             config.bundle.join(RUNTIME_LOG_FILE),
             reaper.clone(),
+            config.runtime_timeout.unwrap_or(crate::runc::RUN_TIMEOUT),
         );
         Arc::new(Shared {
             id: config.id,
