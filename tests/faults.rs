@@ -137,19 +137,22 @@ async fn cni_plugins_that_hang_crash_or_print_garbage_fail_the_pod_cleanly() {
     d.assert_consistent();
 }
 
-#[tokio::test]
-async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
-    let mut n = Node::new("fr", "");
-    let fake = n.d.dir.path().join("fake-runc");
-    script(
-        &fake,
-        "printf '\\377\\376 not json {{{{ \\n' >&2; printf 'garbage'; exit 3",
-    );
+/// A pod under runtime handler `handler`, a script doing `body` (with
+/// `keys` in its table): its error, once it came within 30 s with a
+/// clear code.
+async fn pod_under_fake_runtime(
+    n: &mut Node,
+    handler: &str,
+    body: &str,
+    keys: &str,
+) -> tonic::Status {
+    let fake = n.d.dir.path().join(format!("fake-{handler}"));
+    script(&fake, body);
     let text = std::fs::read_to_string(&n.d.config).expect("config");
     std::fs::write(
         &n.d.config,
         format!(
-            "{text}\n[runtimes.broken]\nbinary = \"{}\"\n",
+            "{text}\n[runtimes.{handler}]\nbinary = \"{}\"\n{keys}",
             fake.display()
         ),
     )
@@ -160,11 +163,11 @@ async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
     let start = Instant::now();
     let err = rt
         .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("fault-runtime", &n.logs())),
-            runtime_handler: "broken".into(),
+            config: Some(pod_config(&format!("fault-{handler}"), &n.logs())),
+            runtime_handler: handler.into(),
         })
         .await
-        .expect_err("a broken runtime");
+        .expect_err("a faulty runtime");
     assert!(
         start.elapsed() < Duration::from_secs(30),
         "{:?}",
@@ -174,14 +177,15 @@ async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
         !matches!(err.code(), Code::Ok | Code::Unknown),
         "a clear code: {err:?}"
     );
-    assert!(
-        err.message().contains("runc") || err.message().contains("runtime"),
-        "{err:?}"
-    );
+    err
+}
+
+/// Nothing of the failed pod is left, and runc still runs a pod.
+async fn nothing_left_and_runc_still_works(n: &Node) {
+    let mut rt = n.d.runtime().await;
     let pods = berth_tests::node::list_pods(&mut rt).await;
     assert!(pods.is_empty(), "{pods:?}");
     assert!(state_left(&n.d).is_empty(), "{:?}", state_left(&n.d));
-    // The default runtime still works.
     let id = run_pod(&mut rt, pod_config("fault-after", &n.logs()))
         .await
         .expect("a pod under runc");
@@ -192,61 +196,32 @@ async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
 }
 
 #[tokio::test]
+async fn a_runtime_that_fails_with_garbage_fails_the_pod_cleanly() {
+    let mut n = Node::new("fr", "");
+    let body = "printf '\\377\\376 not json {{{{ \\n' >&2; printf 'garbage'; exit 3";
+    let err = pod_under_fake_runtime(&mut n, "broken", body, "").await;
+    assert!(
+        err.message().contains("runc") || err.message().contains("runtime"),
+        "{err:?}"
+    );
+    nothing_left_and_runc_still_works(&n).await;
+}
+
+#[tokio::test]
 async fn a_runtime_that_hangs_is_killed_at_its_timeout_and_the_pod_fails_cleanly() {
     let mut n = Node::new("fh", "");
-    let fake = n.d.dir.path().join("fake-hang");
     // It answers nothing, holds its output open through a child, and
     // never ends; only `features` (asked at start-up) gets a quick no.
-    script(
-        &fake,
-        "case \"$*\" in *features*) exit 1;; esac\nsleep 98765",
-    );
-    let text = std::fs::read_to_string(&n.d.config).expect("config");
-    std::fs::write(
-        &n.d.config,
-        format!(
-            "{text}\n[runtimes.hangs]\nbinary = \"{}\"\ntimeout_secs = 2\n",
-            fake.display()
-        ),
-    )
-    .expect("config");
-    n.d.spawn();
-    n.pull().await;
-    let mut rt = n.d.runtime().await;
-    let start = Instant::now();
-    let err = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("fault-hang", &n.logs())),
-            runtime_handler: "hangs".into(),
-        })
-        .await
-        .expect_err("a runtime that hangs");
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "{:?}",
-        start.elapsed()
-    );
+    let body = "case \"$*\" in *features*) exit 1;; esac\nsleep 98765";
+    let err = pod_under_fake_runtime(&mut n, "hangs", body, "timeout_secs = 2\n").await;
     assert!(err.message().contains("did not finish in 2s"), "{err:?}");
-    assert!(
-        !matches!(err.code(), Code::Ok | Code::Unknown),
-        "a clear code: {err:?}"
-    );
     // Killed with everything it started.
     let deadline = Instant::now() + Duration::from_secs(5);
     while processes_with("sleep\u{0}98765") > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(processes_with("sleep\u{0}98765"), 0);
-    let pods = berth_tests::node::list_pods(&mut rt).await;
-    assert!(pods.is_empty(), "{pods:?}");
-    assert!(state_left(&n.d).is_empty(), "{:?}", state_left(&n.d));
-    let id = run_pod(&mut rt, pod_config("fault-hang-after", &n.logs()))
-        .await
-        .expect("a pod under runc");
-    berth_tests::node::remove_pod(&mut rt, &id)
-        .await
-        .expect("remove");
-    n.assert_consistent();
+    nothing_left_and_runc_still_works(&n).await;
 }
 
 /// Mounts a tmpfs of `mib` MiB on `dir`; unmounted when dropped.
