@@ -1170,3 +1170,64 @@ async fn a_remove_that_answered_left_no_shim_and_no_bundle() {
         n.d.log()
     );
 }
+
+#[tokio::test]
+async fn exec_sync_calls_beyond_the_node_bound_wait_their_turn() {
+    let n = Node::running("xs", "[daemon]\nmax_exec_sync = 2\n").await;
+    let mut rt = n.d.runtime().await;
+    let pod = run_pod(&mut rt, pod_config("exec-bound", &n.logs()))
+        .await
+        .expect("pod");
+    let c = create_container(
+        &mut rt,
+        &pod,
+        container_config("c", &n.image, &["sleep", "1000"]),
+    )
+    .await
+    .expect("create");
+    berth_tests::node::start_container(&mut rt, &c)
+        .await
+        .expect("start");
+    let exec = |cmd: &[&str], timeout: i64| ExecSyncRequest {
+        container_id: c.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    // Two long calls hold both turns.
+    let busy: Vec<_> = (0..2)
+        .map(|_| {
+            let mut rt = rt.clone();
+            let req = exec(&["sleep", "3"], 10);
+            tokio::spawn(async move { rt.exec_sync(req).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A call that may not wait as long as they run gets no turn...
+    let t = std::time::Instant::now();
+    let err = rt
+        .exec_sync(exec(&["echo", "hi"], 1))
+        .await
+        .expect_err("no turn");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("max_exec_sync"), "{err:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+    // ...and one that may wait gets the first turn that ends.
+    let out = rt
+        .exec_sync(exec(&["echo", "hi"], 8))
+        .await
+        .expect("a turn")
+        .into_inner();
+    assert_eq!((out.stdout.as_slice(), out.exit_code), (&b"hi\n"[..], 0));
+    for b in busy {
+        let out = b.await.expect("join").expect("a busy call").into_inner();
+        assert_eq!(out.exit_code, 0);
+    }
+    berth_tests::node::remove_pod(&mut rt, &pod)
+        .await
+        .expect("remove");
+    n.assert_consistent();
+}

@@ -110,6 +110,9 @@ impl Node {
             config.image.root.join("rootfs"),
         );
         let shim_config = Arc::new(config.shim.clone());
+        let exec_turns = Arc::new(tokio::sync::Semaphore::new(
+            config.shim.max_exec_sync.max(1),
+        ));
         let (network_config, sandbox_config, host) = (
             config.network.clone(),
             config.sandbox.clone(),
@@ -122,6 +125,7 @@ impl Node {
                 let shim = s.spawn::<Shims>(ShimDeps {
                     config: shim_config,
                     sinks: sinks.clone(),
+                    exec_turns,
                 });
                 let image = s.spawn::<Images>(image_backend);
                 let sandbox = s.spawn::<Sandboxes>(SandboxDeps {

@@ -13,6 +13,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
             shim_binary: dir.join("berth-shim"),
             runtimes: Default::default(),
             events_socket: None,
+            max_exec_sync: 16,
         },
         sandbox: crate::sandbox::SandboxConfig {
             state: dir.join("state"),

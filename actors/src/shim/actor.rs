@@ -39,6 +39,8 @@ pub struct ShimConfig {
     pub runtimes: BTreeMap<String, Runtime>,
     /// berthd's events endpoint, where shims publish exits.
     pub events_socket: Option<PathBuf>,
+    /// ExecSync calls running at once on the node; more wait their turn.
+    pub max_exec_sync: usize,
 }
 
 /// Where a task's bundle (and its shim's exit record) lives.
@@ -64,6 +66,8 @@ pub struct ShimDeps {
     pub config: Arc<ShimConfig>,
     /// Where task exits are published (see exits.rs).
     pub sinks: super::exits::ExitSinks,
+    /// Turns of ExecSync (`max_exec_sync`), kept across restarts.
+    pub exec_turns: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Shims {
@@ -78,6 +82,7 @@ pub struct Shims {
     pub(super) buried: BTreeSet<String>,
     /// Tasks being deleted: their shims' end is expected.
     pub(super) deleting: BTreeSet<String>,
+    pub(super) exec_turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl Subsystem for Shims {
@@ -93,6 +98,7 @@ impl Subsystem for Shims {
             clients: HashMap::new(),
             buried: BTreeSet::new(),
             deleting: BTreeSet::new(),
+            exec_turns: deps.exec_turns.clone(),
         })
     }
 

@@ -24,6 +24,9 @@ fn read_capped(path: &Path) -> Vec<u8> {
     out
 }
 
+/// The longest an ExecSync waits for a turn.
+const EXEC_TURN_WAIT: Duration = Duration::from_secs(10);
+
 impl Shims {
     pub(super) fn exec_in_task(&mut self, msg: ExecInTask) -> Reply<Self, ExecOutput> {
         let Some(record) = self.records.get(&msg.id).cloned() else {
@@ -36,7 +39,25 @@ impl Shims {
             return Reply::Now(Err(Error::InvalidArgument("exec: no command".into())));
         }
         let client = self.clients.get(&msg.id).cloned();
+        let turns = self.exec_turns.clone();
         let work = async move {
+            // A turn is waited for at most as long as the command may run.
+            let wait = if msg.timeout.is_zero() {
+                EXEC_TURN_WAIT
+            } else {
+                msg.timeout.min(EXEC_TURN_WAIT)
+            };
+            let _turn = match tokio::time::timeout(wait, turns.acquire_owned()).await {
+                Ok(Ok(turn)) => turn,
+                Ok(Err(_)) => return Err(Error::Unavailable("shutting down".into())),
+                Err(_) => {
+                    return Err(Error::ResourceExhausted(format!(
+                        "ExecSync in container {}: the node's ExecSync calls (daemon.max_exec_sync) stayed busy for {}s",
+                        msg.id,
+                        wait.as_secs_f32()
+                    )))
+                }
+            };
             let bundle = PathBuf::from(&record.bundle);
             let client = match client {
                 Some(c) => c,

@@ -188,6 +188,9 @@ impl Default for Chaos {
 pub struct Daemon {
     pub shutdown_grace_secs: u64,
     pub start_timeout_secs: u64,
+    /// ExecSync calls running at once; more wait (at most their own
+    /// timeout, or 10 s) and then fail with RESOURCE_EXHAUSTED.
+    pub max_exec_sync: usize,
 }
 
 impl Default for Config {
@@ -293,6 +296,7 @@ impl Default for Daemon {
         Daemon {
             shutdown_grace_secs: 10,
             start_timeout_secs: 60,
+            max_exec_sync: 128,
         }
     }
 }
@@ -450,6 +454,9 @@ impl Config {
         }
         if self.daemon.start_timeout_secs == 0 {
             return Err("daemon.start_timeout_secs: must be at least 1".into());
+        }
+        if self.daemon.max_exec_sync == 0 {
+            return Err("daemon.max_exec_sync: must be at least 1".into());
         }
         Ok(())
     }

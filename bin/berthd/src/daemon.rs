@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> Result<()> {
                 state: config.state.clone(),
                 shim_binary: beside_berthd(config.shim.binary.as_ref(), "berth-shim")?,
                 events_socket: Some(events_socket.clone()),
+                max_exec_sync: config.daemon.max_exec_sync,
                 runtimes: runtimes(&config),
             },
             host: host.clone(),
