@@ -317,6 +317,10 @@ fn unpack_layer(
             over: false,
         });
         let applied = unpack::apply(&mut hashed, staging.path());
+        // The rest of the stream (past the tar's end) counts too.
+        let rest = applied
+            .is_ok()
+            .then(|| io::copy(&mut hashed, &mut io::sink()));
         if hashed.inner().over {
             return Err(bomb());
         }
@@ -326,14 +330,8 @@ fn unpack_layer(
             }
             other => other,
         })?;
-        // The rest of the stream (past the tar's end) counts too.
-        let (got, _) = hashed.finish().map_err(|e| {
-            if e.to_string().contains("over the unpack limit") {
-                bomb()
-            } else {
-                corrupt(e)
-            }
-        })?;
+        rest.transpose().map_err(corrupt)?;
+        let (got, _) = hashed.finish().map_err(corrupt)?;
         if got != *diff_id {
             return Err(Error::DataLoss(format!(
                 "layer {} unpacks to {got}, not the diff ID {diff_id} its config names",

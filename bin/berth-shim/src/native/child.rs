@@ -66,8 +66,8 @@ pub struct Child {
     pub stdio: [RawFd; 3],
     /// `cgroup.procs` files, open for writing.
     pub cgroups: Vec<RawFd>,
-    /// `/proc/self/oom_score_adj` and the value to write, best effort.
-    pub oom_score_adj: Option<(CString, Vec<u8>)>,
+    /// The value to write to `/proc/self/oom_score_adj`, best effort.
+    pub oom_score_adj: Option<Vec<u8>>,
     /// Namespace fds and their types, the mount namespace last.
     pub namespaces: Vec<(RawFd, c_int)>,
     pub cwd: CString,
@@ -122,7 +122,8 @@ impl Child {
                     return Err((Stage::Cgroup, errno()));
                 }
             }
-            if let Some((path, value)) = &self.oom_score_adj {
+            if let Some(value) = &self.oom_score_adj {
+                let path = c"/proc/self/oom_score_adj";
                 // As the shim may not lower it (no CAP_SYS_RESOURCE), a
                 // refusal leaves the shim's value, as the runtime would.
                 let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);

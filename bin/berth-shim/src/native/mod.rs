@@ -188,12 +188,7 @@ impl Native {
         let child = Child {
             stdio: stdio.each_ref().map(|f| f.as_raw_fd()),
             cgroups: cgroups.iter().map(|f| f.as_raw_fd()).collect(),
-            oom_score_adj: p.oom_score_adj.map(|v| {
-                (
-                    c"/proc/self/oom_score_adj".to_owned(),
-                    v.to_string().into_bytes(),
-                )
-            }),
+            oom_score_adj: p.oom_score_adj.map(|v| v.to_string().into_bytes()),
             namespaces: namespaces
                 .iter()
                 .map(|(f, k)| (f.as_raw_fd(), *k))

@@ -323,11 +323,19 @@ impl Shared {
         } else {
             Some(fifo::open(&stdin_path, false).map_err(|e| self.exec_failed(exec_id, e))?)
         };
+        // A terminal's output goes to the stdout FIFO, opened before the
+        // process exists so that a caller gone leaves nothing running.
+        let tty_out = if terminal && !stdout.is_empty() {
+            Some(fifo::open(&stdout, true).map_err(|e| self.exec_failed(exec_id, e))?)
+        } else {
+            None
+        };
         let io = ExecIo {
             stdin,
             stdout,
             stderr,
             terminal,
+            tty_out,
         };
         let since = self.reaper.mark();
         let (pid, console) = match self.native_plan(exec_id, &spec) {
@@ -351,6 +359,12 @@ impl Shared {
             Box::new(move |exit| me.process_exited(&id, pid, exit)),
         );
         Ok(pid)
+    }
+
+    /// Copies between an exec's terminal and its FIFOs.
+    fn copy_exec_terminal(&self, exec_id: &str, master: &OwnedFd, io: ExecIo) -> TResult<()> {
+        fifo::copy_terminal(&format!("exec-{exec_id}"), master, io.stdin, io.tty_out)
+            .map_err(|e| self.exec_failed(exec_id, e))
     }
 
     fn exec_failed(&self, exec_id: &str, e: crate::error::ShimError) -> ttrpc::Error {
@@ -420,19 +434,13 @@ impl Shared {
         };
         let failed = |e| status(Code::INTERNAL, format!("{}: {e}", self.name(exec_id)));
         if io.terminal {
-            let tty_out = if io.stdout.is_empty() {
-                None
-            } else {
-                Some(fifo::open(&io.stdout, true).map_err(|e| self.exec_failed(exec_id, e))?)
-            };
             let stdio = crate::native::Stdio {
                 terminal: true,
                 ..Default::default()
             };
             let started = self.native.start(process, init, stdio).map_err(failed)?;
             if let Some(m) = &started.master {
-                fifo::copy_terminal(&format!("exec-{exec_id}"), m, io.stdin, tty_out)
-                    .map_err(|e| self.exec_failed(exec_id, e))?;
+                self.copy_exec_terminal(exec_id, m, io)?;
             }
             return Ok((started.pid, started.master));
         }
@@ -480,11 +488,6 @@ impl Shared {
             pid_file.as_os_str(),
         ];
         let (ran, console) = if io.terminal {
-            let tty_out = if io.stdout.is_empty() {
-                None
-            } else {
-                Some(fifo::open(&io.stdout, true).map_err(|e| self.exec_failed(exec_id, e))?)
-            };
             let listener = UnixListener::bind(&console_socket).map_err(|e| {
                 status(
                     Code::INTERNAL,
@@ -512,8 +515,7 @@ impl Shared {
                 Err(_) => None,
             };
             if let Some(m) = &master {
-                fifo::copy_terminal(&format!("exec-{exec_id}"), m, io.stdin, tty_out)
-                    .map_err(|e| self.exec_failed(exec_id, e))?;
+                self.copy_exec_terminal(exec_id, m, io)?;
             }
             (ran, master)
         } else {
@@ -682,6 +684,8 @@ struct ExecIo {
     stdout: String,
     stderr: String,
     terminal: bool,
+    /// With a terminal: the stdout FIFO, opened.
+    tty_out: Option<File>,
 }
 
 pub(super) fn delete_response(p: &Proc) -> DeleteResponse {
