@@ -328,3 +328,78 @@ async fn a_disk_that_fills_during_a_pull_fails_it_cleanly_and_berthd_goes_on() {
     d.terminate(Duration::from_secs(10));
     drop(disk);
 }
+
+/// Fills the file system holding `dir` with a file in it, to the last
+/// block; returns the file.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).expect("filler");
+    let block = vec![0xa5u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let mut byte = [0u8; 1];
+    while f.write_all(&byte).is_ok() {
+        byte[0] ^= 1;
+    }
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test]
+async fn a_journal_on_a_full_disk_takes_pods_down_but_makes_none_and_recovers_with_space() {
+    let mut n = Node::new("fj", "");
+    let disk = SmallDisk::mount(&n.d.root(), 64);
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let config = |name: &str| pod_config(name, &n.logs());
+    let first = run_pod(&mut rt, config("full-first"))
+        .await
+        .expect("a pod before the disk fills");
+    let second = run_pod(&mut rt, config("full-second"))
+        .await
+        .expect("a pod before the disk fills");
+    let filler = fill(&n.d.root());
+
+    // Nothing new is made: refused before anything of it exists.
+    let err = run_pod(&mut rt, config("full-refused"))
+        .await
+        .expect_err("no pod on a full disk");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(err.message().contains("no space left"), "{err:?}");
+    let names = |pods: &[PodSandbox]| -> Vec<String> {
+        pods.iter()
+            .filter_map(|p| p.metadata.as_ref().map(|m| m.name.clone()))
+            .collect()
+    };
+    let pods = berth_tests::node::list_pods(&mut rt).await;
+    assert_eq!(names(&pods).len(), 2, "{pods:?}");
+
+    // What frees a disk still works: kubelet's eviction stops and removes
+    // pods (the journal's reserve, given back, holds their records).
+    berth_tests::node::remove_pod(&mut rt, &first)
+        .await
+        .expect("a pod removed on a full disk");
+
+    // Space returns: new pods are made again, and nothing was lost or
+    // leaked on the way.
+    std::fs::remove_file(&filler).expect("free the disk");
+    berth_tests::node::remove_pod(&mut rt, &second)
+        .await
+        .expect("remove");
+    let third = run_pod(&mut rt, config("full-third"))
+        .await
+        .expect("a pod once the disk has room");
+    let pods = berth_tests::node::list_pods(&mut rt).await;
+    assert_eq!(names(&pods), ["full-third"], "{pods:?}");
+    berth_tests::node::remove_pod(&mut rt, &third)
+        .await
+        .expect("remove");
+    n.assert_consistent();
+    assert!(
+        n.d.root().join("journal.reserve").exists(),
+        "the reserve taken back"
+    );
+    n.d.terminate(Duration::from_secs(10));
+    drop(disk);
+}

@@ -39,6 +39,12 @@ use std::sync::Arc;
 pub enum JournalError {
     #[error("storage: {0}")]
     Storage(String),
+    /// The disk holding the journal is full. `written` is false when the
+    /// write was refused before anything was stored (the caller's state is
+    /// still the disk's); true when it failed part-way and the outcome is
+    /// unknown.
+    #[error("no space left on the journal's disk: {detail}")]
+    Full { detail: String, written: bool },
     #[error("record {kind}/{key}: {reason}")]
     Corrupt {
         kind: &'static str,
@@ -51,6 +57,14 @@ pub enum JournalError {
         owner: &'static str,
         writer: &'static str,
     },
+}
+
+impl JournalError {
+    /// Whether the owner's state may no longer match the journal: anything
+    /// but a write refused before it started.
+    pub fn uncertain(&self) -> bool {
+        !matches!(self, JournalError::Full { written: false, .. })
+    }
 }
 
 /// The kinds of record, one sled tree each.
@@ -100,6 +114,14 @@ impl Kind {
             Kind::Meta => "meta",
             Kind::Quarantine => "quarantine",
         }
+    }
+
+    /// Whether a new record of this kind stands for something new on the
+    /// node (a pod, container, image, shim, network or mount): such records
+    /// wait while the disk is full. Records kept as things are taken down,
+    /// boots and quarantine do not.
+    pub fn makes_something(self) -> bool {
+        !matches!(self, Kind::NetworkReleased | Kind::Meta | Kind::Quarantine)
     }
 
     /// The only writer of this kind's tree: the actor of the same name, or

@@ -284,7 +284,7 @@ impl<S: Subsystem> Shell<S> {
     /// the actor is restarted, which rebuilds it from the journal.
     fn poisoned<T>(&mut self, r: &Result<T>, ctx: &mut Context<Self>) {
         if let Err(Error::Journal(e)) = r {
-            if self.state.is_some() {
+            if self.state.is_some() && e.uncertain() {
                 tracing::error!(actor = S::NAME, error = %e, "journal failure; restarting the actor to rebuild its state");
                 self.cell.failed_by_itself();
                 self.state = None;

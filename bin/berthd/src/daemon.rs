@@ -60,8 +60,9 @@ pub async fn run(config: Config) -> Result<()> {
     let host = Arc::new(probe_host(&config));
     let events_socket = config.state.join("events.sock");
     let pause_binary = beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?;
-    let journal =
-        SledJournal::open(&config.root.join("journal")).map_err(|e| anyhow!("journal: {e}"))?;
+    let journal = SledJournal::open(&config.root.join("journal"))
+        .map_err(|e| anyhow!("journal: {e}"))?
+        .when_stuck(restart_self);
     let node = Node::start(
         Arc::new(journal),
         NodeConfig {
@@ -421,4 +422,19 @@ fn probe_host(config: &Config) -> HostFacts {
             .map(|(n, r)| (n.as_str(), r.binary.as_path())),
     );
     HostFacts::probe(handlers, config.cgroup.disable_hugetlb_controller)
+}
+
+/// Replaces this berthd with a fresh one, the same program with the same
+/// arguments: the journal's stuck database goes with the process, and the
+/// new berthd rebuilds its state from the journal and the shims as after
+/// a crash (containers run on meanwhile). Returns only if that fails.
+fn restart_self() {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::CString> = std::env::args_os()
+        .filter_map(|a| std::ffi::CString::new(a.as_bytes()).ok())
+        .collect();
+    let exe = c"/proc/self/exe";
+    tracing::warn!(?args, "berthd restarts itself");
+    let Err(e) = nix::unistd::execv(exe, &args);
+    tracing::error!(error = %e, "berthd could not restart itself; the journal stays closed");
 }

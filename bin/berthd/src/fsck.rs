@@ -180,7 +180,11 @@ fn check(j: &Journal, config: &Config) -> Fsck {
             ("netns", allocations.contains(id.as_str()))
         } else if let Some(id) = owner(&pods_dir) {
             ("mount", pods.contains(id.as_str()))
-        } else if m.starts_with(&config.state) || m.starts_with(&config.root) {
+        } else if (m.starts_with(&config.state) && m != config.state)
+            || (m.starts_with(&config.root) && m != config.root)
+        {
+            // The directories themselves may be mount points (a disk of
+            // their own); what is mounted below them is berth's.
             ("mount", false)
         } else {
             continue;

@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod listen;
 
+use berth_actors::journal::JournalError;
 use berth_actors::Error;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -24,6 +25,9 @@ pub fn status(e: Error) -> Status {
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::DataLoss(m) => Status::data_loss(m),
         Error::Internal(m) => Status::internal(m),
+        Error::Journal(j @ JournalError::Full { .. }) => {
+            Status::resource_exhausted(format!("journal: {j}"))
+        }
         Error::Journal(j) => Status::internal(format!("journal: {j}")),
     }
 }
