@@ -7,17 +7,10 @@ use berth_protocol::cri::*;
 use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
 use berth_tests::node::{pod_config, run_pod, Node};
 use berth_tests::registry::Registry;
-use berth_tests::Daemon;
-use std::os::unix::fs::PermissionsExt;
+use berth_tests::{processes_with, script, Daemon};
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::Code;
-
-/// Writes an executable script.
-fn script(path: &Path, body: &str) {
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("script");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-}
 
 /// Adds keys to the `[cni]` table of berthd's configuration.
 fn cni_keys(d: &Daemon, keys: &str) {
@@ -43,19 +36,6 @@ fn state_left(d: &Daemon) -> Vec<String> {
         }
     }
     left
-}
-
-/// Processes whose command line holds `needle`.
-fn processes_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
-        })
-        .count()
 }
 
 #[tokio::test]

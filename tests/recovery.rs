@@ -153,11 +153,9 @@ async fn a_killed_shim_leaves_its_container_exited_with_a_reason_and_nothing_beh
 
     // Removal cleans up what the dead shim left: runtime state, bundle,
     // rootfs.
-    rt.remove_container(RemoveContainerRequest {
-        container_id: ctr.clone(),
-    })
-    .await
-    .expect("RemoveContainer");
+    remove_container(&mut rt, &ctr)
+        .await
+        .expect("RemoveContainer");
     n.assert_consistent();
     remove_pod(&mut rt, &pod).await.expect("remove pod");
     n.assert_consistent();
@@ -680,6 +678,20 @@ fn faulty(path: &std::path::Path, real: &str, trigger: &std::path::Path, when: &
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
 }
 
+/// A pod named `name` under the runtime handler "faulty".
+async fn faulty_pod(
+    rt: &mut RuntimeServiceClient<Channel>,
+    n: &Node,
+    name: &str,
+) -> Result<String, tonic::Status> {
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(pod_config(name, &n.logs())),
+        runtime_handler: "faulty".into(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
 #[tokio::test]
 async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_succeeds() {
     let tools = tempfile::tempdir().expect("tempdir");
@@ -710,28 +722,20 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
     n.d.spawn();
     n.pull().await;
     let mut rt = n.d.runtime().await;
-    let run = |rt: &mut RuntimeServiceClient<Channel>| {
-        let mut rt = rt.clone();
-        let config = pod_config("faulty", &n.logs());
-        async move {
-            rt.run_pod_sandbox(RunPodSandboxRequest {
-                config: Some(config),
-                runtime_handler: "faulty".into(),
-            })
-            .await
-            .map(|r| r.into_inner().pod_sandbox_id)
-        }
-    };
 
     // The CNI plugin dies during ADD: the pod fails and leaves nothing.
     std::fs::write(&cni_trigger, "").expect("trigger");
-    let e = run(&mut rt).await.expect_err("ADD was killed");
+    let e = faulty_pod(&mut rt, &n, "faulty")
+        .await
+        .expect_err("ADD was killed");
     assert!(!cni_trigger.exists(), "the fault fired");
     assert!(e.message().contains("bridge"), "names the plugin: {e:?}");
     n.assert_consistent();
     // runc dies while creating the pause container: likewise.
     std::fs::write(&runc_trigger, "").expect("trigger");
-    let e = run(&mut rt).await.expect_err("runc create was killed");
+    let e = faulty_pod(&mut rt, &n, "faulty")
+        .await
+        .expect_err("runc create was killed");
     assert!(!runc_trigger.exists(), "the fault fired");
     n.assert_consistent();
     let pods = berth_tests::node::list_pods(&mut rt).await;
@@ -739,7 +743,9 @@ async fn runc_or_a_cni_plugin_killed_mid_operation_fails_cleanly_and_a_retry_suc
 
     // Retried, the pod is made; then runc dies running a container (at
     // StartContainer: CreateContainer only defines it).
-    let pod = run(&mut rt).await.expect("RunPodSandbox retried");
+    let pod = faulty_pod(&mut rt, &n, "faulty")
+        .await
+        .expect("RunPodSandbox retried");
     std::fs::write(&runc_trigger, "").expect("trigger");
     let config = container_config("app", &n.image, &["sleep", "1000"]);
     let ctr = create_container(&mut rt, &pod, config)
@@ -931,4 +937,171 @@ async fn fsck_tells_its_own_leaked_ips_from_another_runtimes_in_a_shared_ipam_st
     );
     std::fs::remove_file(store.join(format!("{prefix}251"))).expect("rm");
     n.assert_consistent();
+}
+
+#[tokio::test]
+async fn a_shim_killed_at_each_step_of_create_start_and_exec_fails_that_call_cleanly() {
+    let tools = tempfile::tempdir().expect("tempdir");
+    let t = tools.path();
+    // The shim, killed (with the trigger there) as soon as it serves, so
+    // that berthd's first call finds it dead.
+    berth_tests::script(
+        &t.join("berth-shim"),
+        &format!(
+            "{real} \"$@\"; rc=$?\nif [ $rc -eq 0 ] && [ -e {t}/kill-shim-start ]; then\n  rm -f {t}/kill-shim-start\n  prev=; for a in \"$@\"; do [ \"$prev\" = --bundle ] && b=$a; prev=$a; done\n  kill -9 \"$(cat \"$b/shim.pid\")\"\nfi\nexit $rc",
+            real = berth_tests::bin("berth-shim").display(),
+            t = t.display()
+        ),
+    );
+    // runc, which kills its caller (the shim) on `run` or `exec` with the
+    // trigger there, and goes on orphaned.
+    berth_tests::script(
+        &t.join("runc"),
+        &format!(
+            "for c in run exec; do\n  if [ -e {t}/kill-shim-$c ] && echo \" $* \" | grep -q \" $c \"; then rm -f {t}/kill-shim-$c; kill -9 $PPID; fi\ndone\nexec {real} \"$@\"",
+            real = which("runc"),
+            t = t.display()
+        ),
+    );
+    let trigger =
+        |step: &str| std::fs::write(t.join(format!("kill-shim-{step}")), "").expect("trigger");
+    let fired = |step: &str| {
+        assert!(
+            !t.join(format!("kill-shim-{step}")).exists(),
+            "{step} fired"
+        )
+    };
+    let mut n = Node::new(
+        "rk",
+        &format!(
+            "[shim]\nbinary = \"{}\"\n[runtimes.faulty]\nbinary = \"{}\"\nnative_exec = false\n",
+            t.join("berth-shim").display(),
+            t.join("runc").display()
+        ),
+    );
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let clear = |e: &tonic::Status| {
+        assert_eq!(e.code(), tonic::Code::Unavailable, "{e:?}");
+        assert!(e.message().contains("shim"), "{e:?}");
+    };
+
+    // Create, the pod's pause: the pod fails and leaves nothing.
+    trigger("start");
+    let e = faulty_pod(&mut rt, &n, "shim-create")
+        .await
+        .expect_err("its shim died");
+    fired("start");
+    clear(&e);
+    assert!(list_pods(&mut rt).await.is_empty());
+    n.assert_consistent();
+    let pod = faulty_pod(&mut rt, &n, "shim-create")
+        .await
+        .expect("retried");
+
+    // Create, a container: likewise; the pod goes on.
+    trigger("start");
+    let config = container_config("app", &n.image, &["sleep", "7171"]);
+    let e = create_container(&mut rt, &pod, config.clone())
+        .await
+        .expect_err("its shim died");
+    fired("start");
+    clear(&e);
+    n.assert_consistent();
+
+    // Start: the shim dies as runc runs the container, which runc makes
+    // all the same. The start fails, and what runc made is ended.
+    let ctr = create_container(&mut rt, &pod, config.clone())
+        .await
+        .expect("CreateContainer");
+    trigger("run");
+    let e = start_container(&mut rt, &ctr)
+        .await
+        .expect_err("its shim died");
+    fired("run");
+    clear(&e);
+    let s = container_status(&mut rt, &ctr).await.expect("status");
+    assert_eq!(s.state, ContainerState::ContainerCreated as i32, "{s:?}");
+    eventually(Duration::from_secs(10), "runc's orphan ended", || async {
+        (berth_tests::processes_with("sleep\u{0}7171") == 0).then_some(())
+    })
+    .await;
+    n.assert_consistent();
+    remove_container(&mut rt, &ctr)
+        .await
+        .expect("RemoveContainer");
+    n.assert_consistent();
+    assert_eq!(
+        berth_tests::processes_with("sleep\u{0}7171"),
+        0,
+        "the container ended"
+    );
+
+    // Exec (through runc): the exec fails; the container, its shim gone,
+    // is reported exited.
+    let ctr = create_container(&mut rt, &pod, config.clone())
+        .await
+        .expect("CreateContainer");
+    start_container(&mut rt, &ctr)
+        .await
+        .expect("StartContainer");
+    trigger("exec");
+    let e = rt
+        .exec_sync(ExecSyncRequest {
+            container_id: ctr.clone(),
+            cmd: vec!["true".into()],
+            timeout: 20,
+        })
+        .await
+        .expect_err("its shim died");
+    fired("exec");
+    clear(&e);
+    let s = exited(&mut rt, &ctr).await;
+    assert_eq!(s.exit_code, 255, "{s:?}");
+    n.assert_consistent();
+    remove_pod(&mut rt, &pod).await.expect("remove pod");
+    n.assert_consistent();
+    assert_eq!(
+        berth_tests::processes_with("sleep\u{0}7171"),
+        0,
+        "the containers ended"
+    );
+
+    // Exec started by the shim itself: the shim dies while the exec runs;
+    // the call ends at once instead of at its timeout.
+    let (pod, ctr) = pod_with(&n, &mut rt, "shim-exec", &["sleep", "7171"]).await;
+    let shim = shim_pid(&n, &ctr);
+    let mut call = rt.clone();
+    let id = ctr.clone();
+    let exec = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let r = call
+            .exec_sync(ExecSyncRequest {
+                container_id: id,
+                cmd: vec!["sleep".into(), "30".into()],
+                timeout: 60,
+            })
+            .await;
+        (r, start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    berth_tests::signal(shim, libc::SIGKILL);
+    let (r, took) = exec.await.expect("join");
+    let e = r.expect_err("its shim died");
+    clear(&e);
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    exited(&mut rt, &ctr).await;
+    remove_pod(&mut rt, &pod).await.expect("remove pod");
+    n.assert_consistent();
+    assert_eq!(
+        berth_tests::processes_with("sleep\u{0}7171"),
+        0,
+        "the containers ended"
+    );
+    assert_eq!(
+        berth_tests::processes_with("sleep\u{0}30"),
+        0,
+        "the exec ended"
+    );
 }

@@ -308,6 +308,27 @@ pub fn reap(dir: &Path) {
     }
 }
 
+/// Writes an executable shell script doing `body`.
+pub fn script(path: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+/// How many processes have a command line holding `needle` (arguments
+/// are separated by NUL bytes).
+pub fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .count()
+}
+
 pub fn signal(pid: u32, sig: i32) {
     // SAFETY: kill(2) with a pid this test spawned; no memory is involved.
     let rc = unsafe { libc::kill(pid as i32, sig) };

@@ -461,6 +461,17 @@ pub async fn remove_pod(
 
 /// The pid of a running container's process as the CRI reports it
 /// (verbose status `info.pid`), or 0.
+pub async fn remove_container(
+    rt: &mut RuntimeServiceClient<Channel>,
+    id: &str,
+) -> Result<(), tonic::Status> {
+    rt.remove_container(RemoveContainerRequest {
+        container_id: id.to_string(),
+    })
+    .await
+    .map(|_| ())
+}
+
 pub async fn container_pid(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> u32 {
     let r = rt
         .container_status(ContainerStatusRequest {
