@@ -1,7 +1,7 @@
 //! Faults injected from outside berth: CNI plugins and an OCI runtime
-//! that hang, crash or print garbage, and a disk that fills up during a
-//! pull. Each must end in a clear error, with nothing left behind and
-//! berthd still serving.
+//! that hang, crash or print garbage, a disk that fills up during a pull
+//! or under the journal, and a wall clock that jumps. Each must end in a
+//! clear error, with nothing left behind and berthd still serving.
 
 use berth_protocol::cri::*;
 use berth_tests::image::{Compression, ImageBuilder, LayerBuilder};
@@ -382,4 +382,135 @@ async fn a_journal_on_a_full_disk_takes_pods_down_but_makes_none_and_recovers_wi
     );
     n.d.terminate(Duration::from_secs(10));
     drop(disk);
+}
+
+/// libfaketime, which moves the wall clock of the programs it is loaded
+/// into (Debian's libfaketime package).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// Unix time now, in seconds, by the test's own (true) clock.
+fn true_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn wall_clock_jumps_change_no_timeout_and_lose_nothing() {
+    assert!(Path::new(FAKETIME).exists(), "{FAKETIME} (libfaketime)");
+    let mut n = Node::new("fc", "");
+    // berthd's wall clock (CLOCK_REALTIME) follows the offset in `clock`,
+    // read anew at every call; its monotonic clock is the machine's.
+    let clock = n.d.dir.path().join("clock");
+    let jump = |offset: &str| std::fs::write(&clock, offset).expect("clock");
+    jump("+0");
+    n.d.env = vec![
+        ("LD_PRELOAD".into(), FAKETIME.into()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            clock.display().to_string(),
+        ),
+        ("FAKETIME_NO_CACHE".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let stubborn = ["sh", "-c", "trap '' TERM; while :; do sleep 1; done"];
+    let pod = run_pod(&mut rt, pod_config("clock-a", &n.logs()))
+        .await
+        .expect("pod");
+    let ctr = berth_tests::node::create_container(
+        &mut rt,
+        &pod,
+        berth_tests::node::container_config("stubborn", &n.image, &stubborn),
+    )
+    .await
+    .expect("create");
+    berth_tests::node::start_container(&mut rt, &ctr)
+        .await
+        .expect("start");
+
+    for (offset, seconds) in [("-1d", -86_400), ("+365d", 365 * 86_400)] {
+        jump(offset);
+        // The jump took: a new pod is stamped by the moved clock.
+        let name = format!("clock{seconds}");
+        let other = run_pod(&mut rt, pod_config(&name, &n.logs()))
+            .await
+            .expect("a pod after the jump");
+        let stamped = berth_tests::node::pod_status(&mut rt, &other)
+            .await
+            .expect("status")
+            .created_at
+            / 1_000_000_000;
+        assert!(
+            (stamped - (true_now() + seconds)).abs() < 120,
+            "created at {stamped}, the true time is {}",
+            true_now()
+        );
+        // Timeouts are kept by the monotonic clock: neither cut short nor
+        // stretched by the jump.
+        let start = Instant::now();
+        let err = rt
+            .exec_sync(ExecSyncRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["sleep".into(), "20".into()],
+                timeout: 1,
+            })
+            .await
+            .expect_err("a timeout");
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(6),
+            "{took:?}"
+        );
+        let out = rt
+            .exec_sync(ExecSyncRequest {
+                container_id: ctr.clone(),
+                cmd: vec!["echo".into(), "on time".into()],
+                timeout: 10,
+            })
+            .await
+            .expect("exec")
+            .into_inner();
+        assert_eq!(out.stdout, b"on time\n");
+        berth_tests::node::remove_pod(&mut rt, &other)
+            .await
+            .expect("remove");
+    }
+
+    // A stop's grace period is kept too: the container ignores SIGTERM and
+    // is killed after 2 s, not at once and not after a year.
+    let start = Instant::now();
+    rt.stop_container(StopContainerRequest {
+        container_id: ctr.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("stop");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+
+    // berthd restarts with the clock set back a year: what it kept is
+    // all there, and goes cleanly.
+    n.d.terminate(Duration::from_secs(10));
+    jump("+0");
+    n.d.spawn();
+    let mut rt = n.d.runtime().await;
+    let pods = berth_tests::node::list_pods(&mut rt).await;
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let s = berth_tests::node::container_status(&mut rt, &ctr)
+        .await
+        .expect("status");
+    assert_eq!(s.state, ContainerState::ContainerExited as i32, "{s:?}");
+    berth_tests::node::remove_pod(&mut rt, &pod)
+        .await
+        .expect("remove");
+    n.assert_consistent();
+    assert!(!n.d.log().contains("panicked"), "{}", n.d.log());
 }

@@ -44,6 +44,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// Environment variables berthd is started with, besides the tests'.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -73,6 +75,7 @@ impl Daemon {
         Daemon {
             dir,
             config,
+            env: Vec::new(),
             child: None,
         }
     }
@@ -154,6 +157,7 @@ impl Daemon {
         let child = Command::new(bin("berthd"))
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
