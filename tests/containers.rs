@@ -61,6 +61,28 @@ async fn exited(rt: &mut RuntimeServiceClient<Channel>, id: &str) -> ContainerSt
 }
 
 /// Stops and removes a pod (and so its containers), as kubelet does.
+/// The bytes in ExecSync output files (`exec-*`) under `dir`, outside
+/// mounts.
+fn exec_output_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).map(|m| m.dev()).unwrap_or(0);
+    let mut total = 0;
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() && m.dev() == dev {
+                dirs.push(e.path());
+            } else if m.is_file() && e.file_name().to_string_lossy().starts_with("exec-") {
+                total += m.len();
+            }
+        }
+    }
+    total
+}
+
 async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
     berth_tests::node::remove_pod(rt, pod)
         .await
@@ -249,6 +271,31 @@ async fn the_seed_example_runs_logs_exits_stops_and_is_removed() {
         .expect("exec with a background child")
         .into_inner();
     assert_eq!(out.stdout, b"left\n");
+    // Output is capped so that the answer fits kubelet's 16 MiB messages;
+    // the rest is read and dropped, and none of it reaches the disk, even
+    // from a command that prints without end.
+    let mut big = rt.clone().max_decoding_message_size(16 << 20);
+    let out = big
+        .exec_sync(exec(
+            &["sh", "-c", "yes | head -c 50000000; echo done >&2"],
+            30,
+        ))
+        .await
+        .expect("exec printing 50 MB")
+        .into_inner();
+    assert_eq!(
+        (out.stdout.len(), out.stderr.as_slice(), out.exit_code),
+        ((16 << 20) - 4096 - 5, &b"done\n"[..], 0)
+    );
+    assert!(out.stdout.starts_with(b"y\ny\n"));
+    let mut endless = rt.clone();
+    let request = exec(&["yes"], 3);
+    let call = tokio::spawn(async move { endless.exec_sync(request).await });
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let written = exec_output_bytes(s.d.dir.path());
+    assert!(written < 1 << 20, "{written} bytes of output on disk");
+    let err = call.await.expect("join").expect_err("deadline");
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
 
     rt.stop_container(StopContainerRequest {
         container_id: l.clone(),

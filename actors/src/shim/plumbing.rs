@@ -44,12 +44,12 @@ pub(super) struct Pumps {
 
 pub(super) type Gone = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-fn mkfifo(path: &Path) -> Result<()> {
+pub(super) fn mkfifo(path: &Path) -> Result<()> {
     nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
         .map_err(|e| Error::Internal(format!("mkfifo {}: {e}", path.display())))
 }
 
-fn open_err(p: &Path, e: std::io::Error) -> Error {
+pub(super) fn open_err(p: &Path, e: std::io::Error) -> Error {
     Error::Internal(format!("open {}: {e}", p.display()))
 }
 
