@@ -12,6 +12,7 @@
 pub mod checked;
 pub mod container;
 pub mod error;
+pub mod events;
 pub mod host;
 pub mod ids;
 pub mod image;

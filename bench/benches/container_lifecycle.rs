@@ -2,8 +2,11 @@
 //! StopContainer and RemoveContainer over 100 containers (`sleep 1000` in a
 //! busybox image, one pod per runtime), serially and 10 at a time, and the
 //! whole create → start → stop → remove cycle of each container; ExecSync
-//! round trips (`true`); ListContainers and ListContainerStats with 200
-//! containers in the pod. Beside
+//! round trips (`true`); how long an exit takes to reach a GetContainerEvents
+//! subscriber (50 containers running `true`: from the exit's time, the
+//! container's `finished_at`, to the STOPPED event's arrival);
+//! ListContainers and ListContainerStats with 200 containers in the pod.
+//! Beside
 //!
 //! - the floor, measured in the same run: bare `runc create`, `runc start`,
 //!   `runc kill KILL` and `runc delete` of an equivalent bundle (the same
@@ -30,6 +33,8 @@ const CONTAINERS: usize = 100;
 const WAVE: usize = 10;
 /// ExecSync round trips.
 const EXECS: usize = 200;
+/// Containers whose exit events are timed.
+const EVENTS: usize = 50;
 /// Containers in the pod for the list calls.
 const LISTED: usize = 200;
 /// Calls of each list RPC.
@@ -347,6 +352,59 @@ async fn exec_round_trips(t: &Target) -> Result<Samples, String> {
     ))
 }
 
+fn unix_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Exits to their STOPPED events: `EVENTS` containers running `true`, one
+/// after another, each timed from its exit (the `finished_at` the event
+/// carries) to the event's arrival. None when the runtime has no events.
+async fn event_latencies(t: &Target) -> Result<Option<Samples>, String> {
+    let mut c = client(&t.socket).await;
+    let mut events = match c.get_container_events(GetEventsRequest {}).await {
+        Ok(s) => s.into_inner(),
+        Err(e) if e.code() == tonic::Code::Unimplemented => return Ok(None),
+        Err(e) => return Err(failed(t.who, "GetContainerEvents", "", e)),
+    };
+    let mut latencies = Vec::with_capacity(EVENTS);
+    let begin = Instant::now();
+    for i in 0..EVENTS {
+        let mut config = container_config(&format!("exits-{i}"), &t.image);
+        config.command = vec!["true".into()];
+        let (id, _) = create(&mut c, t.who, &t.pod_id, &t.pod, config).await?;
+        start(&mut c, t.who, &id).await?;
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(10), events.message())
+                .await
+                .map_err(|_| format!("{}: no STOPPED event for {id} within 10 s", t.who))?
+                .map_err(|e| failed(t.who, "GetContainerEvents", "stream", e))?
+                .ok_or_else(|| format!("{}: the event stream ended", t.who))?;
+            let stopped = ContainerEventType::ContainerStoppedEvent as i32;
+            if e.container_id == id && e.container_event_type == stopped {
+                let arrived = unix_nanos();
+                let finished = e
+                    .containers_statuses
+                    .iter()
+                    .find(|s| s.id == id)
+                    .map_or(0, |s| s.finished_at);
+                if finished > 0 {
+                    latencies.push(Duration::from_nanos((arrived - finished).max(0) as u64));
+                }
+                break;
+            }
+        }
+        remove(&mut c, t.who, &id).await?;
+    }
+    Ok(Some(Samples::new(
+        format!("{} exit → STOPPED event", t.who),
+        latencies,
+        begin.elapsed(),
+    )))
+}
+
 /// What the list section measured.
 struct Lists {
     list: Samples,
@@ -495,6 +553,7 @@ struct Measured {
     serial: Vec<Samples>,
     wave: Vec<Samples>,
     exec: Option<Samples>,
+    events: Option<Samples>,
     lists: Option<Lists>,
     errors: Vec<String>,
 }
@@ -508,6 +567,7 @@ impl Measured {
     fn rows(&self) -> Vec<&Samples> {
         let mut rows: Vec<&Samples> = self.serial.iter().chain(self.wave.iter()).collect();
         rows.extend(self.exec.iter());
+        rows.extend(self.events.iter());
         if let Some(l) = &self.lists {
             rows.push(&l.list);
             rows.extend(l.stats.iter());
@@ -581,6 +641,10 @@ async fn measure(who: &'static str, socket: &Path, image: &str, logs: &Path) -> 
             }
             match exec_round_trips(&t).await {
                 Ok(s) => m.exec = Some(s),
+                Err(e) => m.errors.push(e),
+            }
+            match event_latencies(&t).await {
+                Ok(s) => m.events = s,
                 Err(e) => m.errors.push(e),
             }
             match lists(&t).await {
@@ -806,6 +870,7 @@ async fn main() {
             .zip(&c.serial)
             .chain(berth.wave.iter().zip(&c.wave))
             .chain(berth.exec.iter().zip(&c.exec))
+            .chain(berth.events.iter().zip(&c.events))
         {
             println!(
                 "{}: p50 {:.2} ms vs containerd {:.2} ms = {:.2}×",

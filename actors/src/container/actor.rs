@@ -32,6 +32,8 @@ pub struct ContainerDeps {
     pub rootfs_dir: PathBuf,
     /// What this node offers containers (capabilities, hugetlb, rro).
     pub host: Arc<crate::host::HostFacts>,
+    /// Where containers' lifecycle events go.
+    pub events: crate::events::Events,
 }
 
 pub struct Containers {
@@ -233,5 +235,36 @@ impl Containers {
             )));
         }
         Ok(full)
+    }
+}
+
+impl Containers {
+    /// Publishes `kind` for container `id` of pod `pod_id`, with the pod's
+    /// containers as they are now.
+    pub(super) fn publish(&self, id: &str, pod_id: &str, kind: crate::events::Lifecycle) {
+        self.deps.events.publish(|| crate::events::LifecycleEvent {
+            id: id.to_string(),
+            pod_id: pod_id.to_string(),
+            kind,
+            at_unix_nanos: crate::journal::unix_nanos(),
+            sandbox: None,
+            containers: Some(
+                self.records
+                    .iter()
+                    .filter(|r| {
+                        r.sandbox_id == pod_id && r.state != super::store::ContainerState::Creating
+                    })
+                    .cloned()
+                    .collect(),
+            ),
+        });
+    }
+
+    /// Drops the record of a removed container and says so.
+    pub(super) fn forget(&mut self, id: &str) -> Result<()> {
+        if let Some(r) = self.records.remove(id)? {
+            self.publish(id, &r.sandbox_id, crate::events::Lifecycle::Deleted);
+        }
+        Ok(())
     }
 }

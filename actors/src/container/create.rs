@@ -9,6 +9,7 @@ use super::actor::{ContainerDeps, Containers};
 use super::messages::{ContainerConfig, CreateContainer, ImageRun, SpecInputs};
 use super::spec;
 use super::store::{ContainerRecord, ContainerState};
+use crate::events::Lifecycle;
 use crate::image::messages::{ImageStatus, PrepareRootfs, RemoveRootfs};
 use crate::kernel::{patiently, Reply};
 use crate::sandbox::files::PodFiles;
@@ -334,7 +335,9 @@ impl Containers {
             r.pid = made.pid;
             r.stop_signal = made.stop_signal;
             r.cgroups_path = made.cgroups_path;
+            let pod = r.sandbox_id.clone();
             me.records.put(r)?;
+            me.publish(&id, &pod, Lifecycle::Created);
             Ok(id)
         })
     }

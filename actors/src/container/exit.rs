@@ -5,6 +5,7 @@
 
 use super::actor::Containers;
 use super::store::ContainerState;
+use crate::events::Lifecycle;
 use crate::shim::messages::TaskExited;
 use crate::Result;
 
@@ -43,7 +44,9 @@ impl Containers {
         if let Some(note) = note {
             r.message = note;
         }
+        let pod = r.sandbox_id.clone();
         self.records.put(r)?;
+        self.publish(id, &pod, Lifecycle::Stopped);
         Ok(())
     }
 

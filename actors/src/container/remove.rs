@@ -58,7 +58,7 @@ impl Containers {
                     match r {
                         Ok((id, _)) if remove => {
                             me.pending_exits.remove(&id);
-                            me.records.remove(&id)?;
+                            me.forget(&id)?;
                         }
                         Ok((id, Some(e))) => {
                             me.pending_exits.remove(&id);

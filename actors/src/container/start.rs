@@ -4,6 +4,7 @@
 
 use super::actor::Containers;
 use super::store::ContainerState;
+use crate::events::Lifecycle;
 use crate::kernel::Reply;
 use crate::shim::messages::{StartTask, TaskState};
 use crate::{Error, Result};
@@ -61,7 +62,9 @@ impl Containers {
                 r.state = ContainerState::Running;
                 r.pid = pid;
                 r.started_unix_nanos = started;
+                let pod = r.sandbox_id.clone();
                 me.records.put(r)?;
+                me.publish(&full, &pod, Lifecycle::Started);
             }
             // Its exit may have been reported while it was starting.
             me.settle_pending(&full, true)?;

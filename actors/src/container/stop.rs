@@ -96,7 +96,7 @@ impl Containers {
                 };
                 if remove {
                     me.pending_exits.remove(&full);
-                    me.records.remove(&full)?;
+                    me.forget(&full)?;
                     return Ok(());
                 }
                 // The stop's own account of the exit wins over a report.

@@ -133,6 +133,7 @@ async fn rig(step: Step, journal: Arc<dyn Journal>) -> (Rig, Arc<Fakes>) {
         default_log_dir: dir.path().join("pods"),
         rootfs_dir: dir.path().join("rootfs-dir"),
         host: Arc::new(HostFacts::default()),
+        events: Default::default(),
     };
     let (kernel, containers) = Kernel::start(journal.clone(), Duration::from_secs(10), move |s| {
         s.spawn::<Containers>(deps)

@@ -49,6 +49,8 @@ pub struct Node {
     pub image: Handle<Images>,
     pub sandbox: Handle<Sandboxes>,
     pub container: Handle<Containers>,
+    /// Pods' and containers' lifecycle events.
+    pub events: crate::events::Events,
     kernel: Kernel,
 }
 
@@ -119,6 +121,8 @@ impl Node {
             config.host.clone(),
         );
         let sinks = ExitSinks::default();
+        let events = crate::events::Events::default();
+        let published = events.clone();
         let (kernel, (network, shim, image, sandbox, container)) =
             Kernel::start(journal, config.start_timeout, move |s| {
                 let network = s.spawn::<Network>(network_config);
@@ -133,6 +137,7 @@ impl Node {
                     shim: shim.clone().into(),
                     image: image.clone().into(),
                     config: sandbox_config,
+                    events: published.clone(),
                 });
                 let container = s.spawn::<Containers>(ContainerDeps {
                     sandbox: sandbox.clone().into(),
@@ -142,6 +147,7 @@ impl Node {
                     default_log_dir: container_dirs.1,
                     rootfs_dir: container_dirs.2,
                     host,
+                    events: published,
                 });
                 // Task exits go to the two owners of tasks.
                 let _ = sinks.set(vec![sink(&sandbox), sink(&container)]);
@@ -154,6 +160,7 @@ impl Node {
             image,
             sandbox,
             container,
+            events,
             kernel,
         })
     }

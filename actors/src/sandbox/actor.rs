@@ -24,6 +24,8 @@ pub struct SandboxDeps {
     pub shim: Link<Shims>,
     pub image: Link<Images>,
     pub config: SandboxConfig,
+    /// Where pods' lifecycle events go.
+    pub events: crate::events::Events,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,5 +140,19 @@ impl Handles<TaskExited> for Sandboxes {
 
     fn handle(&mut self, msg: TaskExited, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
         Reply::Now(self.task_exited(msg))
+    }
+}
+
+impl Sandboxes {
+    /// Publishes `kind` for the pod as `r` has it.
+    pub(super) fn publish(&self, r: &SandboxRecord, kind: crate::events::Lifecycle) {
+        self.deps.events.publish(|| crate::events::LifecycleEvent {
+            id: r.id.clone(),
+            pod_id: r.id.clone(),
+            kind,
+            at_unix_nanos: crate::journal::unix_nanos(),
+            sandbox: Some(r.clone()),
+            containers: None,
+        });
     }
 }

@@ -10,6 +10,7 @@ use super::messages::{NamespaceMode, PodConfig, RunPodSandbox};
 use super::spec::PauseSpec;
 use super::store::{SandboxRecord, SandboxState};
 use super::validate;
+use crate::events::Lifecycle;
 use crate::image::messages::{EnsureSandboxImage, SandboxImage};
 use crate::kernel::{patiently, Reply};
 use crate::network::messages::{AttachPod, CreateNetns, PodIdentity, RemovePodNetwork};
@@ -274,7 +275,9 @@ impl Sandboxes {
                     record.netns_path = made.netns;
                     record.ips = made.ips;
                     record.pid = made.pid;
-                    me.records.put(record)?;
+                    me.records.put(record.clone())?;
+                    me.publish(&record, Lifecycle::Created);
+                    me.publish(&record, Lifecycle::Started);
                     tracing::info!(sandbox = %id, pod = %name, "pod sandbox ready");
                     // A pause that died while the pod was being made.
                     me.settle_pending(&id)?;

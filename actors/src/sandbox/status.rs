@@ -4,6 +4,7 @@
 use super::actor::Sandboxes;
 use super::messages::{ListPodSandbox, TaskExited};
 use super::store::{SandboxRecord, SandboxState};
+use crate::events::Lifecycle;
 use crate::{Error, Result};
 
 impl Sandboxes {
@@ -46,7 +47,8 @@ impl Sandboxes {
             if r.state == SandboxState::Ready {
                 tracing::warn!(sandbox = %id, "the pause container exited: pod not ready");
                 r.state = SandboxState::NotReady;
-                self.records.put(r)?;
+                self.records.put(r.clone())?;
+                self.publish(&r, Lifecycle::Stopped);
             }
         }
         Ok(())

@@ -6,6 +6,7 @@
 use super::actor::Sandboxes;
 use super::files::PodFiles;
 use super::store::SandboxState;
+use crate::events::Lifecycle;
 use crate::kernel::Reply;
 use crate::network::messages::{DetachPod, RemovePodNetwork};
 use crate::shim::messages::{DeleteTask, StopTask};
@@ -85,7 +86,10 @@ impl Sandboxes {
             // The pod is not ready after a stop either way.
             me.pending_exits.remove(&id);
             if remove && res.is_ok() {
-                me.records.remove(&id)?;
+                if let Some(mut r) = me.records.remove(&id)? {
+                    r.state = SandboxState::NotReady;
+                    me.publish(&r, Lifecycle::Deleted);
+                }
                 tracing::info!(sandbox = %id, "pod sandbox removed");
                 return Ok(());
             }
@@ -95,7 +99,8 @@ impl Sandboxes {
                 // retried.
                 if r.state != SandboxState::NotReady {
                     r.state = SandboxState::NotReady;
-                    me.records.put(r)?;
+                    me.records.put(r.clone())?;
+                    me.publish(&r, Lifecycle::Stopped);
                 }
             }
             res

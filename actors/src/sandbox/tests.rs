@@ -89,6 +89,7 @@ async fn rig(fakes: &Arc<Fakes>, journal: Arc<dyn Journal>) -> Rig {
             cgroup_parent: "/berth-unit".into(),
             runtime_handlers: Default::default(),
         },
+        events: Default::default(),
     };
     let (kernel, sandbox) = Kernel::start(journal.clone(), Duration::from_secs(10), move |s| {
         s.spawn::<Sandboxes>(deps)

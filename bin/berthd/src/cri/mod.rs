@@ -3,6 +3,7 @@
 //! becomes a CRI response. Calls whose issue has not landed answer
 //! UNIMPLEMENTED naming the RPC.
 
+mod events;
 mod image;
 mod runtime;
 mod stream;

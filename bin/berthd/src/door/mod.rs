@@ -52,11 +52,28 @@ impl Drop for InFlight {
     }
 }
 
+/// Woken when the door closes.
+static CLOSED: std::sync::LazyLock<tokio::sync::Notify> =
+    std::sync::LazyLock::new(tokio::sync::Notify::new);
+
+/// Resolves once the door closes (streams that never end by themselves,
+/// such as GetContainerEvents, end then).
+pub async fn closed() {
+    let notified = CLOSED.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    if CLOSING.load(Ordering::SeqCst) {
+        return;
+    }
+    notified.await;
+}
+
 /// Refuses new calls and waits (up to `grace`) for those in flight. Idle
 /// client connections (kubelet keeps one open for good) are not waited for.
 /// Returns how many calls were still running when the grace ran out.
 pub async fn close(grace: Duration) -> usize {
     CLOSING.store(true, Ordering::SeqCst);
+    CLOSED.notify_waiters();
     let deadline = Instant::now() + grace;
     loop {
         let running = IN_FLIGHT.load(Ordering::SeqCst);
