@@ -758,6 +758,34 @@ async fn log_rotation_loses_no_line_and_resources_update_live() {
     remove_pod(&mut rt, &p).await;
 }
 
+/// ListContainerStats for the containers of pod `p`.
+async fn pod_container_stats(
+    rt: &mut RuntimeServiceClient<Channel>,
+    p: &str,
+) -> Vec<ContainerStats> {
+    rt.list_container_stats(ListContainerStatsRequest {
+        filter: Some(ContainerStatsFilter {
+            pod_sandbox_id: p.to_string(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("ListContainerStats")
+    .into_inner()
+    .stats
+}
+
+/// PodSandboxStats of pod `p`.
+async fn pod_stats(rt: &mut RuntimeServiceClient<Channel>, p: &str) -> Option<PodSandboxStats> {
+    rt.pod_sandbox_stats(PodSandboxStatsRequest {
+        pod_sandbox_id: p.to_string(),
+    })
+    .await
+    .expect("PodSandboxStats")
+    .into_inner()
+    .stats
+}
+
 #[tokio::test]
 async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
     let s = setup();
@@ -798,28 +826,13 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
         layer.used_bytes.expect("bytes").value > 0,
         "the container wrote a file"
     );
-    let list = rt
-        .list_container_stats(ListContainerStatsRequest {
-            filter: Some(ContainerStatsFilter {
-                pod_sandbox_id: p.clone(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("ListContainerStats")
-        .into_inner()
-        .stats;
+    let list = pod_container_stats(&mut rt, &p).await;
     assert_eq!(list.len(), 1);
-    let pod_stats = rt
-        .pod_sandbox_stats(PodSandboxStatsRequest {
-            pod_sandbox_id: p.clone(),
-        })
+    let linux = pod_stats(&mut rt, &p)
         .await
-        .expect("PodSandboxStats")
-        .into_inner()
-        .stats
-        .expect("pod stats");
-    let linux = pod_stats.linux.expect("linux");
+        .expect("pod stats")
+        .linux
+        .expect("linux");
     assert_eq!(linux.containers.len(), 1);
     // The pause process, the shell and its sleep.
     assert!(
@@ -831,6 +844,50 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
             .value
             >= 2
     );
+
+    // CPU in nano-cores, from one reading to the next: a container that
+    // spins uses about one core, one that sleeps next to nothing, and the
+    // pod at least what its spinner does.
+    let spinner = running(&mut rt, &p, &s.image, "spinner", |c| {
+        c.command = vec!["sh".into(), "-c".into(), "while :; do :; done".into()];
+    })
+    .await;
+    let nano_cores = |list: &[ContainerStats], id: &str| {
+        list.iter()
+            .find(|s| s.attributes.as_ref().is_some_and(|a| a.id == id))
+            .and_then(|s| s.cpu.as_ref())
+            .and_then(|c| c.usage_nano_cores.as_ref())
+            .map(|v| v.value)
+    };
+    let mut readings = Vec::new();
+    for _ in 0..2 {
+        let containers = pod_container_stats(&mut rt, &p).await;
+        let pod = pod_stats(&mut rt, &p)
+            .await
+            .and_then(|s| s.linux)
+            .and_then(|l| l.cpu)
+            .and_then(|c| c.usage_nano_cores)
+            .map(|v| v.value);
+        readings.push((
+            nano_cores(&containers, &spinner),
+            nano_cores(&containers, &c),
+            pod,
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let (first, second) = (readings[0], readings[1]);
+    assert_eq!(first.0, None, "no rate from one reading");
+    let (spin, idle, pod) = (
+        second.0.expect("the spinner's rate"),
+        second.1.expect("the sleeper's rate"),
+        second.2.expect("the pod's rate"),
+    );
+    assert!(
+        (500_000_000..=1_100_000_000).contains(&spin),
+        "spinner {spin}"
+    );
+    assert!(idle < 50_000_000, "sleeper {idle}");
+    assert!(pod + 50_000_000 >= spin, "pod {pod}, spinner {spin}");
 
     // Over its memory limit: OOMKilled.
     let hog = running(&mut rt, &p, &s.image, "hog", |c| {

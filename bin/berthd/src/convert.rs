@@ -1,6 +1,7 @@
 //! Conversions between CRI messages and actor messages and replies. The
 //! handlers call these and nothing else of the CRI's shapes.
 
+use crate::rates::CpuRates;
 use berth_actors::image::messages::{FsUsage, ImageInfo};
 use berth_actors::image::registry::Credentials;
 use berth_actors::Error;
@@ -553,10 +554,11 @@ fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
 }
 
-fn cpu(s: &CgroupStats) -> cri::CpuUsage {
+fn cpu(key: &str, s: &CgroupStats, rates: &CpuRates) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: s.timestamp_unix_nanos,
         usage_core_nano_seconds: u64v(s.cpu_usage_core_nanos),
+        usage_nano_cores: u64v(rates.rate(key, s.cpu_usage_core_nanos)),
         ..Default::default()
     }
 }
@@ -573,7 +575,7 @@ fn memory(s: &CgroupStats) -> cri::MemoryUsage {
     }
 }
 
-pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
+pub fn container_stats(u: &ContainerUsage, rates: &CpuRates) -> cri::ContainerStats {
     let r = &u.record;
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
@@ -585,7 +587,7 @@ pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
             labels: r.config.labels.clone().into_iter().collect(),
             annotations: r.config.annotations.clone().into_iter().collect(),
         }),
-        cpu: Some(cpu(&u.cgroup)),
+        cpu: Some(cpu(&r.id, &u.cgroup, rates)),
         memory: Some(memory(&u.cgroup)),
         writable_layer: Some(cri::FilesystemUsage {
             timestamp: u.cgroup.timestamp_unix_nanos,
@@ -599,7 +601,7 @@ pub fn container_stats(u: &ContainerUsage) -> cri::ContainerStats {
     }
 }
 
-pub fn pod_stats(p: &PodUsage) -> cri::PodSandboxStats {
+pub fn pod_stats(p: &PodUsage, rates: &CpuRates) -> cri::PodSandboxStats {
     let r = &p.sandbox;
     cri::PodSandboxStats {
         attributes: Some(cri::PodSandboxAttributes {
@@ -609,13 +611,17 @@ pub fn pod_stats(p: &PodUsage) -> cri::PodSandboxStats {
             annotations: r.config.annotations.clone().into_iter().collect(),
         }),
         linux: Some(cri::LinuxPodSandboxStats {
-            cpu: Some(cpu(&p.total)),
+            cpu: Some(cpu(&r.id, &p.total, rates)),
             memory: Some(memory(&p.total)),
             process: Some(cri::ProcessUsage {
                 timestamp: p.total.timestamp_unix_nanos,
                 process_count: u64v(p.total.pids),
             }),
-            containers: p.containers.iter().map(container_stats).collect(),
+            containers: p
+                .containers
+                .iter()
+                .map(|c| container_stats(c, rates))
+                .collect(),
             ..Default::default()
         }),
         windows: None,

@@ -15,7 +15,7 @@ mod fsck;
 mod recover;
 mod stream;
 
-use berthd::{config, convert};
+use berthd::{config, convert, rates};
 use clap::Parser;
 use config::Config;
 use std::path::PathBuf;

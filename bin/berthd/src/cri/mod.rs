@@ -22,6 +22,8 @@ pub struct Cri {
     host: Arc<HostFacts>,
     /// Where Exec, Attach and PortForward's URLs lead.
     stream: berth_stream::StreamServer,
+    /// CPU readings, for usage in nano-cores.
+    rates: Arc<crate::rates::CpuRates>,
 }
 
 impl Cri {
@@ -36,6 +38,7 @@ impl Cri {
             config,
             host,
             stream,
+            rates: Default::default(),
         }
     }
 }

@@ -350,7 +350,9 @@ impl RuntimeService for Cri {
             };
             let usage = self.node.container.call(msg).await?;
             Ok(ContainerStatsResponse {
-                stats: usage.first().map(convert::container_stats),
+                stats: usage
+                    .first()
+                    .map(|u| convert::container_stats(u, &self.rates)),
             })
         })
         .await
@@ -364,7 +366,10 @@ impl RuntimeService for Cri {
         serve("ListContainerStats", async {
             let usage = self.node.container.call(msg).await?;
             Ok(ListContainerStatsResponse {
-                stats: usage.iter().map(convert::container_stats).collect(),
+                stats: usage
+                    .iter()
+                    .map(|u| convert::container_stats(u, &self.rates))
+                    .collect(),
             })
         })
         .await
@@ -378,7 +383,10 @@ impl RuntimeService for Cri {
         serve("StreamContainerStats", async {
             let usage = self.node.container.call(msg).await?;
             Ok(feed(&usage, |c| StreamContainerStatsResponse {
-                container_stats: c.iter().map(convert::container_stats).collect(),
+                container_stats: c
+                    .iter()
+                    .map(|u| convert::container_stats(u, &self.rates))
+                    .collect(),
             }))
         })
         .await
@@ -396,7 +404,7 @@ impl RuntimeService for Cri {
             };
             let usage = self.node.container.call(msg).await?;
             Ok(PodSandboxStatsResponse {
-                stats: usage.first().map(convert::pod_stats),
+                stats: usage.first().map(|p| convert::pod_stats(p, &self.rates)),
             })
         })
         .await
@@ -410,7 +418,10 @@ impl RuntimeService for Cri {
         serve("ListPodSandboxStats", async {
             let usage = self.node.container.call(msg).await?;
             Ok(ListPodSandboxStatsResponse {
-                stats: usage.iter().map(convert::pod_stats).collect(),
+                stats: usage
+                    .iter()
+                    .map(|p| convert::pod_stats(p, &self.rates))
+                    .collect(),
             })
         })
         .await
@@ -424,7 +435,10 @@ impl RuntimeService for Cri {
         serve("StreamPodSandboxStats", async {
             let usage = self.node.container.call(msg).await?;
             Ok(feed(&usage, |c| StreamPodSandboxStatsResponse {
-                pod_sandbox_stats: c.iter().map(convert::pod_stats).collect(),
+                pod_sandbox_stats: c
+                    .iter()
+                    .map(|p| convert::pod_stats(p, &self.rates))
+                    .collect(),
             }))
         })
         .await
