@@ -178,3 +178,84 @@ async fn a_pod_reaches_beyond_the_node_through_berths_masquerade() {
         "the jump to {chain} is gone"
     );
 }
+
+#[tokio::test]
+async fn kubelets_pod_cidr_reaches_cni_and_outlives_a_restart() {
+    let mut n = Node::new("pc", "");
+    // The node's bridge takes its range from the runtime config alone
+    // (host-local adds the ranges it is given to any of its own).
+    let file = n.d.cni_dir().join("10-node.conflist");
+    let mut conf: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("conflist")).expect("json");
+    conf["plugins"][0]["capabilities"] = serde_json::json!({"ipRanges": true});
+    if let Some(ipam) = conf["plugins"][0]["ipam"].as_object_mut() {
+        ipam.remove("ranges");
+    }
+    std::fs::write(&file, conf.to_string()).expect("conflist");
+    n.d.spawn();
+    n.pull().await;
+    let mut rt = n.d.runtime().await;
+    let set = |cidr: &str| UpdateRuntimeConfigRequest {
+        runtime_config: Some(RuntimeConfig {
+            network_config: Some(NetworkConfig {
+                pod_cidr: cidr.into(),
+            }),
+        }),
+    };
+    for bad in ["10.0.0.0/33", "10.0.0.0", "10.1.0.0/24,10.2.0.0/24", "x/8"] {
+        let err = rt
+            .update_runtime_config(set(bad))
+            .await
+            .expect_err("a bad CIDR");
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().contains("pod_cidr"), "{err:?}");
+    }
+    let third = std::process::id() % 250;
+    let cidr = format!("10.252.{third}.16/28");
+    rt.update_runtime_config(set(&cidr))
+        .await
+        .expect("UpdateRuntimeConfig");
+    let in_cidr = |ip: &str| {
+        ip.strip_prefix(&format!("10.252.{third}."))
+            .and_then(|last| last.parse::<u8>().ok())
+            .is_some_and(|last| (17..31).contains(&last))
+    };
+    let pod_ip = |rt: &mut berth_protocol::cri::runtime_service_client::RuntimeServiceClient<
+        tonic::transport::Channel,
+    >,
+                  id: String| {
+        let mut rt = rt.clone();
+        async move {
+            rt.pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: id,
+                verbose: false,
+            })
+            .await
+            .expect("PodSandboxStatus")
+            .into_inner()
+            .status
+            .and_then(|s| s.network)
+            .map(|n| n.ip)
+            .unwrap_or_default()
+        }
+    };
+    let first = run_pod(&mut rt, pod_config("cidr-a", &n.logs()))
+        .await
+        .expect("RunPodSandbox");
+    let ip = pod_ip(&mut rt, first.clone()).await;
+    assert!(in_cidr(&ip), "{ip} in {cidr}");
+
+    // Kept across a restart.
+    n.d.terminate(Duration::from_secs(10));
+    n.d.spawn();
+    let mut rt = n.d.runtime().await;
+    let second = run_pod(&mut rt, pod_config("cidr-b", &n.logs()))
+        .await
+        .expect("RunPodSandbox after a restart");
+    let ip = pod_ip(&mut rt, second.clone()).await;
+    assert!(in_cidr(&ip), "{ip} in {cidr}");
+    for id in [first, second] {
+        remove_pod(&mut rt, &id).await.expect("remove");
+    }
+    n.assert_consistent();
+}

@@ -231,6 +231,7 @@ async fn floor(pause_rootfs: &Path, work: &Path, n: usize) -> [Samples; 4] {
             args: vec![("IgnoreUnknown".into(), "1".into())],
             port_mappings: vec![],
             bandwidth: None,
+            ip_ranges: vec![],
         };
         let t = Instant::now();
         let result = plugins.add(&list, &a).await.expect("CNI ADD");

@@ -77,6 +77,8 @@ pub enum Kind {
     /// Pods whose network was released (CNI DEL succeeded), kept a while
     /// so that fsck can tell this berthd's IPs from another's.
     NetworkReleased,
+    /// The node's network settings from kubelet (the pod CIDR).
+    NetworkSettings,
     Shim,
     /// Containers' root filesystems (overlay mounts), kept by the image
     /// actor.
@@ -89,12 +91,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Sandbox,
         Kind::Container,
         Kind::Image,
         Kind::NetworkAllocation,
         Kind::NetworkReleased,
+        Kind::NetworkSettings,
         Kind::Shim,
         Kind::Rootfs,
         Kind::Meta,
@@ -109,6 +112,7 @@ impl Kind {
             Kind::Image => "image",
             Kind::NetworkAllocation => "network",
             Kind::NetworkReleased => "network-released",
+            Kind::NetworkSettings => "network-settings",
             Kind::Shim => "shim",
             Kind::Rootfs => "rootfs",
             Kind::Meta => "meta",
@@ -121,7 +125,10 @@ impl Kind {
     /// wait while the disk is full. Records kept as things are taken down,
     /// boots and quarantine do not.
     pub fn makes_something(self) -> bool {
-        !matches!(self, Kind::NetworkReleased | Kind::Meta | Kind::Quarantine)
+        !matches!(
+            self,
+            Kind::NetworkReleased | Kind::NetworkSettings | Kind::Meta | Kind::Quarantine
+        )
     }
 
     /// The only writer of this kind's tree: the actor of the same name, or
@@ -130,7 +137,7 @@ impl Kind {
         match self {
             Kind::Meta | Kind::Quarantine => "kernel",
             Kind::Rootfs => "image",
-            Kind::NetworkReleased => "network",
+            Kind::NetworkReleased | Kind::NetworkSettings => "network",
             kind => kind.name(),
         }
     }

@@ -4,7 +4,9 @@
 
 use super::cni::Plugins;
 use super::messages::*;
-use super::store::{NetworkAllocation, ReleasedAllocation, RELEASED_KEPT};
+use super::store::{
+    NetworkAllocation, NetworkSettings, ReleasedAllocation, RELEASED_KEPT, SETTINGS_KEY,
+};
 use crate::journal::{Journal, Table};
 use crate::kernel::{Cx, Handles, Reply, Shell, Subsystem};
 use crate::Result;
@@ -56,6 +58,8 @@ pub struct Network {
     pub(super) allocations: Table<NetworkAllocation>,
     /// Pods whose network was released, newest [`RELEASED_KEPT`].
     pub(super) released: Table<ReleasedAllocation>,
+    /// What kubelet said of the node's network (UpdateRuntimeConfig).
+    pub(super) settings: Table<NetworkSettings>,
     pub(super) config: NetworkConfig,
     /// Pods whose namespace or CNI ADD is under way: a DEL now would race
     /// the ADD, so it waits (Unavailable, retried by the caller).
@@ -75,6 +79,7 @@ impl Subsystem for Network {
         Ok(Network {
             allocations: Table::open(journal, Self::NAME)?,
             released: Table::open(journal, Self::NAME)?,
+            settings: Table::open(journal, Self::NAME)?,
             config: deps.clone(),
             busy: Default::default(),
             masquerading: false,
@@ -123,6 +128,31 @@ impl Network {
                 }
             }),
         );
+    }
+}
+
+impl Network {
+    /// The node's pod CIDRs, as kubelet last gave them.
+    pub(super) fn pod_cidrs(&self) -> Vec<String> {
+        self.settings
+            .get(SETTINGS_KEY)
+            .map(|s| s.pod_cidrs.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Handles<SetPodCidrs> for Network {
+    type Output = ();
+
+    fn handle(&mut self, msg: SetPodCidrs, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        if self.pod_cidrs() == msg.cidrs {
+            return Reply::Now(Ok(()));
+        }
+        tracing::info!(cidrs = ?msg.cidrs, "the node's pod CIDRs changed");
+        let r = self.settings.put(NetworkSettings {
+            pod_cidrs: msg.cidrs,
+        });
+        Reply::Now(r.map_err(Into::into))
     }
 }
 

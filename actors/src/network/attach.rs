@@ -30,6 +30,7 @@ impl Network {
             attached: false,
             removed: false,
             port_mappings: Vec::new(),
+            ip_ranges: Vec::new(),
         };
         // Journalled before the namespace exists: recovery removes a
         // namespace nobody finished with.
@@ -84,6 +85,7 @@ impl Network {
         record.list = list.to_json();
         record.args = args.clone();
         record.port_mappings = msg.port_mappings.clone();
+        record.ip_ranges = self.pod_cidrs();
         if let Err(e) = self.allocations.put(record.clone()) {
             return Reply::Now(Err(e.into()));
         }
@@ -95,6 +97,7 @@ impl Network {
             args,
             port_mappings: msg.port_mappings,
             bandwidth: msg.bandwidth,
+            ip_ranges: record.ip_ranges.clone(),
         };
         let plugins = self.config.plugins();
         let work = async move {
@@ -150,6 +153,7 @@ impl Network {
             args: record.args.clone(),
             port_mappings: record.port_mappings.clone(),
             bandwidth: None,
+            ip_ranges: record.ip_ranges.clone(),
         }
     }
 }

@@ -136,6 +136,8 @@ pub struct Attachment {
     pub args: Vec<(String, String)>,
     pub port_mappings: Vec<PortMapping>,
     pub bandwidth: Option<Bandwidth>,
+    /// The node's pod CIDRs (the `ipRanges` capability).
+    pub ip_ranges: Vec<String>,
 }
 
 /// Where plugin binaries are looked up.
@@ -306,6 +308,14 @@ impl Plugins {
             }
             runtime.insert("bandwidth".into(), Value::Object(b));
         }
+        if caps.get("ipRanges") == Some(&json!(true)) && !a.ip_ranges.is_empty() {
+            let sets: Vec<Value> = a
+                .ip_ranges
+                .iter()
+                .map(|cidr| json!([{ "subnet": cidr }]))
+                .collect();
+            runtime.insert("ipRanges".into(), json!(sets));
+        }
         if !runtime.is_empty() {
             obj.insert("runtimeConfig".into(), Value::Object(runtime));
         }
@@ -450,6 +460,7 @@ mod tests {
                 host_ip: String::new(),
             }],
             bandwidth: None,
+            ip_ranges: vec!["10.9.0.0/24".into(), "fd09::/64".into()],
         };
         let prev = json!({"ips": []});
         let bridge = Plugins::plugin_conf(&list, &list.plugins[0], &a, &Value::Null);
@@ -462,6 +473,14 @@ mod tests {
         );
         assert_eq!(portmap["prevResult"], prev);
         assert_eq!(portmap["cniVersion"], "1.0.0");
+        // The pod CIDRs go only to a plugin that declares ipRanges.
+        assert!(portmap["runtimeConfig"].get("ipRanges").is_none());
+        let ranged = json!({"type": "bridge", "capabilities": {"ipRanges": true}});
+        let conf = Plugins::plugin_conf(&list, &ranged, &a, &Value::Null);
+        assert_eq!(
+            conf["runtimeConfig"]["ipRanges"],
+            json!([[{"subnet": "10.9.0.0/24"}], [{"subnet": "fd09::/64"}]])
+        );
     }
 
     /// Real plugins from containernetworking-plugins (bin/setup installs
@@ -496,6 +515,7 @@ mod tests {
             args: vec![("IgnoreUnknown".into(), "1".into())],
             port_mappings: vec![],
             bandwidth: None,
+            ip_ranges: vec![],
         };
         let result = plugins.add(&list, &a).await.expect("ADD");
         let ips = pod_ips(&result);

@@ -81,3 +81,14 @@ pub struct RemovePodNetwork {
 impl Message for RemovePodNetwork {
     type Result = Result<()>;
 }
+
+/// The node's pod CIDRs from kubelet (UpdateRuntimeConfig), checked by the
+/// caller: from now on passed to CNI plugins that declare `ipRanges`.
+#[derive(Debug, Clone)]
+pub struct SetPodCidrs {
+    pub cidrs: Vec<String>,
+}
+
+impl Message for SetPodCidrs {
+    type Result = Result<()>;
+}

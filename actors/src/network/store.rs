@@ -35,6 +35,9 @@ pub struct NetworkAllocation {
     /// The port mappings ADD configured (DEL passes them again).
     #[serde(default)]
     pub port_mappings: Vec<super::cni::PortMapping>,
+    /// The pod CIDRs ADD passed as `ipRanges` (DEL passes them again).
+    #[serde(default)]
+    pub ip_ranges: Vec<String>,
 }
 
 impl Record for NetworkAllocation {
@@ -65,5 +68,26 @@ impl Record for ReleasedAllocation {
 
     fn key(&self) -> String {
         self.sandbox_id.clone()
+    }
+}
+
+/// The node's network settings kubelet gave (UpdateRuntimeConfig), kept
+/// across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSettings {
+    /// The node's pod CIDRs (one per address family), passed to CNI
+    /// plugins that declare the `ipRanges` capability.
+    pub pod_cidrs: Vec<String>,
+}
+
+/// The one key of [`NetworkSettings`].
+pub const SETTINGS_KEY: &str = "node";
+
+impl Record for NetworkSettings {
+    const KIND: Kind = Kind::NetworkSettings;
+    const VERSION: u32 = 1;
+
+    fn key(&self) -> String {
+        SETTINGS_KEY.to_string()
     }
 }

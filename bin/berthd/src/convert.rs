@@ -683,6 +683,40 @@ pub fn without_env_values(req: &cri::CreateContainerRequest) -> cri::CreateConta
     req
 }
 
+/// The node's pod CIDRs in an UpdateRuntimeConfig (`pod_cidr`: one, or
+/// one per address family separated by a comma); none clears them.
+pub fn pod_cidrs(c: Option<cri::RuntimeConfig>) -> Result<Vec<String>, Error> {
+    let text = c
+        .and_then(|c| c.network_config)
+        .map(|n| n.pod_cidr)
+        .unwrap_or_default();
+    let field = "runtime_config.network_config.pod_cidr";
+    let cidrs: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if cidrs.len() > 2 {
+        return Err(Error::InvalidArgument(format!(
+            "{field}: at most one CIDR per address family, not {}",
+            cidrs.len()
+        )));
+    }
+    let mut families = Vec::new();
+    for cidr in &cidrs {
+        let (addr, _) = berth_actors::network::masquerade::parse_cidr(cidr)
+            .map_err(|e| Error::InvalidArgument(format!("{field}: {e}")))?;
+        if families.contains(&addr.is_ipv4()) {
+            return Err(Error::InvalidArgument(format!(
+                "{field}: {text:?} has two CIDRs of one address family"
+            )));
+        }
+        families.push(addr.is_ipv4());
+    }
+    Ok(cidrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,5 +737,33 @@ mod tests {
         assert!(logged.contains("DB_PASSWORD"), "{logged}");
         assert!(!logged.contains("hunter2"), "{logged}");
         assert_eq!(req.config.expect("config").envs[0].value, "hunter2");
+    }
+
+    #[test]
+    fn pod_cidrs_one_per_family() {
+        let cidrs = |text: &str| {
+            pod_cidrs(Some(cri::RuntimeConfig {
+                network_config: Some(cri::NetworkConfig {
+                    pod_cidr: text.into(),
+                }),
+            }))
+        };
+        assert_eq!(cidrs(""), Ok(vec![]));
+        assert_eq!(pod_cidrs(None), Ok(vec![]));
+        assert_eq!(
+            cidrs("10.244.1.0/24, fd00:1::/64"),
+            Ok(vec!["10.244.1.0/24".to_string(), "fd00:1::/64".to_string()])
+        );
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.0",
+            "10.1.0.0/24,10.2.0.0/24",
+            "a,b,c",
+        ] {
+            assert!(
+                matches!(cidrs(bad), Err(Error::InvalidArgument(m)) if m.contains("pod_cidr")),
+                "{bad}"
+            );
+        }
     }
 }

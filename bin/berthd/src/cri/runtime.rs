@@ -609,6 +609,23 @@ impl RuntimeService for Cri {
     type StreamPodSandboxStatsStream = Feed<StreamPodSandboxStatsResponse>;
     type GetContainerEventsStream = Feed<ContainerEventResponse>;
 
+    async fn update_runtime_config(
+        &self,
+        request: Request<UpdateRuntimeConfigRequest>,
+    ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+        let req = request.into_inner();
+        tracing::debug!(request = ?req, "UpdateRuntimeConfig request");
+        serve("UpdateRuntimeConfig", async {
+            let cidrs = convert::pod_cidrs(req.runtime_config)?;
+            self.node
+                .network
+                .call(berth_actors::network::messages::SetPodCidrs { cidrs })
+                .await?;
+            Ok(UpdateRuntimeConfigResponse {})
+        })
+        .await
+    }
+
     async fn get_container_events(
         &self,
         _request: Request<GetEventsRequest>,
@@ -618,7 +635,6 @@ impl RuntimeService for Cri {
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
     unimplemented_rpcs! {
-        update_runtime_config(UpdateRuntimeConfigRequest) -> UpdateRuntimeConfigResponse = "UpdateRuntimeConfig";
         checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
