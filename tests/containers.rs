@@ -1335,3 +1335,116 @@ async fn exec_sync_calls_beyond_the_node_bound_wait_their_turn() {
         .expect("remove");
     n.assert_consistent();
 }
+
+#[tokio::test]
+async fn pod_level_resources_reach_the_pods_own_cgroup() {
+    let n = Node::running("pr", "").await;
+    let mut rt = n.d.runtime().await;
+    // A pod in a cgroup of its own, as kubelet places pods.
+    let parent = format!("{}/podresize", n.cgroup_parent);
+    let mut config = pod_config("resized", &n.logs());
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .cgroup_parent = parent.clone();
+    let p = run_pod(&mut rt, config).await.expect("RunPodSandbox");
+    let limits = |memory: i64| LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 50_000,
+        cpu_shares: 512,
+        memory_limit_in_bytes: memory,
+        ..Default::default()
+    };
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: p.clone(),
+        overhead: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 20,
+            ..Default::default()
+        }),
+        resources: Some(limits(256 << 20)),
+    })
+    .await
+    .expect("UpdatePodSandboxResources");
+    let cgroup = |controller: &str, file: &str| {
+        let v1 = format!("/sys/fs/cgroup/{controller}{parent}/{file}");
+        std::fs::read_to_string(&v1)
+            .unwrap_or_else(|e| panic!("{v1}: {e}"))
+            .trim()
+            .to_string()
+    };
+    if berth_actors::host::cgroup_unified() {
+        let v2 = |file: &str| {
+            std::fs::read_to_string(format!("/sys/fs/cgroup{parent}/{file}"))
+                .expect(file)
+                .trim()
+                .to_string()
+        };
+        assert_eq!(v2("memory.max"), ((257u64) << 20).to_string());
+        assert_eq!(v2("cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(
+            cgroup("memory", "memory.limit_in_bytes"),
+            ((257u64) << 20).to_string(),
+            "the pod's limit with its overhead"
+        );
+        assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    }
+
+    // Bad values and unknown pods are refused, and change nothing.
+    let err = rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: p.clone(),
+            overhead: None,
+            resources: Some(LinuxContainerResources {
+                cpu_period: 1,
+                ..limits(128 << 20)
+            }),
+        })
+        .await
+        .expect_err("cpu_period 1");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("resources"), "{err:?}");
+    let err = rt
+        .update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+            pod_sandbox_id: "0123456789ab".into(),
+            overhead: None,
+            resources: Some(limits(128 << 20)),
+        })
+        .await
+        .expect_err("no such pod");
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    if !berth_actors::host::cgroup_unified() {
+        assert_eq!(
+            cgroup("memory", "memory.limit_in_bytes"),
+            ((257u64) << 20).to_string()
+        );
+    }
+
+    // A pod under berth's shared parent has no cgroup of its own: its
+    // resources are recorded, the shared parent is left alone.
+    let shared = run_pod(&mut rt, pod_config("shared", &n.logs()))
+        .await
+        .expect("RunPodSandbox");
+    let shared_limit = || {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/memory{}/memory.limit_in_bytes",
+            n.cgroup_parent
+        ))
+        .ok()
+    };
+    let before = shared_limit();
+    rt.update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest {
+        pod_sandbox_id: shared.clone(),
+        overhead: None,
+        resources: Some(limits(64 << 20)),
+    })
+    .await
+    .expect("recorded");
+    let after = shared_limit();
+    assert_eq!(before, after);
+    for id in [p, shared] {
+        remove_pod(&mut rt, &id).await;
+    }
+    n.assert_consistent();
+}

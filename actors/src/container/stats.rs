@@ -123,7 +123,7 @@ pub fn dir_usage(path: &Path) -> (u64, u64) {
 
 /// The cgroups path as a path relative to a hierarchy's mount. `..` is
 /// refused: it could name a directory outside the cgroup tree.
-fn relative(cgroups_path: &str) -> Result<PathBuf> {
+pub(crate) fn relative(cgroups_path: &str) -> Result<PathBuf> {
     let mut rel = PathBuf::new();
     for c in Path::new(cgroups_path).components() {
         match c {

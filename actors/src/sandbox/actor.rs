@@ -115,6 +115,14 @@ impl Handles<RemovePodSandbox> for Sandboxes {
     }
 }
 
+impl Handles<UpdatePodResources> for Sandboxes {
+    type Output = ();
+
+    fn handle(&mut self, msg: UpdatePodResources, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.update_resources(msg)
+    }
+}
+
 impl Handles<PodSandboxStatus> for Sandboxes {
     type Output = SandboxRecord;
 

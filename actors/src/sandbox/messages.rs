@@ -80,6 +80,10 @@ pub struct PodConfig {
     pub cgroup_parent: String,
     pub sysctls: BTreeMap<String, String>,
     pub security: PodSecurity,
+    /// Pod-level resources (kubelet's, and as UpdatePodSandboxResources
+    /// changes them).
+    #[serde(default)]
+    pub resources: Option<crate::container::messages::Resources>,
 }
 
 /// Runs a pod (CRI RunPodSandbox): answers its ID.
@@ -140,3 +144,15 @@ impl Message for ListPodSandbox {
 }
 
 pub use crate::shim::messages::TaskExited;
+
+/// New pod-level resources for a pod (CRI UpdatePodSandboxResources),
+/// checked by the caller.
+#[derive(Debug, Clone)]
+pub struct UpdatePodResources {
+    pub id: String,
+    pub resources: crate::container::messages::Resources,
+}
+
+impl Message for UpdatePodResources {
+    type Result = Result<()>;
+}

@@ -5,6 +5,7 @@ pub mod files;
 pub mod messages;
 pub mod recover;
 mod remove;
+pub mod resize;
 mod run;
 pub mod spec;
 mod status;

@@ -166,16 +166,22 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
         });
     }
     let linux = c.linux.unwrap_or_default();
-    // Pod-level resources are not applied to the pod's cgroup yet; they
-    // are still checked like a container's.
-    for (field, r) in [
-        ("pod resources", &linux.resources),
-        ("pod overhead", &linux.overhead),
-    ] {
-        if let Some(r) = r {
-            berth_actors::container::validate::resources(field, &resources(r.clone()))?;
-        }
-    }
+    // Pod-level resources are kept with the pod (kubelet sizes its
+    // cgroup); checked like a container's.
+    let pod_resources = match linux.resources.clone() {
+        Some(r) => Some(pod_resources(
+            "config.linux.",
+            Some(r),
+            linux.overhead.clone(),
+        )?),
+        None => match linux.overhead.clone() {
+            Some(o) => {
+                overhead_ok("config.linux.overhead", &resources(o))?;
+                None
+            }
+            None => None,
+        },
+    };
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
     Ok(pod::PodConfig {
@@ -210,6 +216,7 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
             privileged: sc.privileged,
             seccomp: seccomp(sc.seccomp.as_ref()),
         },
+        resources: pod_resources,
     })
 }
 
@@ -715,6 +722,42 @@ pub fn pod_cidrs(c: Option<cri::RuntimeConfig>) -> Result<Vec<String>, Error> {
         families.push(addr.is_ipv4());
     }
     Ok(cidrs)
+}
+
+/// An overhead adds to limits: no field of it may be negative.
+fn overhead_ok(field: &str, o: &ctr::Resources) -> Result<(), Error> {
+    for (name, v) in [
+        ("cpu_period", o.cpu_period),
+        ("cpu_quota", o.cpu_quota),
+        ("cpu_shares", o.cpu_shares),
+        ("memory_limit_in_bytes", o.memory_limit_in_bytes),
+    ] {
+        if v < 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{field}.{name}: {v} is negative"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A pod's limits from its pod-level resources (checked like a
+/// container's) and overhead, the overhead added as kubelet sizes the
+/// pod's cgroup.
+/// `prefix` leads the fields' names in messages.
+pub fn pod_resources(
+    prefix: &str,
+    r: Option<cri::LinuxContainerResources>,
+    overhead: Option<cri::LinuxContainerResources>,
+) -> Result<ctr::Resources, Error> {
+    let r = r.ok_or_else(|| Error::InvalidArgument(format!("{prefix}resources: missing")))?;
+    let r = resources(r);
+    berth_actors::container::validate::resources(&format!("{prefix}resources"), &r)?;
+    let o = overhead.map(resources);
+    if let Some(o) = &o {
+        overhead_ok(&format!("{prefix}overhead"), o)?;
+    }
+    Ok(berth_actors::sandbox::resize::with_overhead(&r, o.as_ref()))
 }
 
 #[cfg(test)]

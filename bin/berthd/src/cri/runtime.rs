@@ -609,6 +609,26 @@ impl RuntimeService for Cri {
     type StreamPodSandboxStatsStream = Feed<StreamPodSandboxStatsResponse>;
     type GetContainerEventsStream = Feed<ContainerEventResponse>;
 
+    async fn update_pod_sandbox_resources(
+        &self,
+        request: Request<UpdatePodSandboxResourcesRequest>,
+    ) -> Result<Response<UpdatePodSandboxResourcesResponse>, Status> {
+        let req = request.into_inner();
+        tracing::debug!(request = ?req, "UpdatePodSandboxResources request");
+        serve("UpdatePodSandboxResources", async {
+            let resources = convert::pod_resources("", req.resources, req.overhead)?;
+            self.node
+                .sandbox
+                .call(pod::UpdatePodResources {
+                    id: req.pod_sandbox_id,
+                    resources,
+                })
+                .await?;
+            Ok(UpdatePodSandboxResourcesResponse {})
+        })
+        .await
+    }
+
     async fn update_runtime_config(
         &self,
         request: Request<UpdateRuntimeConfigRequest>,
@@ -639,7 +659,6 @@ impl RuntimeService for Cri {
         list_metric_descriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse = "ListMetricDescriptors";
         list_pod_sandbox_metrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse = "ListPodSandboxMetrics";
         stream_pod_sandbox_metrics(StreamPodSandboxMetricsRequest) -> Self::StreamPodSandboxMetricsStream = "StreamPodSandboxMetrics";
-        update_pod_sandbox_resources(UpdatePodSandboxResourcesRequest) -> UpdatePodSandboxResourcesResponse = "UpdatePodSandboxResources";
     }
 }
 
