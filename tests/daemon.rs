@@ -525,3 +525,85 @@ async fn restarts_after_kill_9_succeed_every_time_while_a_child_outlives_berthd(
     drop(d);
     berth_tests::node::remove_cgroups(&parent);
 }
+
+/// A GET of `path` on `addr`, HTTP/1.1: the whole answer.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("answer");
+    answer
+}
+
+#[tokio::test]
+async fn the_metrics_endpoint_counts_calls_and_shows_every_actor() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut d = Daemon::configure(&format!("[metrics]\naddress = \"{addr}\"\n"));
+    d.spawn();
+    let mut rt = d.runtime().await;
+    for _ in 0..3 {
+        rt.version(VersionRequest::default())
+            .await
+            .expect("Version");
+    }
+    let err = rt
+        .container_status(ContainerStatusRequest {
+            container_id: "0123456789abcdef".into(),
+            verbose: false,
+        })
+        .await
+        .expect_err("no such container");
+    assert_eq!(err.code(), Code::NotFound);
+
+    let answer = tokio::task::spawn_blocking(move || http_get(&addr, "/metrics"))
+        .await
+        .expect("join");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let value = |line_start: &str| -> Option<f64> {
+        answer
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    assert_eq!(
+        value("berth_cri_calls_total{rpc=\"Version\",code=\"Ok\"}"),
+        Some(3.0),
+        "{answer}"
+    );
+    assert_eq!(
+        value("berth_cri_calls_total{rpc=\"ContainerStatus\",code=\"NotFound\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("berth_cri_call_seconds_count{rpc=\"Version\"}"),
+        Some(3.0)
+    );
+    for actor in ["image", "sandbox", "container", "network", "shim"] {
+        assert_eq!(
+            value(&format!("berth_actor_up{{actor=\"{actor}\"}}")),
+            Some(1.0),
+            "{actor}"
+        );
+    }
+    // berthd journals its boot, and pins its sandbox image at start.
+    assert!(value("berth_journal_writes_total").is_some_and(|v| v >= 1.0));
+    assert!(value("berth_journal_flush_seconds_count").is_some_and(|v| v >= 1.0));
+    assert_eq!(value("berth_shims_alive"), Some(0.0));
+    assert_eq!(value("berth_stream_sessions"), Some(0.0));
+    assert!(answer.trim_end().ends_with("# EOF"), "{answer}");
+    let port = port.to_string();
+    let other = tokio::task::spawn_blocking(move || http_get(&format!("127.0.0.1:{port}"), "/"))
+        .await
+        .expect("join");
+    assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+}

@@ -18,6 +18,7 @@ pub mod ids;
 pub mod image;
 pub mod journal;
 pub mod kernel;
+pub mod metrics;
 pub mod mounts;
 pub mod network;
 pub mod node;

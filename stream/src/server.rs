@@ -67,6 +67,7 @@ struct State {
     tokens: Tokens,
     runtime: Arc<dyn Runtime>,
     sessions: Arc<Semaphore>,
+    max_sessions: usize,
     creation_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -80,6 +81,13 @@ pub struct StreamServer {
 }
 
 impl StreamServer {
+    /// Streaming sessions open now.
+    pub fn sessions_open(&self) -> usize {
+        self.state
+            .max_sessions
+            .saturating_sub(self.state.sessions.available_permits())
+    }
+
     /// Binds `config.addr` and serves on the current tokio runtime.
     pub async fn start(config: Config, runtime: Arc<dyn Runtime>) -> std::io::Result<StreamServer> {
         let listener = TcpListener::bind(config.addr).await?;
@@ -88,6 +96,7 @@ impl StreamServer {
             tokens: Tokens::default(),
             runtime,
             sessions: Arc::new(Semaphore::new(config.max_sessions)),
+            max_sessions: config.max_sessions,
             creation_timeout: config.stream_creation_timeout,
             idle_timeout: config.idle_timeout,
         });

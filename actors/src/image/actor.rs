@@ -217,10 +217,12 @@ impl Handles<PullImage> for Images {
         };
         let backend = self.backend.clone();
         let key = reference.to_string();
-        let flight = self
-            .backend
-            .pulls
-            .join(&key, move || pull::pull(backend, reference, msg.auth));
+        let flight = self.backend.pulls.join(&key, move || async move {
+            let start = std::time::Instant::now();
+            let pulled = pull::pull(backend, reference, msg.auth).await;
+            crate::metrics::pulled(pulled.as_ref().ok().map(|p| p.size), start.elapsed());
+            pulled
+        });
         Reply::Later(Box::pin(wrap_future(flight).then(
             |pulled: Result<Pulled>, act: &mut ImageActor, _| {
                 let outcome = match act.state_mut() {

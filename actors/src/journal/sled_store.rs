@@ -355,7 +355,11 @@ impl SledJournal {
     }
 
     fn durable(&self, open: &Open) -> sled::Result<()> {
+        let start = std::time::Instant::now();
         open.db.flush()?;
+        crate::metrics::MEASURES
+            .journal_flush_seconds
+            .observe(start.elapsed().as_secs_f64());
         self.last_flush.store(unix_nanos(), Ordering::Relaxed);
         Ok(())
     }
@@ -371,6 +375,7 @@ impl Journal for SledJournal {
             self.durable(o)
         })?;
         self.writes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::MEASURES.journal_writes.inc();
         Ok(())
     }
 
@@ -381,6 +386,7 @@ impl Journal for SledJournal {
             self.durable(o)
         })?;
         self.writes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::MEASURES.journal_writes.inc();
         Ok(())
     }
 

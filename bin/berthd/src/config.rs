@@ -13,6 +13,7 @@ pub struct Config {
     pub state: PathBuf,
     pub cri: Cri,
     pub admin: Admin,
+    pub metrics: Metrics,
     pub log: Log,
     pub cgroup: Cgroup,
     pub cni: Cni,
@@ -119,6 +120,14 @@ pub struct Admin {
     pub socket: PathBuf,
 }
 
+/// berthd's Prometheus endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served (host:port); none: not served.
+    pub address: Option<std::net::SocketAddr>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Log {
@@ -200,6 +209,7 @@ impl Default for Config {
             state: "/run/berth".into(),
             cri: Cri::default(),
             admin: Admin::default(),
+            metrics: Metrics::default(),
             log: Log::default(),
             cgroup: Cgroup::default(),
             cni: Cni::default(),

@@ -167,6 +167,20 @@ pub async fn run(config: Config) -> Result<()> {
         )
     })?;
 
+    let metrics = match config.metrics.address {
+        Some(addr) => Some(
+            crate::metrics::serve(
+                addr,
+                crate::metrics::Sources {
+                    node: node.clone(),
+                    stream: stream.clone(),
+                },
+            )
+            .await
+            .map_err(|e| anyhow!("metrics: cannot listen on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
     let (stop_tx, stop_rx) = watch::channel(false);
     let cri = Cri::new(node.clone(), config.clone(), host, stream);
     let cri_routes = Routes::new(RuntimeServiceServer::new(cri.clone()))
@@ -206,6 +220,9 @@ pub async fn run(config: Config) -> Result<()> {
     }
     events.shutdown();
     sweeper.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     // The sockets go; shims publishing an exit meanwhile find no endpoint,
     // and the next berthd reads their exit records.
     for path in [&config.cri.socket, &config.admin.socket, &events_socket] {

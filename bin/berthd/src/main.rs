@@ -12,6 +12,7 @@ mod daemon;
 mod door;
 mod events;
 mod fsck;
+mod metrics;
 mod recover;
 mod stream;
 

@@ -113,7 +113,10 @@ pub fn unimplemented<T>(rpc: &'static str) -> Result<Response<T>, Status> {
 }
 
 fn log_outcome(rpc: &'static str, start: Instant, error: Option<&Status>) {
-    let micros = start.elapsed().as_micros() as u64;
+    let took = start.elapsed();
+    let code = error.map_or(Code::Ok, |s| s.code());
+    crate::metrics::call_done(rpc, &format!("{code:?}"), took);
+    let micros = took.as_micros() as u64;
     match error {
         None => tracing::debug!(rpc, micros, "ok"),
         Some(s) if s.code() == Code::Unimplemented => {
