@@ -338,4 +338,6 @@ pub struct PodUsage {
     pub sandbox: crate::sandbox::store::SandboxRecord,
     pub total: super::stats::CgroupStats,
     pub containers: Vec<ContainerUsage>,
+    /// The pod's network interfaces (none on the node's network).
+    pub network: Vec<super::stats::InterfaceUsage>,
 }

@@ -43,6 +43,61 @@ pub struct CgroupStats {
     pub oom_kills: Option<u64>,
 }
 
+/// One network interface's counters, as `/proc/<pid>/net/dev` has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InterfaceUsage {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_errors: u64,
+    pub rx_dropped: u64,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_errors: u64,
+    pub tx_dropped: u64,
+}
+
+/// The interfaces of a `/proc/<pid>/net/dev` text, loopback left out.
+pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
+    text.lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, counters) = line.split_once(':')?;
+            let name = name.trim();
+            if name == "lo" || name.is_empty() {
+                return None;
+            }
+            let n: Vec<u64> = counters
+                .split_whitespace()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect();
+            let at = |i: usize| n.get(i).copied().unwrap_or(0);
+            Some(InterfaceUsage {
+                name: name.to_string(),
+                rx_bytes: at(0),
+                rx_packets: at(1),
+                rx_errors: at(2),
+                rx_dropped: at(3),
+                tx_bytes: at(8),
+                tx_packets: at(9),
+                tx_errors: at(10),
+                tx_dropped: at(11),
+            })
+        })
+        .collect()
+}
+
+/// The interfaces in the network namespace of process `pid` (a pod's
+/// pause); none for pid 0 or a process that is gone.
+pub fn pod_network(pid: u32) -> Vec<InterfaceUsage> {
+    if pid == 0 {
+        return Vec::new();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/net/dev"))
+        .map(|t| parse_net_dev(&t))
+        .unwrap_or_default()
+}
+
 /// Reads the cgroup at `cgroups_path` (as in the OCI spec's `cgroupsPath`)
 /// on this node.
 pub fn read(cgroups_path: &str) -> Result<CgroupStats> {

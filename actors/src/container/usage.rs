@@ -69,10 +69,18 @@ impl Containers {
                         for c in &mine {
                             stats::add(&mut total, &c.cgroup);
                         }
+                        let own_network = pod.config.security.namespaces.network
+                            != crate::sandbox::messages::NamespaceMode::Node;
+                        let network = if own_network {
+                            stats::pod_network(pod.pid)
+                        } else {
+                            Vec::new()
+                        };
                         PodUsage {
                             sandbox: pod,
                             total,
                             containers: mine,
+                            network,
                         }
                     })
                     .collect()

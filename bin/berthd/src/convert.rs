@@ -565,7 +565,7 @@ fn cpu(key: &str, s: &CgroupStats, rates: &CpuRates) -> cri::CpuUsage {
     cri::CpuUsage {
         timestamp: s.timestamp_unix_nanos,
         usage_core_nano_seconds: u64v(s.cpu_usage_core_nanos),
-        usage_nano_cores: u64v(rates.rate(key, s.cpu_usage_core_nanos)),
+        usage_nano_cores: u64v(rates.rate(key, s.timestamp_unix_nanos, s.cpu_usage_core_nanos)),
         ..Default::default()
     }
 }
@@ -608,6 +608,33 @@ pub fn container_stats(u: &ContainerUsage, rates: &CpuRates) -> cri::ContainerSt
     }
 }
 
+/// A pod's network interfaces, `eth0` (or the first) as the default.
+fn network(p: &PodUsage) -> Option<cri::NetworkUsage> {
+    let stats = |i: &berth_actors::container::stats::InterfaceUsage| cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: u64v(Some(i.rx_bytes)),
+        rx_errors: u64v(Some(i.rx_errors)),
+        tx_bytes: u64v(Some(i.tx_bytes)),
+        tx_errors: u64v(Some(i.tx_errors)),
+    };
+    let first = p
+        .network
+        .iter()
+        .position(|i| i.name == "eth0")
+        .or((!p.network.is_empty()).then_some(0))?;
+    Some(cri::NetworkUsage {
+        timestamp: p.total.timestamp_unix_nanos,
+        default_interface: Some(stats(&p.network[first])),
+        interfaces: p
+            .network
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != first)
+            .map(|(_, n)| stats(n))
+            .collect(),
+    })
+}
+
 pub fn pod_stats(p: &PodUsage, rates: &CpuRates) -> cri::PodSandboxStats {
     let r = &p.sandbox;
     cri::PodSandboxStats {
@@ -629,6 +656,7 @@ pub fn pod_stats(p: &PodUsage, rates: &CpuRates) -> cri::PodSandboxStats {
                 .iter()
                 .map(|c| container_stats(c, rates))
                 .collect(),
+            network: network(p),
             ..Default::default()
         }),
         windows: None,

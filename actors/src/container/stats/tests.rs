@@ -462,3 +462,27 @@ fn live_cgroup_of_a_real_process() {
     }
     assert!(matches!(read(&cgroups_path), Err(Error::NotFound(_))));
 }
+
+#[test]
+fn net_dev_gives_each_interface_but_loopback() {
+    let text = "Inter-|   Receive                                                |  Transmit
+ face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
+    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0
+  eth0:    5000      40    1    2    0     0          0         0     3000      30    3    4    0     0       0          0
+";
+    assert_eq!(
+        parse_net_dev(text),
+        vec![InterfaceUsage {
+            name: "eth0".into(),
+            rx_bytes: 5000,
+            rx_packets: 40,
+            rx_errors: 1,
+            rx_dropped: 2,
+            tx_bytes: 3000,
+            tx_packets: 30,
+            tx_errors: 3,
+            tx_dropped: 4,
+        }]
+    );
+    assert!(parse_net_dev("garbage").is_empty());
+}

@@ -5,6 +5,7 @@
 
 mod events;
 mod image;
+mod pod_metrics;
 mod runtime;
 mod stream;
 
