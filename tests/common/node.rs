@@ -39,9 +39,14 @@ impl Drop for Node {
 }
 
 /// Removes the cgroup `parent` and everything below it, in every
-/// hierarchy (cgroup v1 and v2).
+/// hierarchy (cgroup v1 and v2): whatever still runs in them is killed,
+/// and a cgroup whose last process is still exiting is tried again, for
+/// up to 3 s.
 pub fn remove_cgroups(parent: &str) {
     let rel = parent.trim_start_matches('/');
+    if rel.is_empty() {
+        return;
+    }
     let mut dirs = vec![std::path::Path::new("/sys/fs/cgroup").join(rel)];
     for h in std::fs::read_dir("/sys/fs/cgroup")
         .into_iter()
@@ -50,20 +55,36 @@ pub fn remove_cgroups(parent: &str) {
     {
         dirs.push(h.path().join(rel));
     }
-    for dir in dirs.into_iter().filter(|d| d.is_dir()) {
-        let mut all = vec![dir.clone()];
-        let mut i = 0;
-        while i < all.len() {
-            for e in std::fs::read_dir(&all[i]).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    all.push(e.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        let mut left = false;
+        for dir in dirs.iter().filter(|d| d.is_dir()) {
+            let mut all = vec![dir.clone()];
+            let mut i = 0;
+            while i < all.len() {
+                for e in std::fs::read_dir(&all[i]).into_iter().flatten().flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_dir()) {
+                        all.push(e.path());
+                    }
                 }
+                i += 1;
             }
-            i += 1;
+            for d in all.iter().rev() {
+                for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: kill(2) of a process left in a test's cgroup.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+                left |= std::fs::remove_dir(d).is_err();
+            }
         }
-        for d in all.iter().rev() {
-            let _ = std::fs::remove_dir(d);
+        if !left || std::time::Instant::now() >= deadline {
+            return;
         }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
