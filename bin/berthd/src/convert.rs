@@ -350,6 +350,17 @@ pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::Containe
     let sc = linux.security_context.unwrap_or_default();
     let caps = sc.capabilities.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
+    // Image volumes (a mount of an image's files) are not built yet: said
+    // plainly, not as a missing host path.
+    if let Some(i) = c
+        .mounts
+        .iter()
+        .position(|m| m.image.as_ref().is_some_and(|i| !i.image.is_empty()))
+    {
+        return Err(Error::InvalidArgument(format!(
+            "mounts[{i}].image: image volumes are not supported by berth yet"
+        )));
+    }
     Ok(ctr::ContainerConfig {
         name: m.name,
         attempt: m.attempt,
@@ -836,5 +847,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_image_volume_is_refused_by_name() {
+        let config = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata {
+                name: "c".into(),
+                attempt: 0,
+            }),
+            mounts: vec![
+                cri::Mount {
+                    container_path: "/data".into(),
+                    host_path: "/tmp".into(),
+                    ..Default::default()
+                },
+                cri::Mount {
+                    container_path: "/model".into(),
+                    image: Some(cri::ImageSpec {
+                        image: "registry.example/model:1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let err = container_config(Some(config)).expect_err("refused");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.starts_with("mounts[1].image:")),
+            "{err}"
+        );
     }
 }
