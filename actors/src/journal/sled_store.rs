@@ -201,18 +201,21 @@ impl SledJournal {
     /// once a write failed) and is reported; a full disk also makes the
     /// journal frugal.
     fn with<T>(&self, f: impl Fn(&Open) -> sled::Result<T>) -> Result<T, JournalError> {
-        {
-            let guard = self.open.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(open) = guard.as_ref() {
-                return match f(open) {
-                    Ok(v) => Ok(v),
-                    Err(e) => {
-                        drop(guard);
-                        Err(self.failed(e))
-                    }
-                };
+        let guard = self.open.read().unwrap_or_else(|p| p.into_inner());
+        let result = match guard.as_ref() {
+            Some(open) => f(open),
+            None => {
+                drop(guard);
+                return self.reopen_with(f);
             }
-        }
+        };
+        drop(guard);
+        result.map_err(|e| self.failed(e))
+    }
+
+    /// [`Self::with`] once the database is closed: reopens it (unless
+    /// another call did meanwhile), then runs `f`.
+    fn reopen_with<T>(&self, f: impl Fn(&Open) -> sled::Result<T>) -> Result<T, JournalError> {
         let mut guard = self.open.write().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             let open = Open::new(&self.path).map_err(|e| {
@@ -228,14 +231,12 @@ impl SledJournal {
             tracing::info!(path = %self.path.display(), "journal reopened");
             *guard = Some(open);
         }
-        let open = guard.as_ref().ok_or_else(|| storage("journal closed"))?;
-        match f(open) {
-            Ok(v) => Ok(v),
-            Err(e) => {
-                drop(guard);
-                Err(self.failed(e))
-            }
-        }
+        let result = match guard.as_ref() {
+            Some(open) => f(open),
+            None => return Err(storage("journal closed")),
+        };
+        drop(guard);
+        result.map_err(|e| self.failed(e))
     }
 
     /// After sled failed with `e`: closes the database (to be reopened by
@@ -354,6 +355,21 @@ impl SledJournal {
         }
     }
 
+    /// Changes `kind`'s tree with `change` and makes it durable.
+    fn mutate(
+        &self,
+        kind: Kind,
+        change: impl Fn(&sled::Tree) -> sled::Result<()>,
+    ) -> Result<(), JournalError> {
+        self.with(|o| {
+            change(o.tree(kind))?;
+            self.durable(o)
+        })?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::MEASURES.journal_writes.inc();
+        Ok(())
+    }
+
     fn durable(&self, open: &Open) -> sled::Result<()> {
         let start = std::time::Instant::now();
         open.db.flush()?;
@@ -370,24 +386,12 @@ impl Journal for SledJournal {
         let new =
             kind.makes_something() && !self.with(|o| o.tree(kind).contains_key(key.as_bytes()))?;
         self.room(kind, new)?;
-        self.with(|o| {
-            o.tree(kind).insert(key.as_bytes(), value)?;
-            self.durable(o)
-        })?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::MEASURES.journal_writes.inc();
-        Ok(())
+        self.mutate(kind, |t| t.insert(key.as_bytes(), value).map(drop))
     }
 
     fn remove(&self, kind: Kind, key: &str) -> Result<(), JournalError> {
         self.room(kind, false)?;
-        self.with(|o| {
-            o.tree(kind).remove(key.as_bytes())?;
-            self.durable(o)
-        })?;
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::MEASURES.journal_writes.inc();
-        Ok(())
+        self.mutate(kind, |t| t.remove(key.as_bytes()).map(drop))
     }
 
     fn get(&self, kind: Kind, key: &str) -> Result<Option<Vec<u8>>, JournalError> {

@@ -11,7 +11,7 @@
 use super::actor::Shims;
 use super::client::{ExecOpts, ShimClient};
 use super::messages::{ExecInTask, ExecOutput};
-use super::plumbing::{mkfifo, open_err};
+use super::plumbing::{mkfifo, open_reader};
 use crate::kernel::Reply;
 use crate::Error;
 use std::path::{Path, PathBuf};
@@ -102,9 +102,7 @@ impl Capture {
 /// Makes a FIFO at `path` and opens berthd's end of it.
 fn output_fifo(path: &Path) -> crate::Result<pipe::Receiver> {
     mkfifo(path)?;
-    pipe::OpenOptions::new()
-        .open_receiver(path)
-        .map_err(|e| open_err(path, e))
+    open_reader(path)
 }
 
 /// The longest an ExecSync waits for a turn.

@@ -49,8 +49,16 @@ pub(super) fn mkfifo(path: &Path) -> Result<()> {
         .map_err(|e| Error::Internal(format!("mkfifo {}: {e}", path.display())))
 }
 
-pub(super) fn open_err(p: &Path, e: std::io::Error) -> Error {
+fn open_err(p: &Path, e: std::io::Error) -> Error {
     Error::Internal(format!("open {}: {e}", p.display()))
+}
+
+/// Opens berthd's reading end of the FIFO at `path` (without waiting for
+/// a writer).
+pub(super) fn open_reader(path: &Path) -> Result<pipe::Receiver> {
+    pipe::OpenOptions::new()
+        .open_receiver(path)
+        .map_err(|e| open_err(path, e))
 }
 
 impl Plumbing {
@@ -86,10 +94,7 @@ impl Plumbing {
         let mut readers = Vec::new();
         for (path, to) in [(&paths.stdout, stdout), (&paths.stderr, stderr)] {
             if let (Some(p), Some(to)) = (path, to) {
-                let r = pipe::OpenOptions::new()
-                    .open_receiver(p)
-                    .map_err(|e| open_err(p, e))?;
-                readers.push((r, to));
+                readers.push((open_reader(p)?, to));
             }
         }
         let stdin = match (&paths.stdin, stdin) {

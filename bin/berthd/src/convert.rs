@@ -168,19 +168,13 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
     let linux = c.linux.unwrap_or_default();
     // Pod-level resources are kept with the pod (kubelet sizes its
     // cgroup); checked like a container's.
-    let pod_resources = match linux.resources.clone() {
-        Some(r) => Some(pod_resources(
-            "config.linux.",
-            Some(r),
-            linux.overhead.clone(),
-        )?),
-        None => match linux.overhead.clone() {
-            Some(o) => {
-                overhead_ok("config.linux.overhead", &resources(o))?;
-                None
-            }
-            None => None,
-        },
+    let pod_resources = match (linux.resources.clone(), linux.overhead.clone()) {
+        (Some(r), overhead) => Some(pod_resources("config.linux.", Some(r), overhead)?),
+        (None, Some(o)) => {
+            overhead_ok("config.linux.overhead", &resources(o))?;
+            None
+        }
+        (None, None) => None,
     };
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
