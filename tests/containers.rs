@@ -89,6 +89,19 @@ async fn remove_pod(rt: &mut RuntimeServiceClient<Channel>, pod: &str) {
         .expect("stop and remove the pod");
 }
 
+async fn remove_image(d: &Daemon, image: &str) -> Result<(), tonic::Status> {
+    d.images()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .map(|_| ())
+}
+
 async fn pull(d: &Daemon, image: &str) {
     d.images()
         .await
@@ -1180,14 +1193,7 @@ async fn an_image_removed_while_a_container_uses_it_keeps_the_container_running(
     let c = running(&mut rt, &p, &s.image, "user", |_| {}).await;
     // As containerd does: the image goes, with all its names; the
     // container keeps its root filesystem and runs on.
-    s.d.images()
-        .await
-        .remove_image(RemoveImageRequest {
-            image: Some(ImageSpec {
-                image: s.image.clone(),
-                ..Default::default()
-            }),
-        })
+    remove_image(&s.d, &s.image)
         .await
         .expect("RemoveImage of an image in use");
     let left = berth_tests::cri::status(&mut s.d.images().await, &s.image).await;
@@ -1505,4 +1511,148 @@ async fn pod_level_resources_reach_the_pods_own_cgroup() {
         remove_pod(&mut rt, &id).await;
     }
     n.assert_consistent();
+}
+
+/// An image volume as kubelet asks for it: no host path, the image by
+/// name, optionally a sub-path.
+fn image_volume(container_path: &str, image: &str, sub_path: &str) -> Mount {
+    Mount {
+        container_path: container_path.into(),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        image_sub_path: sub_path.into(),
+        readonly: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_image_volume_mounts_an_images_files_read_only_and_holds_the_image() {
+    let mut s = setup();
+    let mut rt = s.d.runtime().await;
+    let p = pod(&mut rt, "imgvol", &s.d.dir.path().join("logs")).await;
+    pull(&s.d, &s.image).await;
+    // A data image of two layers: the second replaces a file of the
+    // first, and an absolute link points into the image.
+    let data = ImageBuilder::new()
+        .layer(
+            LayerBuilder::new()
+                .file("model/weights", "v1", 0o644)
+                .file("model/notes", "first", 0o644)
+                .build(Compression::Gzip),
+        )
+        .layer(
+            LayerBuilder::new()
+                .file("model/weights", "v2", 0o644)
+                .symlink("latest", "/model")
+                .build(Compression::Gzip),
+        )
+        .build();
+    s.registry.push_image("data", Some("1"), &data);
+    let data_ref = format!("{}/data:1", s.registry.host());
+    pull(&s.d, &data_ref).await;
+
+    // Missing image, missing sub-path, escaping sub-path: refused by
+    // field, and nothing is left mounted.
+    let cases = [
+        (
+            image_volume("/v", &format!("{}/absent:1", s.registry.host()), ""),
+            Code::NotFound,
+            "mounts[0].image",
+        ),
+        (
+            image_volume("/v", &data_ref, "model/nothing"),
+            Code::NotFound,
+            "mounts[0].image_sub_path",
+        ),
+        (
+            image_volume("/v", &data_ref, "../../etc"),
+            Code::InvalidArgument,
+            "mounts[0].image_sub_path",
+        ),
+    ];
+    for (i, (mount, code, field)) in cases.into_iter().enumerate() {
+        let mut c = container(&format!("bad{i}"), &s.image, &["true"]);
+        c.mounts = vec![mount];
+        let err = create(&mut rt, &p, c).await.expect_err("refused");
+        assert_eq!(err.code(), code, "{err:?}");
+        assert!(err.message().contains(field), "{field}: {err:?}");
+    }
+    let rootfs = s.d.dir.path().join("run/rootfs");
+    assert_eq!(
+        std::fs::read_dir(&rootfs).map(|d| d.count()).unwrap_or(0),
+        0,
+        "a refused image volume leaves no mount"
+    );
+
+    let c = running(&mut rt, &p, &s.image, "reader", |c| {
+        c.mounts = vec![
+            image_volume("/data", &data_ref, ""),
+            image_volume("/current", &data_ref, "latest"),
+        ];
+    })
+    .await;
+    assert_eq!(sh(&mut rt, &c, "cat /data/model/weights").await.0, "v2");
+    assert_eq!(sh(&mut rt, &c, "cat /current/notes").await.0, "first");
+    assert_ne!(
+        sh(&mut rt, &c, "touch /data/model/x").await.1,
+        0,
+        "an image volume is read-only"
+    );
+    let st = status(&mut rt, &c).await;
+    let shown: Vec<(String, String)> = st
+        .mounts
+        .iter()
+        .filter_map(|m| {
+            m.image
+                .as_ref()
+                .map(|i| (i.image.clone(), m.image_sub_path.clone()))
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            (data_ref.clone(), String::new()),
+            (data_ref.clone(), "latest".to_string())
+        ]
+    );
+
+    // The image is in use while mounted.
+    let err = remove_image(&s.d, &data_ref)
+        .await
+        .expect_err("in use as a volume");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(&c), "names the container: {err:?}");
+
+    // A crash of berthd keeps the volumes: the container reads on.
+    s.d.kill9();
+    s.d.spawn();
+    let mut rt = s.d.runtime().await;
+    assert_eq!(sh(&mut rt, &c, "cat /data/model/weights").await.0, "v2");
+    s.assert_consistent();
+
+    // Removing the container unmounts its volumes and frees the image.
+    rt.stop_container(StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 0,
+    })
+    .await
+    .expect("stop");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .expect("remove");
+    assert_eq!(
+        std::fs::read_dir(&rootfs).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no volume left mounted"
+    );
+    remove_image(&s.d, &data_ref)
+        .await
+        .expect("RemoveImage once unmounted");
+    remove_pod(&mut rt, &p).await;
+    s.assert_consistent();
 }

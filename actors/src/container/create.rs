@@ -167,8 +167,11 @@ async fn make(
             // mount points it needs, then makes the root read-only itself
             // (the spec's root.readonly).
             read_only: false,
+            volume_of: None,
         })
         .await?;
+    let mut config = config;
+    mount_image_volumes(&deps, id, &mut config).await?;
     let user = spec::resolve_user(&rootfs, &run.user, &config.security)?;
     let files = PodFiles::new(&deps.state, pod_id);
     let parent = pod
@@ -218,6 +221,57 @@ async fn make(
         pid,
         stop_signal,
     })
+}
+
+/// Mounts each image volume the config asks for (read-only, kept by the
+/// ImageActor beside the container's root filesystem and removed with it)
+/// and points its mount there: at the image's files or at its sub-path.
+async fn mount_image_volumes(
+    deps: &ContainerDeps,
+    id: &str,
+    config: &mut ContainerConfig,
+) -> Result<()> {
+    for (i, m) in config.mounts.iter_mut().enumerate() {
+        if m.image.is_empty() {
+            continue;
+        }
+        let image = deps
+            .image
+            .call(ImageStatus {
+                image: m.image.clone(),
+                verbose: false,
+            })
+            .await?
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "mounts[{i}].image: image {:?} is not present: pull it first",
+                    m.image
+                ))
+            })?;
+        let root = deps
+            .image
+            .call(PrepareRootfs {
+                container_id: format!("{id}-image-{i}"),
+                image: image.record.id.clone(),
+                read_only: true,
+                volume_of: Some(id.into()),
+            })
+            .await?;
+        let sub = m.image_sub_path.clone();
+        let source = tokio::task::spawn_blocking(move || spec::image_volume_source(&root, &sub))
+            .await
+            .map_err(|e| Error::Internal(format!("image volume task: {e}")))??;
+        let source = source.ok_or_else(|| {
+            Error::NotFound(format!(
+                "mounts[{i}].image_sub_path {:?} does not exist in image {:?}",
+                m.image_sub_path, m.image
+            ))
+        })?;
+        tracing::debug!(container = %id, image = %image.record.id, source = %source.display(), "image volume mounted");
+        m.host_path = source.display().to_string();
+        m.readonly = true;
+    }
+    Ok(())
 }
 
 impl Containers {

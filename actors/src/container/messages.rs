@@ -25,6 +25,13 @@ pub struct MountConfig {
     /// Recursive read-only, where the kernel allows it.
     pub recursive_read_only: bool,
     pub propagation: Propagation,
+    /// An image volume: this image's files, read-only, instead of a host
+    /// path.
+    #[serde(default)]
+    pub image: String,
+    /// The directory of the image to mount (relative; empty: all of it).
+    #[serde(default)]
+    pub image_sub_path: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

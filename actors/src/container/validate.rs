@@ -58,9 +58,22 @@ pub fn container(c: &ContainerConfig) -> Result<()> {
         checked::inside("log path", &c.log_path)?;
     }
     count("mounts", c.mounts.len())?;
-    for m in &c.mounts {
+    for (i, m) in c.mounts.iter().enumerate() {
         checked::absolute("mount container path", &m.container_path)?;
-        checked::absolute("mount host path", &m.host_path)?;
+        if m.image.is_empty() {
+            checked::absolute("mount host path", &m.host_path)?;
+            if !m.image_sub_path.is_empty() {
+                return Err(invalid(format!(
+                    "mounts[{i}].image_sub_path is set but mounts[{i}].image is not"
+                )));
+            }
+        } else {
+            // An image volume's host path is berth's to choose.
+            checked::text(&format!("mounts[{i}].image"), &m.image, 4096)?;
+            if !m.image_sub_path.is_empty() {
+                checked::inside(&format!("mounts[{i}].image_sub_path"), &m.image_sub_path)?;
+            }
+        }
     }
     count("devices", c.devices.len())?;
     for d in &c.devices {

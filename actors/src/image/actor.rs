@@ -329,10 +329,11 @@ impl Handles<PrepareRootfs> for Images {
                 return Reply::Now(Ok(r.target.clone().into()));
             }
         }
-        let record = match self.rootfs_record(&msg.container_id, &msg.image, msg.read_only) {
-            Ok(r) => r,
-            Err(e) => return Reply::Now(Err(e)),
-        };
+        let record =
+            match self.rootfs_record(&msg.container_id, &msg.image, msg.read_only, msg.volume_of) {
+                Ok(r) => r,
+                Err(e) => return Reply::Now(Err(e)),
+            };
         let snapshots = match self.snapshot_paths(&record) {
             Ok(s) => s,
             Err(e) => return Reply::Now(Err(e)),
@@ -372,20 +373,43 @@ impl Handles<RemoveRootfs> for Images {
     type Output = ();
 
     fn handle(&mut self, msg: RemoveRootfs, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
-        let Some(record) = self.rootfs.get(&msg.container_id).cloned() else {
+        // The container's own root filesystem and its image volumes.
+        let records: Vec<RootfsRecord> = self
+            .rootfs
+            .iter()
+            .filter(|r| r.owner() == msg.container_id)
+            .cloned()
+            .collect();
+        if records.is_empty() {
             return Reply::Now(Ok(()));
-        };
-        let id = msg.container_id;
+        }
         let work = async move {
-            tokio::task::spawn_blocking(move || rootfs::remove_rootfs(&record))
-                .await
-                .map_err(|e| Error::Internal(format!("rootfs task: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                records
+                    .into_iter()
+                    .map(|r| (rootfs::remove_rootfs(&r), r.container_id))
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("rootfs task: {e}")))
         };
-        Reply::later(work, move |me: &mut Self, res: Result<()>| {
-            res?;
-            me.rootfs.remove(&id)?;
-            Ok(())
-        })
+        Reply::later(
+            work,
+            move |me: &mut Self, res: Result<Vec<(Result<()>, String)>>| {
+                let mut first_error = None;
+                for (removed, id) in res? {
+                    match removed {
+                        Ok(()) => {
+                            me.rootfs.remove(&id)?;
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                first_error.map_or(Ok(()), Err)
+            },
+        )
     }
 }
 

@@ -107,12 +107,15 @@ pub struct FsUsage {
 
 /// Prepares a container's root filesystem from an image (for the
 /// ContainerActor): answers the mounted path. Idempotent for the same
-/// container.
+/// container. With `volume_of`, it is an image volume of that container
+/// instead: mounted read-only, removed with the container's own root
+/// filesystem, and its image cannot be removed while it exists.
 #[derive(Debug, Clone)]
 pub struct PrepareRootfs {
     pub container_id: String,
     pub image: String,
     pub read_only: bool,
+    pub volume_of: Option<String>,
 }
 
 impl Message for PrepareRootfs {
@@ -120,7 +123,7 @@ impl Message for PrepareRootfs {
 }
 
 /// Unmounts and removes a container's root filesystem and its writable
-/// layer. Idempotent.
+/// layer, and the container's image volumes. Idempotent.
 #[derive(Debug, Clone)]
 pub struct RemoveRootfs {
     pub container_id: String,

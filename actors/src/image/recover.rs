@@ -41,7 +41,7 @@ impl Images {
             .rootfs
             .iter()
             .cloned()
-            .partition(|r| !containers.contains(&r.container_id));
+            .partition(|r| !containers.contains(r.owner()));
         let known: BTreeSet<String> = kept.iter().map(|r| r.container_id.clone()).collect();
         let strays = list_strays(&self.rootfs_dirs(), &known);
         // The orphans' own directories go with their records.
@@ -117,6 +117,7 @@ fn remove_strays(paths: Vec<PathBuf>) -> Vec<PathBuf> {
                 upper: path.join("upper").display().to_string(),
                 work: String::new(),
                 read_only: false,
+                owner: String::new(),
             };
             match remove_rootfs(&record) {
                 Ok(()) => true,

@@ -32,6 +32,17 @@ impl Images {
                 record.id
             )));
         }
+        if let Some(v) = self
+            .rootfs
+            .iter()
+            .find(|r| r.is_volume() && r.image_id == record.id)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "image {} is in use: it is mounted as an image volume in container {}",
+                record.id,
+                v.owner()
+            )));
+        }
         self.images.remove(&record.id)?;
         tracing::info!(image = %record.id, tags = ?record.repo_tags, "image removed");
         Ok(Some(record.id))

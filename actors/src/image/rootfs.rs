@@ -93,6 +93,7 @@ impl Images {
         container_id: &str,
         image: &str,
         read_only: bool,
+        volume_of: Option<String>,
     ) -> Result<RootfsRecord> {
         if container_id.is_empty()
             || container_id.contains(['/', '\0'])
@@ -127,7 +128,9 @@ impl Images {
                 .to_string(),
             upper: own.join("upper").display().to_string(),
             work: own.join("work").display().to_string(),
-            read_only,
+            // An image volume is read-only, whatever was asked.
+            read_only: read_only || volume_of.is_some(),
+            owner: volume_of.unwrap_or_default(),
         })
     }
 
@@ -178,6 +181,7 @@ mod tests {
                 .display()
                 .to_string(),
             read_only,
+            owner: String::new(),
         }
     }
 

@@ -97,6 +97,27 @@ pub struct RootfsRecord {
     pub upper: String,
     pub work: String,
     pub read_only: bool,
+    /// The container an image volume belongs to; empty for a container's
+    /// own root filesystem (whose owner is `container_id`).
+    #[serde(default)]
+    pub owner: String,
+}
+
+impl RootfsRecord {
+    /// The container this root filesystem or image volume belongs to.
+    pub fn owner(&self) -> &str {
+        if self.owner.is_empty() {
+            &self.container_id
+        } else {
+            &self.owner
+        }
+    }
+
+    /// Whether this is an image volume (an image mounted into a container
+    /// beside its root filesystem).
+    pub fn is_volume(&self) -> bool {
+        !self.owner.is_empty()
+    }
 }
 
 impl Record for RootfsRecord {

@@ -344,17 +344,6 @@ pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::Containe
     let sc = linux.security_context.unwrap_or_default();
     let caps = sc.capabilities.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
-    // Image volumes (a mount of an image's files) are not built yet: said
-    // plainly, not as a missing host path.
-    if let Some(i) = c
-        .mounts
-        .iter()
-        .position(|m| m.image.as_ref().is_some_and(|i| !i.image.is_empty()))
-    {
-        return Err(Error::InvalidArgument(format!(
-            "mounts[{i}].image: image volumes are not supported by berth yet"
-        )));
-    }
     Ok(ctr::ContainerConfig {
         name: m.name,
         attempt: m.attempt,
@@ -371,6 +360,8 @@ pub fn container_config(c: Option<cri::ContainerConfig>) -> Result<ctr::Containe
                 host_path: m.host_path,
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
+                image: m.image.map(|i| i.image).unwrap_or_default(),
+                image_sub_path: m.image_sub_path,
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
                     Ok(cri::MountPropagation::PropagationHostToContainer) => {
                         ctr::Propagation::HostToContainer
@@ -507,6 +498,12 @@ pub fn container_status(r: &ContainerRecord) -> cri::ContainerStatus {
                         cri::MountPropagation::PropagationBidirectional
                     }
                 } as i32,
+                recursive_read_only: m.recursive_read_only,
+                image: (!m.image.is_empty()).then(|| cri::ImageSpec {
+                    image: m.image.clone(),
+                    ..Default::default()
+                }),
+                image_sub_path: m.image_sub_path.clone(),
                 ..Default::default()
             })
             .collect(),
@@ -844,7 +841,7 @@ mod tests {
     }
 
     #[test]
-    fn an_image_volume_is_refused_by_name() {
+    fn an_image_volume_keeps_its_image_and_sub_path() {
         let config = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
                 name: "c".into(),
@@ -862,15 +859,30 @@ mod tests {
                         image: "registry.example/model:1".into(),
                         ..Default::default()
                     }),
+                    image_sub_path: "weights".into(),
                     ..Default::default()
                 },
             ],
             ..Default::default()
         };
-        let err = container_config(Some(config)).expect_err("refused");
-        assert!(
-            matches!(&err, Error::InvalidArgument(m) if m.starts_with("mounts[1].image:")),
-            "{err}"
+        let c = container_config(Some(config)).expect("converted");
+        let got: Vec<(&str, &str, &str)> = c
+            .mounts
+            .iter()
+            .map(|m| {
+                (
+                    m.host_path.as_str(),
+                    m.image.as_str(),
+                    m.image_sub_path.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/tmp", "", ""),
+                ("", "registry.example/model:1", "weights")
+            ]
         );
     }
 }

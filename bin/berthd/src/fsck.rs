@@ -214,8 +214,13 @@ fn check(j: &Journal, config: &Config) -> Fsck {
     }
     for r in &j.rootfs {
         f.checked += 1;
-        if !containers.contains(r.container_id.as_str()) {
-            f.leaked("record", &r.container_id, "rootfs of no container");
+        if !containers.contains(r.owner()) {
+            let what = if r.is_volume() {
+                "image volume of no container"
+            } else {
+                "rootfs of no container"
+            };
+            f.leaked("record", &r.container_id, what);
         }
     }
 

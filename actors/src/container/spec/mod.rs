@@ -47,7 +47,7 @@ use resources::*;
 use seccomp::*;
 
 pub(crate) use capabilities::parse_capability;
-pub use mounts::prepare_host_paths;
+pub use mounts::{image_volume_source, prepare_host_paths};
 pub use resources::update_resources;
 pub use seccomp::default_seccomp;
 pub use user::resolve_user;

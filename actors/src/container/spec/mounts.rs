@@ -188,7 +188,8 @@ pub(super) fn rootfs_propagation(mounts: &[MountConfig]) -> Option<String> {
 /// directory (kubelet expects that of a runtime). Blocking; the one side
 /// effect of making a container's spec, kept out of [`build`].
 pub fn prepare_host_paths(config: &ContainerConfig) -> Result<()> {
-    for m in &config.mounts {
+    // An image volume's source is the image's, made by berth.
+    for m in config.mounts.iter().filter(|m| m.image.is_empty()) {
         let host = Path::new(&m.host_path);
         if !host.is_absolute() {
             return Err(invalid(format!(
@@ -212,4 +213,19 @@ pub fn prepare_host_paths(config: &ContainerConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Where an image volume's mount comes from: the mounted image's root, or
+/// the directory or file at `sub_path` in it, with symbolic links resolved
+/// inside the image. None when the sub-path does not exist there.
+pub fn image_volume_source(root: &Path, sub_path: &str) -> Result<Option<PathBuf>> {
+    if sub_path.is_empty() {
+        return Ok(Some(root.to_path_buf()));
+    }
+    super::user::resolve_in_root(root, &Path::new("/").join(sub_path)).map_err(|e| {
+        Error::Internal(format!(
+            "image volume sub-path {sub_path:?} in {}: {e}",
+            root.display()
+        ))
+    })
 }

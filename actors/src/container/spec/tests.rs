@@ -682,6 +682,7 @@ fn cri_mounts_propagation_readonly_and_order() {
         readonly,
         recursive_read_only: false,
         propagation,
+        ..Default::default()
     };
     inputs.config.mounts = vec![
         mount("/data/cache/deep", "/h/deep", false, Propagation::Private),
@@ -768,6 +769,40 @@ fn recursive_read_only_needs_a_handler_that_makes_it() {
         }
         other => panic!("expected FailedPrecondition, got {other:?}"),
     }
+}
+
+#[test]
+fn an_image_volume_sub_path_resolves_inside_the_image() {
+    let fx = Fixture::new();
+    let root = fx.dir.path().join("volume");
+    std::fs::create_dir_all(root.join("model")).expect("mkdir");
+    std::os::unix::fs::symlink("/model", root.join("latest")).expect("link");
+    std::os::unix::fs::symlink("../../../..", root.join("up")).expect("link");
+    let source = |sub: &str| image_volume_source(&root, sub).expect("resolve");
+    assert_eq!(source(""), Some(root.clone()));
+    assert_eq!(source("model"), Some(root.join("model")));
+    // An absolute link is the image's, not the host's.
+    assert_eq!(source("latest"), Some(root.join("model")));
+    // A link climbing out stops at the image's top.
+    assert_eq!(source("up/model"), Some(root.join("model")));
+    assert_eq!(source("model/missing"), None);
+}
+
+#[test]
+fn image_volumes_need_no_host_path_and_are_left_to_berth() {
+    let fx = Fixture::new();
+    let config = ContainerConfig {
+        mounts: vec![MountConfig {
+            container_path: "/data".into(),
+            image: "data:1".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let entries = || std::fs::read_dir(fx.dir.path()).expect("dir").count();
+    let before = entries();
+    prepare_host_paths(&config).expect("nothing to prepare");
+    assert_eq!(entries(), before);
 }
 
 #[test]
