@@ -34,6 +34,8 @@ pub struct ContainerDeps {
     pub host: Arc<crate::host::HostFacts>,
     /// Where containers' lifecycle events go.
     pub events: crate::events::Events,
+    /// Whether CRIU works here (checkpoint and restore), probed once.
+    pub criu: Arc<super::checkpoint::criu::CriuProbe>,
 }
 
 pub struct Containers {
@@ -188,6 +190,14 @@ impl Handles<UpdateContainerResources> for Containers {
 
     fn handle(&mut self, msg: UpdateContainerResources, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
         self.update_resources(msg)
+    }
+}
+
+impl Handles<CheckpointContainer> for Containers {
+    type Output = ();
+
+    fn handle(&mut self, msg: CheckpointContainer, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.checkpoint(msg)
     }
 }
 

@@ -6,6 +6,7 @@
 //! registers its undo; a failure rolls back everything.
 
 use super::actor::{ContainerDeps, Containers};
+use super::checkpoint;
 use super::messages::{ContainerConfig, CreateContainer, ImageRun, SpecInputs};
 use super::spec;
 use super::store::{ContainerRecord, ContainerState};
@@ -113,6 +114,26 @@ async fn make(
     config: ContainerConfig,
     target_pid: Option<u32>,
 ) -> Result<Made> {
+    // A checkpoint archive in place of an image: the container is restored
+    // from it, on the image it was checkpointed from.
+    let mut config = config;
+    let restore = match checkpoint::restore_source(&config.image) {
+        None => None,
+        Some(archive) => {
+            checkpoint::criu_usable(deps.criu.clone(), "restoring a checkpoint").await?;
+            let scratch = checkpoint::Scratch::new(&deps.state, &format!("restore-{id}"))?;
+            let dir = scratch.0.clone();
+            let from = archive.clone();
+            let unpacked = tokio::task::spawn_blocking(move || {
+                checkpoint::archive::unpack(&from, &dir, "image")
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("restore task: {e}")))??;
+            tracing::info!(container = %id, archive = %archive.display(), image = %unpacked.config.image(), "restoring a checkpoint");
+            config.image = unpacked.config.image().to_string();
+            Some((scratch, unpacked, archive))
+        }
+    };
     // The pod and the image are asked at once.
     let (pod, image) = futures::join!(
         deps.sandbox.call(PodSandboxStatus { id: pod_id.into() }),
@@ -127,11 +148,16 @@ async fn make(
             "pod sandbox {pod_id} is not ready"
         )));
     }
-    let image = image?.ok_or_else(|| {
-        Error::NotFound(format!(
+    let image = image?.ok_or_else(|| match &restore {
+        Some((_, _, archive)) => Error::NotFound(format!(
+            "image {:?} of checkpoint {} is not present: pull it first",
+            config.image,
+            archive.display()
+        )),
+        None => Error::NotFound(format!(
             "image {:?} is not present: pull it first",
             config.image
-        ))
+        )),
     })?;
     let run = image_run(image.config.as_ref());
 
@@ -168,9 +194,9 @@ async fn make(
             // (the spec's root.readonly).
             read_only: false,
             volume_of: None,
+            diff: restore.as_ref().map(|(_, u, _)| u.diff.clone()),
         })
         .await?;
-    let mut config = config;
     mount_image_volumes(&deps, id, &mut config).await?;
     let user = spec::resolve_user(&rootfs, &run.user, &config.security)?;
     let files = PodFiles::new(&deps.state, pod_id);
@@ -211,8 +237,11 @@ async fn make(
             log_path: log_path.clone(),
             runtime_handler: pod.runtime_handler.clone(),
             stdin: config.stdin,
+            checkpoint: restore.as_ref().map(|(_, u, _)| u.images.clone()),
         })
         .await?;
+    // The images went into the task's bundle; the rest goes now.
+    drop(restore);
     Ok(Made {
         cgroups_path,
         image_id: image.record.id,
@@ -255,6 +284,7 @@ async fn mount_image_volumes(
                 image: image.record.id.clone(),
                 read_only: true,
                 volume_of: Some(id.into()),
+                diff: None,
             })
             .await?;
         let sub = m.image_sub_path.clone();

@@ -348,3 +348,17 @@ pub struct PodUsage {
     /// The pod's network interfaces (none on the node's network).
     pub network: Vec<super::stats::InterfaceUsage>,
 }
+
+/// CheckpointContainer: the running container's processes (CRIU) and its
+/// root filesystem's changes, written as an archive at `location`; the
+/// container runs on. `timeout` in seconds, 0 for none.
+#[derive(Debug, Clone)]
+pub struct CheckpointContainer {
+    pub id: String,
+    pub location: String,
+    pub timeout: i64,
+}
+
+impl Message for CheckpointContainer {
+    type Result = Result<()>;
+}

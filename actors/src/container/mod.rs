@@ -1,6 +1,7 @@
 //! The ContainerActor: containers in pods, their OCI specs, lifecycle and stats.
 
 mod actor;
+pub mod checkpoint;
 mod create;
 mod exec;
 mod exec_sync;

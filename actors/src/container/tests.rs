@@ -2,6 +2,8 @@
 //! image and shim actors: no runc, image or shim is needed. What each
 //! failure undoes, how exits land, and what recovery decides.
 
+use super::checkpoint::archive;
+use super::checkpoint::criu::{Criu, CriuProbe};
 use super::messages::*;
 use super::store::{ContainerRecord, ContainerState};
 use super::{ContainerDeps, Containers};
@@ -14,7 +16,8 @@ use crate::sandbox::messages::{PodConfig, PodSandboxStatus};
 use crate::sandbox::store::{SandboxRecord, SandboxState};
 use crate::shim::exits::ExitsOf;
 use crate::shim::messages::{
-    CreateTask, DeleteTask, Exit, StartTask, StopTask, TaskExited, TaskInfo, TaskState,
+    CheckpointTask, CreateTask, DeleteTask, Exit, StartTask, StopTask, TaskExited, TaskInfo,
+    TaskState,
 };
 use crate::Error;
 use std::collections::BTreeMap;
@@ -30,6 +33,26 @@ enum Step {
     Image,
     Rootfs,
     CreateTask,
+}
+
+/// The image "sha256:app", under the name it was asked by.
+fn app_image(name: String) -> ImageInfo {
+    ImageInfo {
+        record: ImageRecord {
+            id: "sha256:app".into(),
+            repo_tags: vec![name],
+            repo_digests: Vec::new(),
+            size: 1,
+            blobs: Vec::new(),
+            chain_ids: Vec::new(),
+            user: String::new(),
+            pinned: false,
+            created_unix_nanos: 1,
+        },
+        uid: None,
+        username: String::new(),
+        config: Some(serde_json::json!({"config": {"Cmd": ["sh"]}})),
+    }
 }
 
 /// Fakes that answer as the real actors do, but fail at `step`.
@@ -63,22 +86,7 @@ fn fakes(step: Step, dir: &std::path::Path) -> Arc<Fakes> {
     });
     f.on(move |m: ImageStatus| {
         fail(Step::Image, "image status")?;
-        Ok(Some(ImageInfo {
-            record: ImageRecord {
-                id: "sha256:app".into(),
-                repo_tags: vec![m.image],
-                repo_digests: Vec::new(),
-                size: 1,
-                blobs: Vec::new(),
-                chain_ids: Vec::new(),
-                user: String::new(),
-                pinned: false,
-                created_unix_nanos: 1,
-            },
-            uid: None,
-            username: String::new(),
-            config: Some(serde_json::json!({"config": {"Cmd": ["sh"]}})),
-        }))
+        Ok(Some(app_image(m.image)))
     });
     let rootfs = dir.join("rootfs");
     f.on(move |_: PrepareRootfs| {
@@ -116,7 +124,24 @@ struct Rig {
     kernel: Kernel,
 }
 
+/// CRIU as the fake says: usable, or not with this reason.
+struct FakeCriu(std::result::Result<(), String>);
+
+impl Criu for FakeCriu {
+    fn check(&self) -> std::result::Result<(), String> {
+        self.0.clone()
+    }
+}
+
 async fn rig(step: Step, journal: Arc<dyn Journal>) -> (Rig, Arc<Fakes>) {
+    rig_with(step, journal, Ok(())).await
+}
+
+async fn rig_with(
+    step: Step,
+    journal: Arc<dyn Journal>,
+    criu: std::result::Result<(), String>,
+) -> (Rig, Arc<Fakes>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let fakes = fakes(step, dir.path());
     let state = dir.path().join("state");
@@ -134,6 +159,7 @@ async fn rig(step: Step, journal: Arc<dyn Journal>) -> (Rig, Arc<Fakes>) {
         rootfs_dir: dir.path().join("rootfs-dir"),
         host: Arc::new(HostFacts::default()),
         events: Default::default(),
+        criu: Arc::new(CriuProbe::new(Box::new(FakeCriu(criu)))),
     };
     let (kernel, containers) = Kernel::start(journal.clone(), Duration::from_secs(10), move |s| {
         s.spawn::<Containers>(deps)
@@ -366,6 +392,242 @@ async fn recovery_undoes_cut_short_containers_and_takes_exits_on_record() {
     assert_eq!(
         (e.state, e.exit_code, e.finished_unix_nanos),
         (ContainerState::Exited, 7, 42)
+    );
+    r.kernel.shutdown().expect("shutdown");
+}
+
+/// A running container "app" with a writable layer that changed: a new
+/// file, a deleted one (an overlay whiteout), an opaque directory; and a
+/// bundle holding its spec. Answers its ID.
+async fn running_with_changes(r: &Rig) -> String {
+    let id = r.containers.call(create("app")).await.expect("create");
+    r.containers
+        .call(StartContainer { id: id.clone() })
+        .await
+        .expect("start");
+    let upper = r.dir.path().join("rootfs-dir").join(&id).join("upper");
+    std::fs::create_dir_all(upper.join("etc")).expect("mkdir");
+    std::fs::write(upper.join("etc/new"), "written").expect("write");
+    nix::sys::stat::mknod(
+        &upper.join("etc/gone"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .expect("whiteout (needs root)");
+    std::fs::create_dir_all(upper.join("cache")).expect("mkdir");
+    xattr::set(
+        upper.join("cache"),
+        crate::image::unpack::OPAQUE_XATTR,
+        b"y",
+    )
+    .expect("opaque");
+    std::fs::write(upper.join("cache/fresh"), "f").expect("write");
+    let bundle = crate::shim::bundle_dir(&r.dir.path().join("state"), &id);
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    std::fs::write(bundle.join("config.json"), r#"{"ociVersion":"1.0.2"}"#).expect("spec");
+    id
+}
+
+/// The names in a tar file, sorted.
+fn tar_names(path: &std::path::Path) -> Vec<String> {
+    let mut names = crate::image::unpack::tar_names(std::fs::File::open(path).expect("tar"));
+    names.sort();
+    names
+}
+
+#[actix::test]
+async fn a_checkpoint_archive_holds_config_spec_rootfs_changes_and_crius_images() {
+    let (r, fakes) = rig(Step::None, Arc::new(MemoryJournal::new())).await;
+    let id = running_with_changes(&r).await;
+    // The fake CRIU: what the runtime's checkpoint leaves in the images
+    // directory.
+    fakes.on(|m: CheckpointTask| {
+        std::fs::write(m.images.join("inventory.img"), "fake criu")
+            .map_err(|e| Error::Internal(e.to_string()))
+    });
+    let location = r.dir.path().join("checkpoints/app.tar");
+    r.containers
+        .call(CheckpointContainer {
+            id: id[..12].to_string(),
+            location: location.display().to_string(),
+            timeout: 30,
+        })
+        .await
+        .expect("checkpoint");
+    // Read back as a restore reads it.
+    let unpacked_dir = tempfile::tempdir().expect("tempdir");
+    let read = archive::unpack(&location, unpacked_dir.path(), "image").expect("an archive");
+    let config = &read.config;
+    assert_eq!(
+        (config.id.as_str(), config.name.as_str(), config.image()),
+        (id.as_str(), "app", "sha256:app")
+    );
+    assert_eq!(config.rootfs_image_name, "app:1");
+    assert!(config.checkpointed_time.ends_with('Z'), "{config:?}");
+    let spec = std::fs::read(unpacked_dir.path().join(archive::SPEC_DUMP)).expect("spec.dump");
+    assert_eq!(spec, br#"{"ociVersion":"1.0.2"}"#);
+    let images = std::fs::read_to_string(read.images.join("inventory.img")).expect("images");
+    assert_eq!(images, "fake criu");
+    assert_eq!(read.diff.deleted, ["/etc/gone"]);
+    let diff = tar_names(read.diff.tar.as_deref().expect("a diff"));
+    assert_eq!(
+        diff,
+        [
+            "cache",
+            "cache/.wh..wh..opq",
+            "cache/fresh",
+            "etc",
+            "etc/new"
+        ],
+        "a whiteout is a deletion, not a file"
+    );
+    // Nothing is left of the work: no scratch, no partial archive.
+    let scratch = r.dir.path().join("state/checkpoints");
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    assert_eq!(
+        std::fs::read_dir(location.parent().expect("dir"))
+            .expect("dir")
+            .count(),
+        1
+    );
+
+    // Restore: a container created from the archive gets the checkpoint's
+    // image, its root filesystem changes and CRIU's images.
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+    let rootfs = r.dir.path().join("rootfs");
+    fakes.on(move |m: ImageStatus| {
+        s1.lock().expect("lock").push(format!("image {}", m.image));
+        Ok(Some(app_image(m.image)))
+    });
+    fakes.on(move |m: PrepareRootfs| {
+        let diff = m.diff.clone().unwrap_or_default();
+        s2.lock().expect("lock").push(format!(
+            "diff {:?} deleted {:?}",
+            diff.tar.map(|t| tar_names(&t)),
+            diff.deleted
+        ));
+        Ok(rootfs.clone())
+    });
+    fakes.on(move |m: CreateTask| {
+        let images = m.checkpoint.expect("restored from images");
+        s3.lock().expect("lock").push(format!(
+            "criu images {}",
+            std::fs::read_to_string(images.join("inventory.img")).expect("images")
+        ));
+        Ok(0u32)
+    });
+    let mut restore = create("restored");
+    restore.config.image = location.display().to_string();
+    let restored = r.containers.call(restore).await.expect("restore");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        [
+            "image sha256:app".to_string(),
+            "diff Some([\"cache\", \"cache/.wh..wh..opq\", \"cache/fresh\", \"etc\", \"etc/new\"]) deleted [\"/etc/gone\"]".to_string(),
+            "criu images fake criu".to_string(),
+        ]
+    );
+    let status = r
+        .containers
+        .call(ContainerStatus { id: restored })
+        .await
+        .expect("status");
+    assert_eq!(status.image_id, "sha256:app");
+    assert_eq!(
+        std::fs::read_dir(&scratch).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+    r.kernel.shutdown().expect("shutdown");
+}
+
+#[actix::test]
+async fn without_a_working_criu_checkpoint_and_restore_fail_first_and_make_nothing() {
+    let reason = "Error (criu/vdso.c:613): vdso: Failed to fill self vdso symtable";
+    let (r, fakes) = rig_with(
+        Step::None,
+        Arc::new(MemoryJournal::new()),
+        Err(reason.into()),
+    )
+    .await;
+    let id = running_with_changes(&r).await;
+    let location = r.dir.path().join("out.tar");
+    let err = r
+        .containers
+        .call(CheckpointContainer {
+            id,
+            location: location.display().to_string(),
+            timeout: 0,
+        })
+        .await
+        .expect_err("no criu");
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains(reason)),
+        "{err:?}"
+    );
+    assert_eq!(fakes.asked("CheckpointTask"), 0);
+    assert!(!location.exists());
+    // A restore is refused before its archive is even read.
+    std::fs::write(&location, "not even a tar").expect("write");
+    let before = fakes.asked("PrepareRootfs");
+    let mut restore = create("restored");
+    restore.config.image = location.display().to_string();
+    let err = r.containers.call(restore).await.expect_err("no criu");
+    assert!(
+        matches!(&err, Error::FailedPrecondition(m) if m.contains(reason) && m.contains("restor")),
+        "{err:?}"
+    );
+    assert_eq!(fakes.asked("PrepareRootfs"), before);
+    r.kernel.shutdown().expect("shutdown");
+}
+
+#[actix::test]
+async fn bad_checkpoint_requests_and_archives_are_refused_by_field() {
+    let (r, _fakes) = rig(Step::None, Arc::new(MemoryJournal::new())).await;
+    let id = running_with_changes(&r).await;
+    for (location, field) in [
+        ("", "location"),
+        ("relative.tar", "location"),
+        ("/a/../b.tar", "location"),
+    ] {
+        let err = r
+            .containers
+            .call(CheckpointContainer {
+                id: id.clone(),
+                location: location.into(),
+                timeout: 0,
+            })
+            .await
+            .expect_err("bad location");
+        assert!(
+            matches!(&err, Error::InvalidArgument(m) if m.contains(field)),
+            "{location:?}: {err:?}"
+        );
+    }
+    let err = r
+        .containers
+        .call(CheckpointContainer {
+            id: "nope".into(),
+            location: "/tmp/x.tar".into(),
+            timeout: 0,
+        })
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, Error::NotFound(_)), "{err:?}");
+    // A file that is not a checkpoint archive.
+    let junk = r.dir.path().join("junk.tar");
+    std::fs::write(&junk, "not a tar").expect("write");
+    let mut restore = create("restored");
+    restore.config.image = junk.display().to_string();
+    let err = r.containers.call(restore).await.expect_err("junk");
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.starts_with("image:") && m.contains("not a checkpoint archive")),
+        "{err:?}"
     );
     r.kernel.shutdown().expect("shutdown");
 }

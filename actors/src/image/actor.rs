@@ -346,11 +346,19 @@ impl Handles<PrepareRootfs> for Images {
         let id = msg.container_id;
         let work = async move {
             let r = record.clone();
-            tokio::task::spawn_blocking(move || match rootfs::mount_rootfs(&r, &snapshots) {
-                Ok(()) => Ok(std::path::PathBuf::from(&r.target)),
-                Err(e) => {
-                    let _ = rootfs::remove_rootfs(&r);
-                    Err(e)
+            let diff = msg.diff;
+            tokio::task::spawn_blocking(move || {
+                let made = match &diff {
+                    Some(d) => rootfs::apply_diff(d, std::path::Path::new(&r.upper))
+                        .and_then(|()| rootfs::mount_rootfs(&r, &snapshots)),
+                    None => rootfs::mount_rootfs(&r, &snapshots),
+                };
+                match made {
+                    Ok(()) => Ok(std::path::PathBuf::from(&r.target)),
+                    Err(e) => {
+                        let _ = rootfs::remove_rootfs(&r);
+                        Err(e)
+                    }
                 }
             })
             .await

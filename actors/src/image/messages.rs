@@ -116,6 +116,9 @@ pub struct PrepareRootfs {
     pub image: String,
     pub read_only: bool,
     pub volume_of: Option<String>,
+    /// Changes to put into the new writable layer before it is mounted
+    /// (a restored checkpoint's).
+    pub diff: Option<super::rootfs::RootfsDiff>,
 }
 
 impl Message for PrepareRootfs {

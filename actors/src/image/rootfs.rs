@@ -6,9 +6,11 @@
 use super::actor::Images;
 use super::snapshots::remove_tree;
 use super::store::RootfsRecord;
+use super::unpack;
 use crate::{Error, Result};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use std::path::{Path, PathBuf};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use std::path::{Component, Path, PathBuf};
 
 fn fail(what: &str, p: &Path, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what} {}: {e}", p.display()))
@@ -82,6 +84,56 @@ pub fn remove_rootfs(r: &RootfsRecord) -> Result<()> {
     remove_tree(target);
     if let Some(dir) = Path::new(&r.upper).parent() {
         remove_tree(dir);
+    }
+    Ok(())
+}
+
+/// A root filesystem's changes, to put into a new writable layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RootfsDiff {
+    /// The changed files (a tar), if any.
+    pub tar: Option<PathBuf>,
+    /// Deleted paths, absolute as the container saw them.
+    pub deleted: Vec<String>,
+}
+
+/// `path` (absolute, as the container saw it) relative to the root, if it
+/// names something below it without `..`.
+pub fn inside(path: &str) -> Option<PathBuf> {
+    let mut rel = PathBuf::new();
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(p) => rel.push(p),
+            Component::ParentDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!rel.as_os_str().is_empty()).then_some(rel)
+}
+
+/// Puts `diff` into `upper`, a new container's writable layer before it
+/// is mounted: the changed files as they were, each deleted path as an
+/// overlay whiteout.
+pub fn apply_diff(diff: &RootfsDiff, upper: &Path) -> Result<()> {
+    std::fs::create_dir_all(upper).map_err(|e| fail("create", upper, e))?;
+    if let Some(tar) = &diff.tar {
+        let file = std::fs::File::open(tar).map_err(|e| fail("open", tar, e))?;
+        unpack::apply(std::io::BufReader::new(file), upper)?;
+    }
+    for d in &diff.deleted {
+        let rel = inside(d).ok_or_else(|| {
+            Error::InvalidArgument(format!("deleted path {d:?} is not inside the container"))
+        })?;
+        let parent = unpack::safe_parent(upper, &rel)?;
+        let Some(name) = rel.file_name() else {
+            continue;
+        };
+        let target = parent.join(name);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0))
+            .map_err(|e| fail("whiteout", &target, e))?;
     }
     Ok(())
 }
@@ -217,6 +269,48 @@ mod tests {
         assert!(!lower.join("etc/new").exists() && !top.join("etc/new").exists());
         assert!(!t.exists() && !Path::new(&r.upper).exists());
         remove_rootfs(&r).expect("twice");
+    }
+
+    #[test]
+    fn a_restored_diff_shows_its_files_and_hides_its_deletions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let lower = dir.path().join("l0");
+        std::fs::create_dir_all(lower.join("etc")).expect("mkdir");
+        std::fs::write(lower.join("etc/kept"), "k").expect("write");
+        std::fs::write(lower.join("etc/gone"), "g").expect("write");
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o600);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_data(&mut h, "etc/new", &b"new"[..])
+            .expect("entry");
+        let tar_path = dir.path().join("diff.tar");
+        std::fs::write(&tar_path, tar.into_inner().expect("tar")).expect("write");
+        let r = record(dir.path(), "c3", false);
+        let hostile = RootfsDiff {
+            tar: None,
+            deleted: vec!["/../../outside".into()],
+        };
+        assert!(apply_diff(&hostile, Path::new(&r.upper)).is_err());
+        let diff = RootfsDiff {
+            tar: Some(tar_path),
+            deleted: vec!["/etc/gone".into(), "/etc/never-was".into()],
+        };
+        apply_diff(&diff, Path::new(&r.upper)).expect("apply");
+        mount_rootfs(&r, std::slice::from_ref(&lower)).expect("mount");
+        let t = Path::new(&r.target);
+        let seen = (
+            std::fs::read_to_string(t.join("etc/new")).ok(),
+            std::fs::read_to_string(t.join("etc/kept")).ok(),
+            t.join("etc/gone").exists(),
+            t.join("etc/never-was").exists(),
+        );
+        remove_rootfs(&r).expect("remove");
+        assert_eq!(seen, (Some("new".into()), Some("k".into()), false, false));
+        assert!(lower.join("etc/gone").exists(), "the image is untouched");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tar::EntryType;
 /// The xattr overlayfs reads to know a directory hides everything below it.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 const WHITEOUT_PREFIX: &str = ".wh.";
-const OPAQUE_MARKER: &str = ".wh..wh..opq";
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
 /// Wraps a layer blob's reader in the decompressor its first bytes call for
 /// (gzip, zstd, or none).
@@ -77,7 +77,7 @@ fn relative(path: &Path) -> Result<Option<PathBuf>> {
 
 /// Makes sure every directory above `rel` exists inside `root` as a real
 /// directory (created if missing), never passing through a symlink.
-fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf> {
+pub(crate) fn safe_parent(root: &Path, rel: &Path) -> Result<PathBuf> {
     let mut dir = root.to_path_buf();
     if let Some(parent) = rel.parent() {
         for c in parent.components() {
@@ -243,6 +243,22 @@ pub fn apply(layer: impl Read, root: &Path) -> Result<Applied> {
         );
     }
     Ok(applied)
+}
+
+/// The entry names of a tar stream, in its order (for tests).
+#[cfg(test)]
+pub(crate) fn tar_names(tar: impl Read) -> Vec<String> {
+    tar::Archive::new(tar)
+        .entries()
+        .expect("a tar")
+        .map(|e| {
+            e.expect("entry")
+                .path()
+                .expect("path")
+                .display()
+                .to_string()
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub host: Arc<HostFacts>,
     /// How long start-up waits for an actor to build its state.
     pub start_timeout: Duration,
+    /// Whether CRIU works here, probed once when first asked.
+    pub criu: Arc<crate::container::checkpoint::criu::CriuProbe>,
 }
 
 /// berth's running actors, on their kernel.
@@ -120,6 +122,7 @@ impl Node {
             config.sandbox.clone(),
             config.host.clone(),
         );
+        let criu = config.criu.clone();
         let sinks = ExitSinks::default();
         let events = crate::events::Events::default();
         let published = events.clone();
@@ -148,6 +151,7 @@ impl Node {
                     rootfs_dir: container_dirs.2,
                     host,
                     events: published,
+                    criu,
                 });
                 // Task exits go to the two owners of tasks.
                 let _ = sinks.set(vec![sink(&sandbox), sink(&container)]);

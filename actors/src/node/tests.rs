@@ -33,6 +33,9 @@ fn config(dir: &std::path::Path) -> NodeConfig {
         },
         host: Arc::new(crate::host::HostFacts::default()),
         start_timeout: Duration::from_secs(10),
+        criu: Arc::new(crate::container::checkpoint::criu::CriuProbe::new(
+            Box::new(crate::container::checkpoint::criu::CriuBinary::default()),
+        )),
     }
 }
 

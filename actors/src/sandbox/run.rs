@@ -193,6 +193,7 @@ async fn make(
             log_path: None,
             runtime_handler: handler.into(),
             stdin: false,
+            checkpoint: None,
         })
         .await?;
         shim.call(StartTask { id: id.into() }).await

@@ -168,6 +168,14 @@ impl Handles<StartTask> for Shims {
     }
 }
 
+impl Handles<CheckpointTask> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: CheckpointTask, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.checkpoint_task(msg)
+    }
+}
+
 impl Handles<StopTask> for Shims {
     type Output = Option<Exit>;
 

@@ -87,6 +87,8 @@ pub struct CreateOpts {
     /// Whether the container's stdin is a pipe the shim holds open (else
     /// /dev/null; a terminal container's stdin is its terminal).
     pub stdin: bool,
+    /// CRIU images to restore the container from at start.
+    pub checkpoint: Option<PathBuf>,
 }
 
 /// The `stdin` of a CreateTaskRequest asking the shim for a stdin pipe it
@@ -260,6 +262,7 @@ impl ShimClient {
         if opts.stdin {
             req.stdin = STDIN_PIPE.to_string();
         }
+        req.checkpoint = path_string(&opts.checkpoint);
         let resp = self
             .call(
                 "create",
@@ -313,6 +316,17 @@ impl ShimClient {
             status,
             exit,
         })
+    }
+
+    /// Dumps the container's processes into `images`; they run on. No
+    /// time limit of berth's own: CRIU takes as long as memory needs.
+    pub async fn checkpoint(&self, images: &Path) -> Result<()> {
+        let mut req = api::CheckpointTaskRequest::new();
+        req.id = self.id.clone();
+        req.path = images.to_string_lossy().into_owned();
+        self.call("checkpoint", None, self.task.checkpoint(Self::ctx(), &req))
+            .await?;
+        Ok(())
     }
 
     /// Sends `signal`; `all` signals every process of the container.

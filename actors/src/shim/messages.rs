@@ -19,10 +19,25 @@ pub struct CreateTask {
     pub runtime_handler: String,
     /// Whether the container gets a stdin held open by its shim.
     pub stdin: bool,
+    /// A checkpoint's CRIU images: the task is restored from them at
+    /// start instead of run afresh. They are moved into the bundle.
+    pub checkpoint: Option<PathBuf>,
 }
 
 impl Message for CreateTask {
     type Result = Result<u32>;
+}
+
+/// Dumps a running task's processes (CRIU, through the runtime) into
+/// `images`, leaving them running.
+#[derive(Debug, Clone)]
+pub struct CheckpointTask {
+    pub id: String,
+    pub images: PathBuf,
+}
+
+impl Message for CheckpointTask {
+    type Result = Result<()>;
 }
 
 /// Starts a created task. Answers its PID.

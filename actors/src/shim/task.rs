@@ -18,6 +18,9 @@ use std::time::{Duration, UNIX_EPOCH};
 /// How long a shim may take to start and answer a call.
 const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Where a restored task's CRIU images are, in its bundle.
+const CHECKPOINT_DIR: &str = "checkpoint";
+
 /// How long a removal waits for a shim it ended to be gone.
 const SHIM_END_LIMIT: Duration = Duration::from_secs(5);
 
@@ -106,6 +109,8 @@ impl Shims {
         let spec = msg.spec;
         let log = msg.log_path;
         let stdin = msg.stdin;
+        let checkpoint = msg.checkpoint;
+        let restore_from = checkpoint.as_ref().map(|_| bundle.join(CHECKPOINT_DIR));
         let work = async move {
             let b = bundle.clone();
             let s = socket.clone();
@@ -116,8 +121,21 @@ impl Shims {
                     std::fs::create_dir_all(dir)
                         .map_err(|e| Error::Internal(format!("create {}: {e}", dir.display())))?;
                 }
-                spec.save(b.join(launch::SPEC_FILE))
-                    .map_err(|e| Error::Internal(format!("write {}/config.json: {e}", b.display())))
+                spec.save(b.join(launch::SPEC_FILE)).map_err(|e| {
+                    Error::Internal(format!("write {}/config.json: {e}", b.display()))
+                })?;
+                // The checkpoint's images go with the bundle.
+                if let Some(images) = &checkpoint {
+                    let to = b.join(CHECKPOINT_DIR);
+                    std::fs::rename(images, &to).map_err(|e| {
+                        Error::Internal(format!(
+                            "move {} to {}: {e}",
+                            images.display(),
+                            to.display()
+                        ))
+                    })?;
+                }
+                Ok(())
             })
             .await
             .map_err(|e| Error::Internal(format!("bundle task: {e}")))??;
@@ -131,6 +149,7 @@ impl Shims {
                     stdout: log.clone(),
                     stderr: None,
                     stdin,
+                    checkpoint: restore_from,
                 };
                 let pid = client.create(&create).await?;
                 tracing::debug!(
@@ -220,6 +239,33 @@ impl Shims {
             started
         };
         Reply::off(work)
+    }
+
+    pub(super) fn checkpoint_task(&mut self, msg: CheckpointTask) -> Reply<Self, ()> {
+        self.with_client(&msg.id, move |client| async move {
+            client.checkpoint(&msg.images).await
+        })
+    }
+
+    /// Runs `call` with the task's shim (connected again if berthd lost
+    /// the connection); an unknown task is NOT_FOUND.
+    fn with_client<T, F, Fut>(&self, id: &str, call: F) -> Reply<Self, T>
+    where
+        T: 'static,
+        F: FnOnce(ShimClient) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<T>> + 'static,
+    {
+        let Some((client, record)) = self.client(id) else {
+            return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
+        };
+        let id = id.to_string();
+        Reply::off(async move {
+            let client = match client {
+                Some(c) => c,
+                None => ShimClient::connect(&id, Path::new(&record.address)).await?,
+            };
+            call(client).await
+        })
     }
 
     pub(super) fn stop_task(&mut self, msg: StopTask) -> Reply<Self, Option<Exit>> {
@@ -409,17 +455,9 @@ impl Shims {
 
 impl Shims {
     pub(super) fn update_task(&mut self, msg: UpdateTask) -> Reply<Self, ()> {
-        let Some((client, record)) = self.client(&msg.id) else {
-            return Reply::Now(Err(Error::NotFound(format!("task {} not found", msg.id))));
-        };
-        let work = async move {
-            let client = match client {
-                Some(c) => c,
-                None => ShimClient::connect(&msg.id, Path::new(&record.address)).await?,
-            };
+        self.with_client(&msg.id, move |client| async move {
             client.update(&msg.resources_json).await
-        };
-        Reply::off(work)
+        })
     }
 
     /// The shim reopens the log file on SIGUSR1; lines are written whole,

@@ -7,7 +7,7 @@
 //! file under the file's lock, so a reopen for log rotation (SIGUSR1) falls
 //! between lines, never inside one.
 
-use crate::timefmt;
+use berth_protocol::timefmt;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};

@@ -47,7 +47,6 @@ mod reaper;
 mod runc;
 mod service;
 mod shimlog;
-mod timefmt;
 
 fn main() {
     use berth_protocol::shim::{parse, Command, USAGE};

@@ -2,7 +2,7 @@
 //! the container's log. The `log` facade is used so that ttrpc's warnings
 //! land here too.
 
-use crate::timefmt;
+use berth_protocol::timefmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

@@ -153,6 +153,7 @@ impl Fixture {
                 stdout: Some(self.log_path()),
                 stderr: None,
                 stdin: false,
+                ..Default::default()
             })
             .await
             .expect("create");
@@ -704,6 +705,7 @@ async fn bad_requests_get_clear_errors() {
             stdout: Some("relative.log".into()),
             stderr: None,
             stdin: false,
+            ..Default::default()
         })
         .await
         .expect_err("relative log path");
@@ -711,6 +713,25 @@ async fn bad_requests_get_clear_errors() {
         matches!(&e, Error::InvalidArgument(m) if m.contains(&f.id)),
         "{e:?}"
     );
+    let e = f
+        .client
+        .create(&CreateOpts {
+            bundle: f.bundle.clone(),
+            checkpoint: Some(f.bundle.join("no-such-images")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no checkpoint to restore");
+    assert!(
+        matches!(&e, Error::InvalidArgument(m) if m.contains("checkpoint")),
+        "{e:?}"
+    );
+    let e = f
+        .client
+        .checkpoint(&f.bundle.join("images"))
+        .await
+        .expect_err("nothing to checkpoint");
+    assert!(matches!(e, Error::NotFound(_)), "{e:?}");
 
     let e = f.client.start(None).await.expect_err("nothing created");
     assert!(matches!(e, Error::NotFound(_)), "{e:?}");

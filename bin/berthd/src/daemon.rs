@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::cri::Cri;
 use crate::door::listen;
 use anyhow::{anyhow, bail, Context, Result};
+use berth_actors::container::checkpoint::criu::{CriuBinary, CriuProbe};
 use berth_actors::host::HostFacts;
 use berth_actors::image::manifest::Platform;
 use berth_actors::image::messages::EnsureSandboxImage;
@@ -90,6 +91,7 @@ pub async fn run(config: Config) -> Result<()> {
             },
             host: host.clone(),
             start_timeout: Duration::from_secs(config.daemon.start_timeout_secs),
+            criu: Arc::new(CriuProbe::new(Box::new(CriuBinary::default()))),
         },
     )
     .await

@@ -32,7 +32,7 @@ impl Shared {
     ) {
         let record = ExitRecord {
             status: exit.status,
-            exited_at_unix_nanos: crate::timefmt::unix_nanos(exit.at),
+            exited_at_unix_nanos: berth_protocol::timefmt::unix_nanos(exit.at),
             note: None,
         };
         if let Err(e) = record.write_to(&self.bundle) {
@@ -158,14 +158,25 @@ impl Shared {
         // half-way leaves it, and the next run would refuse to start.
         let _ = std::fs::remove_file(s.bundle.join(".init.pid"));
         let since = s.reaper.mark();
-        let mut args: Vec<&OsStr> = vec![
-            "run".as_ref(),
+        // A checkpoint is restored (CRIU through the runtime) instead of
+        // the program being run afresh.
+        let verb: &[&OsStr] = if req.checkpoint.is_empty() {
+            &["run".as_ref()]
+        } else {
+            &[
+                "restore".as_ref(),
+                "--image-path".as_ref(),
+                req.checkpoint.as_ref(),
+            ]
+        };
+        let mut args: Vec<&OsStr> = verb.to_vec();
+        args.extend::<[&OsStr; 5]>([
             "--detach".as_ref(),
             "--bundle".as_ref(),
             s.bundle.as_os_str(),
             "--pid-file".as_ref(),
             pid_file.as_os_str(),
-        ];
+        ]);
         if let Some(path) = &console_socket {
             args.extend(["--console-socket".as_ref(), path.as_os_str()]);
         }

@@ -46,8 +46,11 @@ impl Task for Service {
         if !req.rootfs.is_empty() {
             return refuse("rootfs mounts are not supported: the bundle's rootfs must be ready");
         }
-        if !req.checkpoint.is_empty() {
-            return refuse("restoring a checkpoint is not supported");
+        if !req.checkpoint.is_empty() && !Path::new(&req.checkpoint).is_dir() {
+            return refuse(&format!(
+                "the checkpoint {:?} to restore is not a directory",
+                req.checkpoint
+            ));
         }
         if !req.bundle.is_empty() && Path::new(&req.bundle) != s.bundle {
             return refuse(&format!(
@@ -148,8 +151,33 @@ impl Task for Service {
         Err(status(Code::UNIMPLEMENTED, "resume is not implemented"))
     }
 
-    fn checkpoint(&self, _ctx: &TtrpcContext, _req: CheckpointTaskRequest) -> TResult<Empty> {
-        Err(status(Code::UNIMPLEMENTED, "checkpoint is not implemented"))
+    /// Dumps the running container's processes with the runtime's
+    /// `checkpoint` (CRIU) into `path`, leaving them running.
+    fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TResult<Empty> {
+        let s = &self.0;
+        s.check_id(&req.id)?;
+        if !Path::new(&req.path).is_absolute() {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                format!("checkpoint path {:?} is not absolute", req.path),
+            ));
+        }
+        let _op = s.ops();
+        s.require_running(&s.tasks())?;
+        s.runc
+            .run(
+                &[
+                    "checkpoint",
+                    "--leave-running",
+                    "--image-path",
+                    &req.path,
+                    &s.id,
+                ],
+                Io::Capture { stdin: None },
+            )
+            .map_err(|e| s.runc_failed(e))?;
+        log::info!("container {} checkpointed to {}", s.id, req.path);
+        Ok(Empty::new())
     }
 
     fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TResult<Empty> {

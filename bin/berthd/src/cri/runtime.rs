@@ -4,7 +4,7 @@
 use super::Cri;
 use crate::config::CgroupDriver;
 use crate::convert;
-use crate::door::{feed, serve, unimplemented_rpcs, Feed};
+use crate::door::{feed, serve, Feed};
 use berth_actors::container::messages as ctr;
 use berth_actors::kernel::ActorSnapshot;
 use berth_actors::network::messages::{NetworkReadiness, NetworkStatus};
@@ -675,8 +675,24 @@ impl RuntimeService for Cri {
     }
     type StreamPodSandboxMetricsStream = Feed<StreamPodSandboxMetricsResponse>;
 
-    unimplemented_rpcs! {
-        checkpoint_container(CheckpointContainerRequest) -> CheckpointContainerResponse = "CheckpointContainer";
+    async fn checkpoint_container(
+        &self,
+        request: Request<CheckpointContainerRequest>,
+    ) -> Result<Response<CheckpointContainerResponse>, Status> {
+        let req = request.into_inner();
+        tracing::debug!(request = ?req, "CheckpointContainer request");
+        serve("CheckpointContainer", async {
+            self.node
+                .container
+                .call(ctr::CheckpointContainer {
+                    id: req.container_id,
+                    location: req.location,
+                    timeout: req.timeout,
+                })
+                .await?;
+            Ok(CheckpointContainerResponse {})
+        })
+        .await
     }
 }
 

@@ -104,14 +104,6 @@ pub async fn serve<T>(
     out.map(Response::new)
 }
 
-/// The answer for an RPC whose issue has not landed: honest, and naming it.
-pub fn unimplemented<T>(rpc: &'static str) -> Result<Response<T>, Status> {
-    tracing::debug!(rpc, "call");
-    let status = Status::unimplemented(format!("{rpc} is not implemented by berth yet"));
-    log_outcome(rpc, Instant::now(), Some(&status));
-    Err(status)
-}
-
 fn log_outcome(rpc: &'static str, start: Instant, error: Option<&Status>) {
     let took = start.elapsed();
     let code = error.map_or(Code::Ok, |s| s.code());
@@ -125,29 +117,6 @@ fn log_outcome(rpc: &'static str, start: Instant, error: Option<&Status>) {
         Some(s) => tracing::info!(rpc, micros, code = ?s.code(), error = s.message(), "failed"),
     }
 }
-
-/// Implements trait methods of a tonic (async-trait) service that answer
-/// UNIMPLEMENTED, naming the RPC. The methods are written in the form
-/// async-trait expands to, because this macro runs after it.
-macro_rules! unimplemented_rpcs {
-    ($($method:ident($req:ty) -> $resp:ty = $rpc:literal;)*) => {
-        $(
-            fn $method<'life0, 'async_trait>(
-                &'life0 self,
-                _request: tonic::Request<$req>,
-            ) -> std::pin::Pin<Box<dyn std::future::Future<
-                Output = Result<tonic::Response<$resp>, tonic::Status>,
-            > + Send + 'async_trait>>
-            where
-                'life0: 'async_trait,
-                Self: 'async_trait,
-            {
-                Box::pin(async move { $crate::door::unimplemented($rpc) })
-            }
-        )*
-    };
-}
-pub(crate) use unimplemented_rpcs;
 
 /// The stream type of server-streaming RPCs.
 pub type Feed<T> =

@@ -1,5 +1,5 @@
-//! RFC 3339 timestamps with nanoseconds, in UTC, as the CRI log format and
-//! the shim's own log want them; done here instead of pulling in a date crate.
+//! RFC 3339 timestamps with nanoseconds, in UTC, as the CRI log format, the
+//! shim's own log and checkpoint archives want them; done here instead of pulling in a date crate.
 
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,7 +30,7 @@ pub fn write_rfc3339_nano(out: &mut Vec<u8>, t: SystemTime) {
     );
 }
 
-#[cfg(test)]
+/// `t` as RFC 3339 text with nanoseconds, in UTC.
 pub fn rfc3339_nano(t: SystemTime) -> String {
     let mut v = Vec::with_capacity(30);
     write_rfc3339_nano(&mut v, t);
