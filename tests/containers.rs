@@ -839,6 +839,31 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
         layer.used_bytes.expect("bytes").value > 0,
         "the container wrote a file"
     );
+    // Swap and pressure, exactly where this node's cgroups keep them: v1's
+    // memory+swap accounting or v2's swap files; pressure files in the
+    // cgroup2 tree (the whole of v2, or a hybrid node's beside v1).
+    let cg = Path::new("/sys/fs/cgroup");
+    let node_swap = cg.join("memory/memory.memsw.limit_in_bytes").exists()
+        || std::fs::read_dir(cg)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| e.path().join("memory.swap.current").exists());
+    let node_psi = cg.join("cpu.pressure").exists() || cg.join("unified/cpu.pressure").exists();
+    let swap = st.swap.as_ref();
+    assert_eq!(swap.is_some(), node_swap, "swap: {swap:?}");
+    if let Some(swap) = swap {
+        assert!(
+            swap.swap_usage_bytes.is_some() && swap.timestamp > 0,
+            "{swap:?}"
+        );
+    }
+    let psi = st.cpu.as_ref().and_then(|c| c.psi.as_ref());
+    assert_eq!(psi.is_some(), node_psi, "cpu pressure: {psi:?}");
+    if let Some(psi) = psi {
+        assert!(psi.some.is_some(), "{psi:?}");
+    }
+    assert_eq!(st.io.is_some(), node_psi, "io pressure: {:?}", st.io);
     let list = pod_container_stats(&mut rt, &p).await;
     assert_eq!(list.len(), 1);
     let linux = pod_stats(&mut rt, &p)
@@ -905,6 +930,12 @@ async fn stats_come_from_the_cgroups_and_an_oom_kill_is_reported() {
     assert_eq!(working_set.label_values.len(), keys(&working_set.name));
     assert_eq!(working_set.label_values[0], "busy");
     assert!(working_set.value.as_ref().is_some_and(|v| v.value > 0));
+    let named = |name: &str| of_c.metrics.iter().any(|m| m.name == name);
+    assert_eq!(
+        named("container_pressure_cpu_waiting_seconds_total"),
+        node_psi
+    );
+    assert_eq!(named("container_memory_swap"), node_swap);
     let received = mine
         .metrics
         .iter()

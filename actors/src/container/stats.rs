@@ -41,7 +41,134 @@ pub struct CgroupStats {
     pub pids: Option<u64>,
     /// Processes the OOM killer has killed in the cgroup.
     pub oom_kills: Option<u64>,
+    /// Swap the cgroup uses, and how much more it may (None: no limit).
+    pub swap_usage_bytes: Option<u64>,
+    pub swap_available_bytes: Option<u64>,
+    /// Bytes read from and written to block devices.
+    pub io_read_bytes: Option<u64>,
+    pub io_write_bytes: Option<u64>,
+    /// Pressure stall information, where the cgroup has it (cgroup v2,
+    /// or the cgroup2 hierarchy of a hybrid node).
+    pub pressure: Option<Pressure>,
 }
+
+/// How long the cgroup's tasks stalled for CPU, memory and IO.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub cpu: Option<Psi>,
+    pub memory: Option<Psi>,
+    pub io: Option<Psi>,
+}
+
+/// One resource's pressure: `some` task stalled, or `full`y all of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Psi {
+    pub some: PsiLine,
+    pub full: Option<PsiLine>,
+}
+
+/// A pressure line: stall time in microseconds, and the share of the
+/// last 10, 60 and 300 seconds stalled, in hundredths of a percent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PsiLine {
+    pub total_micros: u64,
+    pub avg10: u32,
+    pub avg60: u32,
+    pub avg300: u32,
+}
+
+/// A `*.pressure` file: `some avg10=0.12 avg60=... avg300=... total=N`
+/// and (except for CPU on older kernels) a `full` line.
+pub fn parse_pressure(text: &str) -> Option<Psi> {
+    fn hundredths(v: &str) -> u32 {
+        let (whole, frac) = v.split_once('.').unwrap_or((v, "0"));
+        let frac: String = frac.chars().chain("00".chars()).take(2).collect();
+        whole.parse::<u32>().unwrap_or(0) * 100 + frac.parse::<u32>().unwrap_or(0)
+    }
+    let mut some = None;
+    let mut full = None;
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        let slot = match words.next() {
+            Some("some") => &mut some,
+            Some("full") => &mut full,
+            _ => continue,
+        };
+        let mut l = PsiLine::default();
+        for w in words {
+            match w.split_once('=') {
+                Some(("avg10", v)) => l.avg10 = hundredths(v),
+                Some(("avg60", v)) => l.avg60 = hundredths(v),
+                Some(("avg300", v)) => l.avg300 = hundredths(v),
+                Some(("total", v)) => l.total_micros = v.parse().unwrap_or(0),
+                _ => {}
+            }
+        }
+        *slot = Some(l);
+    }
+    Some(Psi { some: some?, full })
+}
+
+/// The pressure files in the cgroup directory `dir`, if it has any.
+fn read_pressure(dir: &Path) -> Option<Pressure> {
+    let psi = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .and_then(|t| parse_pressure(&t))
+    };
+    let p = Pressure {
+        cpu: psi("cpu.pressure"),
+        memory: psi("memory.pressure"),
+        io: psi("io.pressure"),
+    };
+    (p.cpu.is_some() || p.memory.is_some() || p.io.is_some()).then_some(p)
+}
+
+/// The pressure of the cgroup at `rel` under `root`: in the cgroup v2
+/// tree, or a hybrid node's cgroup2 hierarchy beside the v1 controllers.
+/// None where the kernel keeps none.
+fn pressure_at(root: &Path, v2: bool, rel: &Path) -> Option<Pressure> {
+    if v2 {
+        read_pressure(&root.join(rel))
+    } else {
+        read_pressure(&root.join("unified").join(rel))
+    }
+}
+
+/// Bytes read and written, summed over devices, from v1's
+/// `blkio.throttle.io_service_bytes` (`MAJ:MIN Read N` lines).
+fn blkio_bytes(text: &str) -> (u64, u64) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for line in text.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if let [_, op, n] = f[..] {
+            let n: u64 = n.parse().unwrap_or(0);
+            match op {
+                "Read" => read = read.saturating_add(n),
+                "Write" => write = write.saturating_add(n),
+                _ => {}
+            }
+        }
+    }
+    (read, write)
+}
+
+/// Bytes read and written, summed over devices, from v2's `io.stat`
+/// (`MAJ:MIN rbytes=N wbytes=N ...` lines).
+fn io_stat_bytes(text: &str) -> (u64, u64) {
+    let (mut read, mut write) = (0u64, 0u64);
+    for w in text.split_whitespace() {
+        match w.split_once('=') {
+            Some(("rbytes", n)) => read = read.saturating_add(n.parse().unwrap_or(0)),
+            Some(("wbytes", n)) => write = write.saturating_add(n.parse().unwrap_or(0)),
+            _ => {}
+        }
+    }
+    (read, write)
+}
+
+/// v1 counts a limit it does not have as this (a page short of i64::MAX).
+const V1_UNLIMITED: u64 = 0x7FFF_FFFF_FFFF_F000;
 
 /// One network interface's counters, as `/proc/<pid>/net/dev` has them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -214,6 +341,28 @@ fn read_v1(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
     let stat = keyed(&memory.join("memory.stat"))?.unwrap_or_default();
     let usage = single(&memory.join("memory.usage_in_bytes"))?;
     let oom = keyed(&memory.join("memory.oom_control"))?.unwrap_or_default();
+    // Swap is what memory+swap holds beyond memory (where the kernel
+    // accounts swap at all); its room is the memory+swap limit's beyond
+    // the memory limit, less what is used.
+    let memsw = single(&memory.join("memory.memsw.usage_in_bytes"))?;
+    let swap_usage = memsw.zip(usage).map(|(m, u)| m.saturating_sub(u));
+    let limits = (
+        single(&memory.join("memory.memsw.limit_in_bytes"))?,
+        single(&memory.join("memory.limit_in_bytes"))?,
+    );
+    let swap_available = match (limits, swap_usage) {
+        ((Some(sw), Some(mem)), Some(used)) if sw < V1_UNLIMITED => {
+            Some(sw.saturating_sub(mem).saturating_sub(used))
+        }
+        _ => None,
+    };
+    // The recursive file counts a pod's containers too.
+    let blkio = root.join("blkio").join(rel);
+    let io = match contents(&blkio.join("blkio.throttle.io_service_bytes_recursive"))? {
+        Some(t) => Some(t),
+        None => contents(&blkio.join("blkio.throttle.io_service_bytes"))?,
+    }
+    .map(|t| blkio_bytes(&t));
     // The `total_` values include the cgroup's descendants (a pod's
     // containers); the plain ones would count only its own processes.
     Ok(CgroupStats {
@@ -226,6 +375,11 @@ fn read_v1(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
         major_page_faults: stat.get("total_pgmajfault").copied(),
         pids: single(&pids.join("pids.current"))?,
         oom_kills: oom.get("oom_kill").copied(),
+        swap_usage_bytes: swap_usage,
+        swap_available_bytes: swap_available,
+        io_read_bytes: io.map(|(r, _)| r),
+        io_write_bytes: io.map(|(_, w)| w),
+        pressure: pressure_at(root, false, rel),
     })
 }
 
@@ -238,6 +392,11 @@ fn read_v2(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
     let stat = keyed(&dir.join("memory.stat"))?.unwrap_or_default();
     let usage = single(&dir.join("memory.current"))?;
     let events = keyed(&dir.join("memory.events"))?.unwrap_or_default();
+    let swap_usage = single(&dir.join("memory.swap.current"))?;
+    // "max" (no limit) is not a number: no room is then reported.
+    let swap_max =
+        contents(&dir.join("memory.swap.max"))?.and_then(|t| t.trim().parse::<u64>().ok());
+    let io = contents(&dir.join("io.stat"))?.map(|t| io_stat_bytes(&t));
     Ok(CgroupStats {
         timestamp_unix_nanos: 0,
         cpu_usage_core_nanos: cpu.get("usage_usec").map(|us| us.saturating_mul(1000)),
@@ -248,6 +407,11 @@ fn read_v2(root: &Path, rel: &Path, cgroups_path: &str) -> Result<CgroupStats> {
         major_page_faults: stat.get("pgmajfault").copied(),
         pids: single(&dir.join("pids.current"))?,
         oom_kills: events.get("oom_kill").copied(),
+        swap_usage_bytes: swap_usage,
+        swap_available_bytes: swap_max.zip(swap_usage).map(|(m, u)| m.saturating_sub(u)),
+        io_read_bytes: io.map(|(r, _)| r),
+        io_write_bytes: io.map(|(_, w)| w),
+        pressure: read_pressure(&dir),
     })
 }
 
@@ -326,5 +490,9 @@ pub fn add(a: &mut CgroupStats, b: &CgroupStats) {
     sum(&mut a.major_page_faults, b.major_page_faults);
     sum(&mut a.pids, b.pids);
     sum(&mut a.oom_kills, b.oom_kills);
+    sum(&mut a.swap_usage_bytes, b.swap_usage_bytes);
+    sum(&mut a.io_read_bytes, b.io_read_bytes);
+    sum(&mut a.io_write_bytes, b.io_write_bytes);
+    // Room and pressure do not add up: a pod's are its own cgroup's.
     a.timestamp_unix_nanos = a.timestamp_unix_nanos.max(b.timestamp_unix_nanos);
 }

@@ -69,6 +69,12 @@ impl Containers {
                         for c in &mine {
                             stats::add(&mut total, &c.cgroup);
                         }
+                        // Pressure and swap room are the pod's own
+                        // cgroup's, when kubelet gave it one.
+                        let own = &pod.config.cgroup_parent;
+                        let own_stats = (!own.is_empty()).then(|| stats::read(own).ok()).flatten();
+                        total.pressure = own_stats.as_ref().and_then(|s| s.pressure.clone());
+                        total.swap_available_bytes = own_stats.and_then(|s| s.swap_available_bytes);
                         let own_network = pod.config.security.namespaces.network
                             != crate::sandbox::messages::NamespaceMode::Node;
                         let network = if own_network {

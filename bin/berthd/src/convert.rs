@@ -557,10 +557,27 @@ pub fn container_filter(
 }
 
 use berth_actors::container::messages::{ContainerUsage, PodUsage};
-use berth_actors::container::stats::CgroupStats;
+use berth_actors::container::stats::{CgroupStats, Pressure, Psi, PsiLine};
 
 fn u64v(v: Option<u64>) -> Option<cri::UInt64Value> {
     v.map(|value| cri::UInt64Value { value })
+}
+
+fn psi(p: Option<&Psi>) -> Option<cri::PsiStats> {
+    let data = |l: &PsiLine| cri::PsiData {
+        total: l.total_micros,
+        avg10: f64::from(l.avg10) / 100.0,
+        avg60: f64::from(l.avg60) / 100.0,
+        avg300: f64::from(l.avg300) / 100.0,
+    };
+    p.map(|p| cri::PsiStats {
+        full: p.full.as_ref().map(data),
+        some: Some(data(&p.some)),
+    })
+}
+
+fn pressure_of(s: &CgroupStats, which: fn(&Pressure) -> Option<&Psi>) -> Option<cri::PsiStats> {
+    psi(s.pressure.as_ref().and_then(which))
 }
 
 fn cpu(key: &str, s: &CgroupStats, rates: &CpuRates) -> cri::CpuUsage {
@@ -568,8 +585,25 @@ fn cpu(key: &str, s: &CgroupStats, rates: &CpuRates) -> cri::CpuUsage {
         timestamp: s.timestamp_unix_nanos,
         usage_core_nano_seconds: u64v(s.cpu_usage_core_nanos),
         usage_nano_cores: u64v(rates.rate(key, s.timestamp_unix_nanos, s.cpu_usage_core_nanos)),
-        ..Default::default()
+        psi: pressure_of(s, |p| p.cpu.as_ref()),
     }
+}
+
+/// IO: the cgroup's IO pressure (the only reading the CRI carries).
+fn io(s: &CgroupStats) -> Option<cri::IoUsage> {
+    let psi = pressure_of(s, |p| p.io.as_ref())?;
+    Some(cri::IoUsage {
+        timestamp: s.timestamp_unix_nanos,
+        psi: Some(psi),
+    })
+}
+
+fn swap(s: &CgroupStats) -> Option<cri::SwapUsage> {
+    s.swap_usage_bytes.map(|used| cri::SwapUsage {
+        timestamp: s.timestamp_unix_nanos,
+        swap_available_bytes: u64v(s.swap_available_bytes),
+        swap_usage_bytes: u64v(Some(used)),
+    })
 }
 
 fn memory(s: &CgroupStats) -> cri::MemoryUsage {
@@ -580,6 +614,7 @@ fn memory(s: &CgroupStats) -> cri::MemoryUsage {
         rss_bytes: u64v(s.memory_rss_bytes),
         page_faults: u64v(s.page_faults),
         major_page_faults: u64v(s.major_page_faults),
+        psi: pressure_of(s, |p| p.memory.as_ref()),
         ..Default::default()
     }
 }
@@ -606,7 +641,8 @@ pub fn container_stats(u: &ContainerUsage, rates: &CpuRates) -> cri::ContainerSt
             used_bytes: u64v(Some(u.writable_bytes)),
             inodes_used: u64v(Some(u.writable_inodes)),
         }),
-        ..Default::default()
+        swap: swap(&u.cgroup),
+        io: io(&u.cgroup),
     }
 }
 
@@ -659,7 +695,7 @@ pub fn pod_stats(p: &PodUsage, rates: &CpuRates) -> cri::PodSandboxStats {
                 .map(|c| container_stats(c, rates))
                 .collect(),
             network: network(p),
-            ..Default::default()
+            io: io(&p.total),
         }),
         windows: None,
     }

@@ -36,6 +36,20 @@ fn v1_tree() -> TempDir {
         "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
     );
     put(&pids, "pids.current", "3\n");
+    put(&memory, "memory.memsw.usage_in_bytes", "11534336\n");
+    put(&memory, "memory.memsw.limit_in_bytes", "33554432\n");
+    put(&memory, "memory.limit_in_bytes", "16777216\n");
+    put(
+        &root.path().join("blkio/berth/abc"),
+        "blkio.throttle.io_service_bytes_recursive",
+        "8:0 Read 4096\n8:0 Write 8192\n8:0 Sync 0\n8:16 Read 1024\n8:16 Write 0\nTotal 13312\n",
+    );
+    // A hybrid node: pressure in the cgroup2 hierarchy beside v1.
+    put(
+        &root.path().join("unified/berth/abc"),
+        "cpu.pressure",
+        "some avg10=1.50 avg60=0.25 avg300=0.00 total=2500000\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+    );
     root
 }
 
@@ -62,6 +76,23 @@ fn v2_tree() -> TempDir {
         "low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\noom_group_kill 0\n",
     );
     put(&dir, "pids.current", "5\n");
+    put(&dir, "memory.swap.current", "1048576\n");
+    put(&dir, "memory.swap.max", "4194304\n");
+    put(
+        &dir,
+        "io.stat",
+        "8:0 rbytes=4096 wbytes=512 rios=1 wios=1 dbytes=0 dios=0\n8:16 rbytes=100 wbytes=0 rios=1 wios=0\n",
+    );
+    put(
+        &dir,
+        "memory.pressure",
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=10\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=5\n",
+    );
+    put(
+        &dir,
+        "io.pressure",
+        "some avg10=12.34 avg60=5.6 avg300=0.01 total=3000000\nfull avg10=1.00 avg60=0.00 avg300=0.00 total=1000000\n",
+    );
     root
 }
 
@@ -83,6 +114,24 @@ fn v1_reads_every_value() {
             major_page_faults: Some(7),
             pids: Some(3),
             oom_kills: Some(2),
+            // memory+swap less memory; its room: 32 - 16 MiB less that.
+            swap_usage_bytes: Some(1_048_576),
+            swap_available_bytes: Some(16_777_216 - 1_048_576),
+            io_read_bytes: Some(5120),
+            io_write_bytes: Some(8192),
+            pressure: Some(Pressure {
+                cpu: Some(Psi {
+                    some: PsiLine {
+                        total_micros: 2_500_000,
+                        avg10: 150,
+                        avg60: 25,
+                        avg300: 0,
+                    },
+                    full: Some(PsiLine::default()),
+                }),
+                memory: None,
+                io: None,
+            }),
         }
     );
     // Without the leading slash it is the same cgroup.
@@ -107,6 +156,37 @@ fn v2_reads_every_value() {
             major_page_faults: Some(9),
             pids: Some(5),
             oom_kills: Some(1),
+            swap_usage_bytes: Some(1_048_576),
+            swap_available_bytes: Some(3_145_728),
+            io_read_bytes: Some(4196),
+            io_write_bytes: Some(512),
+            pressure: Some(Pressure {
+                cpu: None,
+                memory: Some(Psi {
+                    some: PsiLine {
+                        total_micros: 10,
+                        ..Default::default()
+                    },
+                    full: Some(PsiLine {
+                        total_micros: 5,
+                        ..Default::default()
+                    }),
+                }),
+                io: Some(Psi {
+                    some: PsiLine {
+                        total_micros: 3_000_000,
+                        avg10: 1234,
+                        avg60: 560,
+                        avg300: 1,
+                    },
+                    full: Some(PsiLine {
+                        total_micros: 1_000_000,
+                        avg10: 100,
+                        avg60: 0,
+                        avg300: 0,
+                    }),
+                }),
+            }),
         }
     );
 }
@@ -485,4 +565,51 @@ fn net_dev_gives_each_interface_but_loopback() {
         }]
     );
     assert!(parse_net_dev("garbage").is_empty());
+}
+
+#[test]
+fn pressure_lines_read_as_the_kernel_writes_them() {
+    // CPU on older kernels has no `full` line; unknown lines are skipped.
+    let cpu = parse_pressure("some avg10=0.05 avg60=10.00 avg300=100.00 total=42\n").expect("psi");
+    assert_eq!(
+        cpu,
+        Psi {
+            some: PsiLine {
+                total_micros: 42,
+                avg10: 5,
+                avg60: 1000,
+                avg300: 10000,
+            },
+            full: None,
+        }
+    );
+    assert_eq!(
+        parse_pressure("full avg10=0.00 total=1\n"),
+        None,
+        "no some line"
+    );
+    assert_eq!(parse_pressure(""), None);
+}
+
+#[test]
+fn unlimited_swap_has_no_room_reported() {
+    let root = v1_tree();
+    let memory = root.path().join("memory/berth/abc");
+    put(
+        &memory,
+        "memory.memsw.limit_in_bytes",
+        "9223372036854771712\n",
+    );
+    let s = read_at(root.path(), false, CG).expect("read");
+    assert_eq!(
+        (s.swap_usage_bytes, s.swap_available_bytes),
+        (Some(1_048_576), None)
+    );
+    let v2 = v2_tree();
+    put(&v2.path().join("berth/abc"), "memory.swap.max", "max\n");
+    let s = read_at(v2.path(), true, CG).expect("read");
+    assert_eq!(
+        (s.swap_usage_bytes, s.swap_available_bytes),
+        (Some(1_048_576), None)
+    );
 }

@@ -8,7 +8,7 @@
 use super::Cri;
 use crate::door::{feed, serve, Feed};
 use berth_actors::container::messages::{ContainerUsage, PodStats, PodUsage};
-use berth_actors::container::stats::InterfaceUsage;
+use berth_actors::container::stats::{InterfaceUsage, Pressure, Psi};
 use berth_protocol::cri::*;
 use tonic::{Response, Status};
 
@@ -23,7 +23,7 @@ struct ContainerMetric {
     value: fn(&ContainerUsage) -> Option<u64>,
 }
 
-const CONTAINER_METRICS: [ContainerMetric; 6] = [
+const CONTAINER_METRICS: [ContainerMetric; 15] = [
     ContainerMetric {
         name: "container_cpu_usage_seconds_total",
         help: "Cumulative cpu time consumed in seconds.",
@@ -61,7 +61,69 @@ const CONTAINER_METRICS: [ContainerMetric; 6] = [
         kind: MetricType::Counter,
         value: |u| u.cgroup.oom_kills,
     },
+    ContainerMetric {
+        name: "container_memory_swap",
+        help: "Container swap usage in bytes.",
+        kind: MetricType::Gauge,
+        value: |u| u.cgroup.swap_usage_bytes,
+    },
+    ContainerMetric {
+        name: "container_fs_reads_bytes_total",
+        help: "Cumulative count of bytes read",
+        kind: MetricType::Counter,
+        value: |u| u.cgroup.io_read_bytes,
+    },
+    ContainerMetric {
+        name: "container_fs_writes_bytes_total",
+        help: "Cumulative count of bytes written",
+        kind: MetricType::Counter,
+        value: |u| u.cgroup.io_write_bytes,
+    },
+    ContainerMetric {
+        name: "container_pressure_cpu_waiting_seconds_total",
+        help: "Total time duration tasks in the container have waited due to CPU congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.cpu.as_ref(), false),
+    },
+    ContainerMetric {
+        name: "container_pressure_cpu_stalled_seconds_total",
+        help: "Total time duration no tasks in the container could make progress due to CPU congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.cpu.as_ref(), true),
+    },
+    ContainerMetric {
+        name: "container_pressure_memory_waiting_seconds_total",
+        help: "Total time duration tasks in the container have waited due to memory congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.memory.as_ref(), false),
+    },
+    ContainerMetric {
+        name: "container_pressure_memory_stalled_seconds_total",
+        help: "Total time duration no tasks in the container could make progress due to memory congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.memory.as_ref(), true),
+    },
+    ContainerMetric {
+        name: "container_pressure_io_waiting_seconds_total",
+        help: "Total time duration tasks in the container have waited due to IO congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.io.as_ref(), false),
+    },
+    ContainerMetric {
+        name: "container_pressure_io_stalled_seconds_total",
+        help: "Total time duration no tasks in the container could make progress due to IO congestion.",
+        kind: MetricType::Counter,
+        value: |u| stalled(u, |p| p.io.as_ref(), true),
+    },
 ];
+
+/// Seconds some (or, `full`, all) of the container's tasks stalled on a
+/// resource, from its pressure reading.
+fn stalled(u: &ContainerUsage, which: fn(&Pressure) -> Option<&Psi>, full: bool) -> Option<u64> {
+    let psi = u.cgroup.pressure.as_ref().and_then(which)?;
+    let line = if full { psi.full.as_ref()? } else { &psi.some };
+    Some(line.total_micros / 1_000_000)
+}
 
 /// A pod network metric: its name, help and counter.
 struct NetworkMetric {
