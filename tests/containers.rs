@@ -1687,3 +1687,128 @@ async fn an_image_volume_mounts_an_images_files_read_only_and_holds_the_image() 
     remove_pod(&mut rt, &p).await;
     s.assert_consistent();
 }
+
+/// Whether crun can make containers on this node: crun 1.8 refuses a
+/// hybrid cgroup layout whose cgroup2 hierarchy holds controllers.
+fn crun_works_here() -> bool {
+    let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    !std::fs::read_to_string(unified).is_ok_and(|c| !c.trim().is_empty())
+}
+
+#[tokio::test]
+async fn crun_runs_pods_where_it_can_and_an_unusable_runtime_is_reported_not_used() {
+    let mut s = Node::new(
+        "cr",
+        "[runtimes.crun]\nbinary = \"crun\"\n[runtimes.ghost]\nbinary = \"/nonexistent/ghost-runtime\"\n",
+    );
+    s.d.spawn();
+    let mut rt = s.d.runtime().await;
+    // The runtimes are tried in the background once berthd serves.
+    let node = berth_tests::eventually(Duration::from_secs(10), "the runtimes tried", || {
+        let mut rt = rt.clone();
+        async move {
+            let node = rt
+                .status(StatusRequest { verbose: false })
+                .await
+                .expect("Status")
+                .into_inner();
+            let conditions = &node.status.as_ref()?.conditions;
+            conditions
+                .iter()
+                .any(|c| c.r#type == "RuntimeHandlerReady/ghost")
+                .then_some(node)
+        }
+    })
+    .await;
+    let handlers: Vec<String> = node
+        .runtime_handlers
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    let conditions = node.status.expect("status").conditions;
+    let reported = |name: &str| {
+        conditions
+            .iter()
+            .find(|c| c.r#type == format!("RuntimeHandlerReady/{name}"))
+            .cloned()
+    };
+    assert!(!handlers.contains(&"ghost".to_string()), "{handlers:?}");
+    let ghost = reported("ghost").expect("the unusable handler's condition");
+    assert!(!ghost.status);
+    assert!(
+        ghost
+            .message
+            .contains("/nonexistent/ghost-runtime: not found"),
+        "{ghost:?}"
+    );
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.r#type == "RuntimeReady" && c.status),
+        "{conditions:?}"
+    );
+    let logs = s.d.dir.path().join("logs");
+    let refused = |handler: &'static str, why: &'static str| {
+        let mut rt = rt.clone();
+        let config = pod_config(&format!("{handler}-refused"), &logs);
+        async move {
+            let err = rt
+                .run_pod_sandbox(RunPodSandboxRequest {
+                    config: Some(config),
+                    runtime_handler: handler.into(),
+                })
+                .await
+                .expect_err("an unusable handler");
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains(why), "{err:?}");
+        }
+    };
+    refused("ghost", "not found").await;
+    if !crun_works_here() {
+        // Said once at start-up, with crun's own words, not at each pod.
+        assert!(!handlers.contains(&"crun".to_string()), "{handlers:?}");
+        let crun = reported("crun").expect("crun's condition");
+        assert!(crun.message.contains("hybrid"), "{crun:?}");
+        refused("crun", "hybrid").await;
+        s.assert_consistent();
+        return;
+    }
+
+    // crun runs the pod and its container, exec included.
+    assert!(handlers.contains(&"crun".to_string()), "{handlers:?}");
+    s.pull().await;
+    let p = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("crunpod", &logs)),
+            runtime_handler: "crun".into(),
+        })
+        .await
+        .expect("RunPodSandbox under crun")
+        .into_inner()
+        .pod_sandbox_id;
+    let c = running(&mut rt, &p, &s.image, "app", |c| {
+        c.command = vec![
+            "sh".into(),
+            "-c".into(),
+            "echo from-crun; sleep 1000".into(),
+        ];
+    })
+    .await;
+    let crun_root = s.d.dir.path().join("run/crun");
+    assert!(crun_root.join(&c).is_dir(), "crun holds the container");
+    assert!(crun_root.join(&p).is_dir(), "crun holds the pod");
+    assert_eq!(sh(&mut rt, &c, "echo $((6 * 7))").await.0, "42");
+    rt.stop_container(StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 2,
+    })
+    .await
+    .expect("stop");
+    let st = status(&mut rt, &c).await;
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    let log = std::fs::read_to_string(&st.log_path).expect("log");
+    assert!(log.contains("stdout F from-crun"), "{log}");
+    remove_pod(&mut rt, &p).await;
+    assert!(!crun_root.join(&c).exists(), "crun forgot the container");
+    s.assert_consistent();
+}

@@ -9,6 +9,7 @@ use oci_spec::runtime::{Capabilities, Capability};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, OnceLock};
 
 /// Every capability by its number in `linux/capability.h`.
 const CAPABILITIES_BY_NUMBER: [Capability; 41] = [
@@ -71,6 +72,12 @@ pub struct HostFacts {
     /// Runtime handlers whose OCI runtime, on this kernel, makes
     /// recursive read-only (`rro`) mounts.
     pub recursive_read_only: BTreeSet<String>,
+    /// Runtime handlers that cannot run anything here, with the reason
+    /// (their OCI runtime is missing or fails its probe): filled once the
+    /// runtimes were tried, in the background after start (a try makes a
+    /// container, which start-up does not wait for); until then every
+    /// handler counts as usable.
+    pub unusable: Arc<OnceLock<BTreeMap<String, String>>>,
 }
 
 impl Default for HostFacts {
@@ -80,6 +87,7 @@ impl Default for HostFacts {
             capabilities: CAPABILITIES_BY_NUMBER.into_iter().collect(),
             hugetlb: true,
             recursive_read_only: BTreeSet::from([String::new(), "runc".to_string()]),
+            unusable: Arc::default(),
         }
     }
 }
@@ -116,6 +124,7 @@ impl HostFacts {
             capabilities,
             hugetlb,
             recursive_read_only,
+            unusable: Arc::default(),
         };
         tracing::info!(
             capabilities = facts.capabilities.len(),
@@ -124,6 +133,52 @@ impl HostFacts {
             "probed the node"
         );
         facts
+    }
+
+    /// Tries each handler's runtime with `works` (see [`try_runtime`]),
+    /// each distinct binary once and all at the same time, and records
+    /// the handlers that cannot run pods. Blocking.
+    pub fn try_handlers<'a>(
+        &self,
+        handlers: impl IntoIterator<Item = (&'a str, &'a Path)>,
+        works: &(dyn Fn(&Path) -> std::result::Result<(), String> + Sync),
+    ) {
+        let handlers: Vec<(&str, &Path)> = handlers.into_iter().collect();
+        let binaries: BTreeSet<&Path> = handlers.iter().map(|(_, b)| *b).collect();
+        let tried: BTreeMap<&Path, std::result::Result<(), String>> = std::thread::scope(|s| {
+            let runs: Vec<_> = binaries
+                .into_iter()
+                .map(|b| (b, s.spawn(move || works(b))))
+                .collect();
+            runs.into_iter()
+                .map(|(b, run)| {
+                    let answer = run
+                        .join()
+                        .unwrap_or_else(|_| Err("the probe panicked".into()))
+                        .map_err(|why| format!("{}: {why}", b.display()));
+                    (b, answer)
+                })
+                .collect()
+        });
+        let unusable: BTreeMap<String, String> = handlers
+            .iter()
+            .filter_map(|(name, b)| {
+                let why = tried.get(b)?.as_ref().err()?;
+                Some((name.to_string(), why.clone()))
+            })
+            .collect();
+        if unusable.is_empty() {
+            tracing::info!("every runtime handler can run pods");
+        } else {
+            tracing::warn!(?unusable, "runtime handlers that cannot run pods here");
+        }
+        let _ = self.unusable.set(unusable);
+    }
+
+    /// Why handler `name` cannot run pods here, if it cannot (as far as
+    /// the runtimes were tried yet).
+    pub fn unusable(&self, name: &str) -> Option<&str> {
+        self.unusable.get()?.get(name).map(String::as_str)
     }
 }
 
@@ -218,7 +273,7 @@ const FEATURES_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The mount options an OCI runtime says it knows (`<runtime> features`,
 /// runc 1.1 and crun); none when it cannot say, or does not in time.
 fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
-    match features(binary, FEATURES_LIMIT) {
+    match ask(binary, "features", FEATURES_LIMIT) {
         Ok(out) => mount_options(&out),
         Err(why) => {
             tracing::debug!(binary = %binary.display(), %why, "runtime features unknown");
@@ -227,17 +282,148 @@ fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
     }
 }
 
-/// The stdout of `<binary> features`, if it succeeds within `limit` (its
+/// Whether the OCI runtime `binary` can make a container on this node:
+/// it answers `--version`, then creates (and deletes) a container of
+/// `pause` in a bundle under `work`, with a cgroup of its own, as a pod
+/// would have. The error is the runtime's own last word.
+pub fn try_runtime(binary: &Path, work: &Path, pause: &Path) -> std::result::Result<(), String> {
+    ask(binary, "--version", FEATURES_LIMIT)?;
+    static TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = TRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let id = format!("berth-probe-{}-{n}", std::process::id());
+    let dir = work.join(&id);
+    let rootfs = dir.join("rootfs");
+    let root = dir.join("state");
+    let cgroups_path = format!("/{id}");
+    let made = (|| -> std::result::Result<(), String> {
+        std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
+        std::fs::copy(pause, rootfs.join("pause"))
+            .map_err(|e| format!("copy the pause program: {e}"))?;
+        let config = crate::sandbox::messages::PodConfig::default();
+        let spec = crate::sandbox::spec::PauseSpec {
+            config: &config,
+            rootfs: &rootfs,
+            hostname: "probe",
+            netns: None,
+            cgroups_path: cgroups_path.clone(),
+        }
+        .build()
+        .map_err(|e| e.to_string())?;
+        spec.save(dir.join("config.json"))
+            .map_err(|e| e.to_string())?;
+        let (status, said) = run_limited(
+            Command::new(binary)
+                .arg("--root")
+                .arg(&root)
+                .args(["create", "--bundle"])
+                .arg(&dir)
+                .arg(&id),
+            &dir.join("stderr"),
+            FEATURES_LIMIT,
+        )?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(said
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_string())
+                .unwrap_or_else(|| format!("create failed ({status})")))
+        }
+    })();
+    let _ = run_limited(
+        Command::new(binary)
+            .arg("--root")
+            .arg(&root)
+            .args(["delete", "--force", &id]),
+        &dir.join("stderr"),
+        FEATURES_LIMIT,
+    );
+    crate::shim::health::remove_cgroup(&cgroups_path);
+    let _ = std::fs::remove_dir_all(&dir);
+    made
+}
+
+/// Ends what an earlier probe under `work` left (a berthd killed while
+/// it probed): each container deleted by whichever of `binaries` made
+/// it, its cgroup and its directory removed.
+pub fn clear_probes(work: &Path, binaries: &[&Path]) {
+    for e in std::fs::read_dir(work).into_iter().flatten().flatten() {
+        let dir = e.path();
+        let id = e.file_name().to_string_lossy().to_string();
+        for binary in binaries {
+            let _ = run_limited(
+                Command::new(binary)
+                    .arg("--root")
+                    .arg(dir.join("state"))
+                    .args(["delete", "--force", &id]),
+                &dir.join("stderr"),
+                FEATURES_LIMIT,
+            );
+        }
+        crate::shim::health::remove_cgroup(&format!("/{id}"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Runs `cmd` to its end or for at most `limit`; answers its exit and
+/// what it wrote to stderr. The stderr is a file, not a pipe: a created
+/// container's process holds it open until it is deleted.
+fn run_limited(
+    cmd: &mut Command,
+    stderr: &Path,
+    limit: std::time::Duration,
+) -> std::result::Result<(std::process::ExitStatus, String), String> {
+    let mut err = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(stderr)
+        .map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(err.try_clone().map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer in {}s", limit.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    use std::io::{Read, Seek};
+    let mut said = String::new();
+    let _ = err.rewind();
+    let _ = (&mut err).take(64 * 1024).read_to_string(&mut said);
+    Ok((status, said))
+}
+
+/// The stdout of `<binary> <arg>`, if it succeeds within `limit` (its
 /// answer is a few KiB, which the pipe holds until it is read).
-fn features(binary: &Path, limit: std::time::Duration) -> Result<Vec<u8>, String> {
+fn ask(binary: &Path, arg: &str, limit: std::time::Duration) -> Result<Vec<u8>, String> {
     use std::io::Read;
     let mut child = Command::new(binary)
-        .arg("features")
+        .arg(arg)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => "not found".to_string(),
+            _ => e.to_string(),
+        })?;
     let deadline = std::time::Instant::now() + limit;
     let status = loop {
         match child.try_wait() {
@@ -254,7 +440,7 @@ fn features(binary: &Path, limit: std::time::Duration) -> Result<Vec<u8>, String
         }
     };
     if !status.success() {
-        return Err(format!("exit {status}"));
+        return Err(format!("`{arg}` failed ({status})"));
     }
     let mut out = Vec::new();
     if let Some(stdout) = child.stdout.take() {
@@ -282,6 +468,55 @@ fn mount_options(features_json: &[u8]) -> BTreeSet<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_runtime_is_tried_once_and_its_handlers_share_the_answer() {
+        let tried = std::sync::Mutex::new(Vec::new());
+        let works = |b: &Path| {
+            tried.lock().expect("lock").push(b.display().to_string());
+            if b.ends_with("crun") {
+                Err("cgroups in hybrid mode not supported".to_string())
+            } else {
+                Ok(())
+            }
+        };
+        let (runc, crun) = (Path::new("/usr/bin/runc"), Path::new("/usr/bin/crun"));
+        let facts = HostFacts::default();
+        assert_eq!(facts.unusable("crun"), None, "none before the try");
+        facts.try_handlers(
+            [
+                ("", runc),
+                ("runc", runc),
+                ("crun", crun),
+                ("crun-too", crun),
+            ],
+            &works,
+        );
+        let mut tried = tried.into_inner().expect("lock");
+        tried.sort();
+        assert_eq!(tried, ["/usr/bin/crun", "/usr/bin/runc"]);
+        let why = "/usr/bin/crun: cgroups in hybrid mode not supported".to_string();
+        assert_eq!(
+            facts.unusable.get(),
+            Some(&BTreeMap::from([
+                ("crun".to_string(), why.clone()),
+                ("crun-too".to_string(), why)
+            ]))
+        );
+        assert_eq!(facts.unusable("runc"), None);
+    }
+
+    #[test]
+    fn a_missing_runtime_is_said_to_be_not_found() {
+        let dir = std::env::temp_dir();
+        let err = try_runtime(
+            Path::new("/nonexistent/runtime"),
+            &dir,
+            Path::new("/bin/true"),
+        )
+        .expect_err("missing");
+        assert_eq!(err, "not found");
+    }
 
     #[test]
     fn capabilities_come_from_the_effective_mask() {

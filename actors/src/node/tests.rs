@@ -20,6 +20,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
             pause_binary: dir.join("berth-pause"),
             cgroup_parent: "/berth-test".into(),
             runtime_handlers: Default::default(),
+            unusable_handlers: Default::default(),
         },
         image: ImageConfig {
             root: dir.join("root"),

@@ -38,6 +38,9 @@ pub struct SandboxConfig {
     pub cgroup_parent: String,
     /// Runtime handlers besides "" and "runc".
     pub runtime_handlers: BTreeSet<String>,
+    /// Handlers whose runtime cannot run here, with the reason (once the
+    /// runtimes were tried: see `HostFacts::unusable`).
+    pub unusable_handlers: Arc<std::sync::OnceLock<std::collections::BTreeMap<String, String>>>,
 }
 
 pub struct Sandboxes {

@@ -309,6 +309,17 @@ impl Sandboxes {
                 crate::checked::shown(&handler)
             )));
         }
+        if let Some(why) = self
+            .deps
+            .config
+            .unusable_handlers
+            .get()
+            .and_then(|u| u.get(&handler))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "runtime handler {handler:?} cannot run pods on this node: {why}"
+            )));
+        }
         let name = msg.config.metadata.reserved_name();
         let holder = self.reserved.get(&name).cloned().or_else(|| {
             self.records

@@ -88,6 +88,7 @@ async fn rig(fakes: &Arc<Fakes>, journal: Arc<dyn Journal>) -> Rig {
             pause_binary: dir.path().join("berth-pause"),
             cgroup_parent: "/berth-unit".into(),
             runtime_handlers: Default::default(),
+            unusable_handlers: Default::default(),
         },
         events: Default::default(),
     };

@@ -58,9 +58,9 @@ pub async fn run(config: Config) -> Result<()> {
         _ => None,
     };
 
-    let host = Arc::new(probe_host(&config));
     let events_socket = config.state.join("events.sock");
     let pause_binary = beside_berthd(config.sandbox.pause_binary.as_ref(), "berth-pause")?;
+    let host = Arc::new(probe_host(&config));
     let journal = SledJournal::open(&config.root.join("journal"))
         .map_err(|e| anyhow!("journal: {e}"))?
         .when_stuck(restart_self);
@@ -81,6 +81,7 @@ pub async fn run(config: Config) -> Result<()> {
                 pause_binary: pause_binary.clone(),
                 cgroup_parent: config.sandbox.cgroup_parent.clone(),
                 runtime_handlers: config.runtimes.keys().cloned().collect(),
+                unusable_handlers: host.unusable.clone(),
             },
             shim: ShimConfig {
                 state: config.state.clone(),
@@ -102,7 +103,7 @@ pub async fn run(config: Config) -> Result<()> {
     // changed since the last start) and pinned while recovery runs, so that
     // no RunPodSandbox ever builds it.
     let sandbox_image = node.image.call(EnsureSandboxImage {
-        pause_binary,
+        pause_binary: pause_binary.clone(),
         rebuild: true,
     });
     let (recovery, sandbox_image) = tokio::join!(crate::recover::run(&node), sandbox_image);
@@ -146,6 +147,7 @@ pub async fn run(config: Config) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving"
     );
+    try_runtimes(&config, host.clone(), pause_binary);
 
     let stream_config = berth_stream::Config {
         tls,
@@ -406,11 +408,24 @@ fn check_socket_path(key: &str, path: &Path) -> Result<()> {
 }
 
 fn bind(key: &str, path: &Path, mode: u32) -> Result<UnixListener> {
-    let listener = UnixListener::bind(path)
+    // Bound beside, given its mode, then renamed into place: nobody ever
+    // finds the socket with another mode.
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{}.new", std::process::id()));
+    let fresh = std::path::PathBuf::from(name);
+    let _ = std::fs::remove_file(&fresh);
+    let listener = UnixListener::bind(&fresh)
         .map_err(|e| anyhow!("{key} {}: cannot listen: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| anyhow!("{key} {}: cannot set mode {mode:o}: {e}", path.display()))?;
-    Ok(listener)
+    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow!("{key} {}: cannot set mode {mode:o}: {e}", path.display()))
+        .and_then(|()| {
+            std::fs::rename(&fresh, path)
+                .map_err(|e| anyhow!("{key} {}: cannot put in place: {e}", path.display()))
+        });
+    if placed.is_err() {
+        let _ = std::fs::remove_file(&fresh);
+    }
+    placed.map(|()| listener)
 }
 
 /// The OCI runtime of each configured runtime handler.
@@ -430,17 +445,49 @@ fn runtimes(config: &Config) -> BTreeMap<String, Runtime> {
         .collect()
 }
 
+/// The handlers by name with their OCI runtime binary ("" is runc's).
+fn handlers(config: &Config) -> Vec<(String, std::path::PathBuf)> {
+    let runtimes = runtimes(config);
+    let default = runtimes
+        .get("runc")
+        .map(|r| (String::new(), r.binary.clone()));
+    default
+        .into_iter()
+        .chain(runtimes.iter().map(|(n, r)| (n.clone(), r.binary.clone())))
+        .collect()
+}
+
 /// What this node offers containers, for every runtime handler kubelet may
 /// name: "" (the default, runc) and each configured one.
 fn probe_host(config: &Config) -> HostFacts {
-    let runtimes = runtimes(config);
-    let default = runtimes.get("runc").map(|r| ("", r.binary.as_path()));
-    let handlers = default.into_iter().chain(
-        runtimes
-            .iter()
-            .map(|(n, r)| (n.as_str(), r.binary.as_path())),
-    );
-    HostFacts::probe(handlers, config.cgroup.disable_hugetlb_controller)
+    let handlers = handlers(config);
+    HostFacts::probe(
+        handlers.iter().map(|(n, b)| (n.as_str(), b.as_path())),
+        config.cgroup.disable_hugetlb_controller,
+    )
+}
+
+/// Tries every handler's runtime in the background (each makes and
+/// deletes a container of the pause program under `<state>/probe`), after
+/// clearing what a try cut short by a kill left there.
+fn try_runtimes(config: &Config, host: Arc<HostFacts>, pause: std::path::PathBuf) {
+    let handlers = handlers(config);
+    let work = config.state.join("probe");
+    let spawned = std::thread::Builder::new()
+        .name("runtime-probe".into())
+        .spawn(move || {
+            let binaries: Vec<&Path> = handlers.iter().map(|(_, b)| b.as_path()).collect();
+            berth_actors::host::clear_probes(&work, &binaries);
+            let works = |binary: &Path| berth_actors::host::try_runtime(binary, &work, &pause);
+            host.try_handlers(
+                handlers.iter().map(|(n, b)| (n.as_str(), b.as_path())),
+                &works,
+            );
+            let _ = std::fs::remove_dir_all(&work);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the runtime probe");
+    }
 }
 
 /// Replaces this berthd with a fresh one, the same program with the same

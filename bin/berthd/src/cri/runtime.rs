@@ -61,7 +61,14 @@ impl Cri {
         let registry = self.node.registry();
         let down = registry.not_running();
         let looping = registry.crash_looping();
-        let runtime = if !looping.is_empty() {
+        let runtime = if let Some(why) = self.host.unusable("") {
+            condition(
+                "RuntimeReady",
+                false,
+                "RuntimeUnavailable",
+                &format!("the default runtime handler cannot run pods: {why}"),
+            )
+        } else if !looping.is_empty() {
             condition(
                 "RuntimeReady",
                 false,
@@ -101,7 +108,7 @@ impl Cri {
         }
         Ok(StatusResponse {
             status: Some(RuntimeStatus {
-                conditions: vec![
+                conditions: [
                     runtime,
                     condition(
                         "NetworkReady",
@@ -109,7 +116,10 @@ impl Cri {
                         &network.reason,
                         &network.message,
                     ),
-                ],
+                ]
+                .into_iter()
+                .chain(self.unusable_handlers())
+                .collect(),
             }),
             info,
             runtime_handlers: self.runtime_handlers(),
@@ -122,11 +132,31 @@ impl Cri {
         })
     }
 
-    /// Every handler kubelet may name ("" is the default), with what it
-    /// can do on this node.
+    /// A condition for each configured handler that cannot run pods
+    /// here, saying why (kubelet reads only its two; people read these).
+    fn unusable_handlers(&self) -> impl Iterator<Item = RuntimeCondition> + '_ {
+        self.host
+            .unusable
+            .get()
+            .into_iter()
+            .flatten()
+            .filter(|(name, _)| !name.is_empty())
+            .map(|(name, why)| {
+                condition(
+                    &format!("RuntimeHandlerReady/{name}"),
+                    false,
+                    "RuntimeUnavailable",
+                    why,
+                )
+            })
+    }
+
+    /// Every handler kubelet may name ("" is the default) that can run
+    /// pods here, with what it can do on this node.
     fn runtime_handlers(&self) -> Vec<RuntimeHandler> {
         std::iter::once("")
             .chain(self.config.runtimes.keys().map(String::as_str))
+            .filter(|name| self.host.unusable(name).is_none())
             .map(|name| RuntimeHandler {
                 name: name.to_string(),
                 features: Some(RuntimeHandlerFeatures {
