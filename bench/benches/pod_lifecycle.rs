@@ -185,6 +185,27 @@ fn pids_of(name: &str, dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// Pause processes (named `pause`) whose parent is one of `shims`: this
+/// run's pods', whichever runtime made them.
+fn pauses_of(shims: &[u32]) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            let named = stat.contains("(pause)");
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            named && parent.is_some_and(|p| shims.contains(&p))
+        })
+        .collect()
+}
+
 fn median_rss(pids: &[u32]) -> u64 {
     let mut v: Vec<u64> = pids
         .iter()
@@ -341,11 +362,13 @@ async fn main() {
     let serial = lifecycle(&d.cri_socket(), "s", 1, || {})
         .await
         .samples("berth", "serial");
-    let (mut berthd_kib, mut shim_kib) = (0, 0);
+    let (mut berthd_kib, mut shim_kib, mut pause_kib) = (0, 0, 0);
     let berthd_pid = d.pid();
     let wave = lifecycle(&d.cri_socket(), "w", WAVE, || {
         berthd_kib = rss_kib(berthd_pid);
-        shim_kib = median_rss(&pids_of("berth-shim", d.dir.path()));
+        let shims = pids_of("berth-shim", d.dir.path());
+        shim_kib = median_rss(&shims);
+        pause_kib = median_rss(&pauses_of(&shims));
     })
     .await
     .samples("berth", "10 at a time");
@@ -372,7 +395,7 @@ async fn main() {
     ]);
     let mut peer_rows: Option<([Samples; 4], [Samples; 4])> = None;
     let mut peer_plain: Option<[Samples; 4]> = None;
-    let (mut containerd_kib, mut cshim_kib) = (0, 0);
+    let (mut containerd_kib, mut cshim_kib, mut cpause_kib) = (0, 0, 0);
     if let Some(p) = &peer {
         let mut images = ImageServiceClient::new(berth_tests::connect(&p.socket()).await);
         images
@@ -391,7 +414,9 @@ async fn main() {
         let pid = p.pid();
         let w = lifecycle(&p.socket(), "cw", WAVE, || {
             containerd_kib = rss_kib(pid);
-            cshim_kib = median_rss(&pids_of("containerd-shim", p.dir.path()));
+            let shims = pids_of("containerd-shim", p.dir.path());
+            cshim_kib = median_rss(&shims);
+            cpause_kib = median_rss(&pauses_of(&shims));
         })
         .await
         .samples("containerd", "10 at a time");
@@ -446,8 +471,8 @@ async fn main() {
         serial[0].p50().as_secs_f64() * 1e3
     );
     println!(
-        "resident memory with {PODS} pods: berthd {} KiB, one berth-shim {} KiB (median); containerd {} KiB, one containerd-shim {} KiB",
-        berthd_kib, shim_kib, containerd_kib, cshim_kib
+        "resident memory with {PODS} pods: berthd {} KiB, one berth-shim {} KiB, one pause {} KiB (medians); containerd {} KiB, one containerd-shim {} KiB, one pause {} KiB (the same pause program)",
+        berthd_kib, shim_kib, pause_kib, containerd_kib, cshim_kib, cpause_kib
     );
     d.kill9();
     // The bridges this run made (containerd's goes with its peer).
