@@ -188,11 +188,8 @@ fn pids_of(name: &str, dir: &Path) -> Vec<u32> {
 /// Pause processes (named `pause`) whose parent is one of `shims`: this
 /// run's pods', whichever runtime made them.
 fn pauses_of(shims: &[u32]) -> Vec<u32> {
-    std::fs::read_dir("/proc")
+    berth_bench::all_pids()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
                 return false;

@@ -214,11 +214,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 /// Processes whose command line holds `needle`.
 fn pids_with(needle: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
+    berth_bench::all_pids()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))

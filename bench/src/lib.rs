@@ -271,6 +271,16 @@ pub fn bridge_has_ports(bridge: &str) -> bool {
     .unwrap_or(false)
 }
 
+/// Every process on the node now.
+pub fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .collect()
+}
+
 /// A process's resident memory, in KiB (0 if it is gone).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
