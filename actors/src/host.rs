@@ -286,8 +286,13 @@ fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
 /// it answers `--version`, then creates (and deletes) a container of
 /// `pause` in a bundle under `work`, with a cgroup of its own, as a pod
 /// would have. The error is the runtime's own last word.
-pub fn try_runtime(binary: &Path, work: &Path, pause: &Path) -> std::result::Result<(), String> {
-    ask(binary, "--version", FEATURES_LIMIT)?;
+pub fn try_runtime(
+    binary: &Path,
+    work: &Path,
+    pause: &Path,
+    limit: std::time::Duration,
+) -> std::result::Result<(), String> {
+    ask(binary, "--version", limit)?;
     static TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = TRIED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let id = format!("berth-probe-{}-{n}", std::process::id());
@@ -319,7 +324,7 @@ pub fn try_runtime(binary: &Path, work: &Path, pause: &Path) -> std::result::Res
                 .arg(&dir)
                 .arg(&id),
             &dir.join("stderr"),
-            FEATURES_LIMIT,
+            limit,
         )?;
         if status.success() {
             Ok(())
@@ -338,7 +343,7 @@ pub fn try_runtime(binary: &Path, work: &Path, pause: &Path) -> std::result::Res
             .arg(&root)
             .args(["delete", "--force", &id]),
         &dir.join("stderr"),
-        FEATURES_LIMIT,
+        limit,
     );
     crate::shim::health::remove_cgroup(&cgroups_path);
     let _ = std::fs::remove_dir_all(&dir);
@@ -367,6 +372,17 @@ pub fn clear_probes(work: &Path, binaries: &[&Path]) {
     }
 }
 
+/// Ends a child that runs in a process group of its own, and everything
+/// it started there.
+fn kill_group(child: &mut std::process::Child) {
+    if let Ok(pgid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: a signal to the group this child leads.
+        unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Runs `cmd` to its end or for at most `limit`; answers its exit and
 /// what it wrote to stderr. The stderr is a file, not a pipe: a created
 /// container's process holds it open until it is deleted.
@@ -382,10 +398,13 @@ fn run_limited(
         .write(true)
         .open(stderr)
         .map_err(|e| e.to_string())?;
+    use std::os::unix::process::CommandExt;
     let mut child = cmd
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(err.try_clone().map_err(|e| e.to_string())?)
+        // Its own process group: a timeout ends whatever it started.
+        .process_group(0)
         .spawn()
         .map_err(|e| e.to_string())?;
     let deadline = std::time::Instant::now() + limit;
@@ -396,8 +415,7 @@ fn run_limited(
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 return Err(format!("no answer in {}s", limit.as_secs()));
             }
             Err(e) => return Err(e.to_string()),
@@ -414,8 +432,10 @@ fn run_limited(
 /// answer is a few KiB, which the pipe holds until it is read).
 fn ask(binary: &Path, arg: &str, limit: std::time::Duration) -> Result<Vec<u8>, String> {
     use std::io::Read;
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new(binary)
         .arg(arg)
+        .process_group(0)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -432,8 +452,7 @@ fn ask(binary: &Path, arg: &str, limit: std::time::Duration) -> Result<Vec<u8>, 
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 return Err(format!("no answer in {}s", limit.as_secs()));
             }
             Err(e) => return Err(e.to_string()),
@@ -513,6 +532,7 @@ mod tests {
             Path::new("/nonexistent/runtime"),
             &dir,
             Path::new("/bin/true"),
+            std::time::Duration::from_secs(5),
         )
         .expect_err("missing");
         assert_eq!(err, "not found");

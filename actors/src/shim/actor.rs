@@ -83,6 +83,9 @@ pub struct Shims {
     /// Tasks being deleted: their shims' end is expected.
     pub(super) deleting: BTreeSet<String>,
     pub(super) exec_turns: Arc<tokio::sync::Semaphore>,
+    /// Pidfds of the shims the watcher found alive, by task, with the
+    /// pid each was opened for: one poll a second then tells which died.
+    pub(super) pidfds: HashMap<String, (u32, std::os::fd::OwnedFd)>,
 }
 
 impl Subsystem for Shims {
@@ -99,6 +102,7 @@ impl Subsystem for Shims {
             buried: BTreeSet::new(),
             deleting: BTreeSet::new(),
             exec_turns: deps.exec_turns.clone(),
+            pidfds: HashMap::new(),
         })
     }
 

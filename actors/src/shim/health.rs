@@ -52,23 +52,56 @@ pub fn shim_alive(pid: u32, id: &str) -> bool {
 }
 
 /// SIGKILL to `pid`; one that is gone already is fine.
+/// A pidfd of the shim `pid` of container `id`, if that process is alive
+/// and is that shim: opened first and checked after, so that it cannot
+/// name a process that took over a recycled pid.
+pub(super) fn shim_pidfd(pid: u32, id: &str) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if pid == 0 {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: a fresh fd this function alone owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    shim_alive(pid, id).then_some(pidfd)
+}
+
+/// Which of `pidfds` name processes that have ended (a pidfd turns
+/// readable then): one poll for them all.
+pub(super) fn ended(pidfds: &[&std::os::fd::OwnedFd]) -> Vec<bool> {
+    use std::os::fd::AsRawFd;
+    let mut polled: Vec<libc::pollfd> = pidfds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: poll on fds this caller holds open, with no wait.
+    let n = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 0) };
+    if n < 0 {
+        return vec![false; pidfds.len()];
+    }
+    polled
+        .iter()
+        .map(|p| p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0)
+        .collect()
+}
+
 /// Ends the shim `pid` of container `id`, told to shut down, and waits
 /// (at most `limit`) until it is gone, so that nothing of it outlives the
 /// removal that asked. The signal goes through a pidfd opened while the
 /// process was checked to be the shim, so a recycled pid is never hit;
 /// the pidfd turns readable when the process ends.
 pub(super) async fn end_shim(pid: u32, id: &str, limit: Duration) {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if raw < 0 {
-        return; // Gone already.
-    }
-    // SAFETY: a fresh fd this function alone owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
-    if !shim_alive(pid, id) {
+    let Some(pidfd) = shim_pidfd(pid, id) else {
         return; // Gone, or the pid is another process's now.
-    }
+    };
     use std::os::fd::AsRawFd;
     // SAFETY: pidfd_send_signal on an fd we own, no siginfo.
     let sent = unsafe {

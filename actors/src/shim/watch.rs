@@ -101,15 +101,58 @@ impl Shims {
         }));
     }
 
-    pub(super) fn find_dead(&mut self, ctx: &mut Context<ShimSupervisor>) {
-        let dead: Vec<ShimRecord> = self
+    /// The watched shims that died since the last look. A shim is checked
+    /// through /proc once, when first seen; after that its pidfd alone
+    /// tells, all of them in one poll.
+    fn dead_shims(&mut self) -> Vec<ShimRecord> {
+        let watched: Vec<ShimRecord> = self
             .records
             .iter()
             .filter(|r| r.pid != 0 && !self.buried.contains(&r.container_id))
             .filter(|r| !self.deleting.contains(&r.container_id))
-            .filter(|r| !shim_alive(r.pid, &r.container_id))
             .cloned()
             .collect();
+        let ids: BTreeSet<&str> = watched.iter().map(|r| r.container_id.as_str()).collect();
+        self.pidfds.retain(|id, _| ids.contains(id.as_str()));
+        let mut dead = Vec::new();
+        for r in &watched {
+            let known = self
+                .pidfds
+                .get(&r.container_id)
+                .is_some_and(|(pid, _)| *pid == r.pid);
+            if known {
+                continue;
+            }
+            match shim_pidfd(r.pid, &r.container_id) {
+                Some(fd) => {
+                    self.pidfds.insert(r.container_id.clone(), (r.pid, fd));
+                }
+                None => {
+                    self.pidfds.remove(&r.container_id);
+                    dead.push(r.clone());
+                }
+            }
+        }
+        let polled: Vec<(&String, &std::os::fd::OwnedFd)> =
+            self.pidfds.iter().map(|(id, (_, fd))| (id, fd)).collect();
+        let gone = ended(&polled.iter().map(|(_, fd)| *fd).collect::<Vec<_>>());
+        let gone: Vec<String> = polled
+            .iter()
+            .zip(gone)
+            .filter(|(_, g)| *g)
+            .map(|((id, _), _)| (*id).clone())
+            .collect();
+        for id in gone {
+            self.pidfds.remove(&id);
+            if let Some(r) = watched.iter().find(|r| r.container_id == id) {
+                dead.push(r.clone());
+            }
+        }
+        dead
+    }
+
+    pub(super) fn find_dead(&mut self, ctx: &mut Context<ShimSupervisor>) {
+        let dead = self.dead_shims();
         for record in dead {
             self.buried.insert(record.container_id.clone());
             self.clients.remove(&record.container_id);

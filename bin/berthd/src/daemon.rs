@@ -472,13 +472,26 @@ fn probe_host(config: &Config) -> HostFacts {
 /// clearing what a try cut short by a kill left there.
 fn try_runtimes(config: &Config, host: Arc<HostFacts>, pause: std::path::PathBuf) {
     let handlers = handlers(config);
+    // Each try is bounded by its runtime's own command timeout (the
+    // shortest, for a binary several handlers name).
+    let mut limits: BTreeMap<std::path::PathBuf, Duration> = BTreeMap::new();
+    for r in runtimes(config).values() {
+        let limit = limits.entry(r.binary.clone()).or_insert(r.timeout);
+        *limit = (*limit).min(r.timeout);
+    }
     let work = config.state.join("probe");
     let spawned = std::thread::Builder::new()
         .name("runtime-probe".into())
         .spawn(move || {
             let binaries: Vec<&Path> = handlers.iter().map(|(_, b)| b.as_path()).collect();
             berth_actors::host::clear_probes(&work, &binaries);
-            let works = |binary: &Path| berth_actors::host::try_runtime(binary, &work, &pause);
+            let works = |binary: &Path| {
+                let limit = limits
+                    .get(binary)
+                    .copied()
+                    .unwrap_or(Duration::from_secs(10));
+                berth_actors::host::try_runtime(binary, &work, &pause, limit)
+            };
             host.try_handlers(
                 handlers.iter().map(|(n, b)| (n.as_str(), b.as_path())),
                 &works,
