@@ -383,6 +383,28 @@ fn kill_group(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
+/// Waits for `child` (leading a process group of its own) for at most
+/// `limit`; past it, the group is ended.
+fn wait_limited(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::result::Result<std::process::ExitStatus, String> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(None) => {
+                kill_group(child);
+                return Err(format!("no answer in {}s", limit.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 /// Runs `cmd` to its end or for at most `limit`; answers its exit and
 /// what it wrote to stderr. The stderr is a file, not a pipe: a created
 /// container's process holds it open until it is deleted.
@@ -407,20 +429,7 @@ fn run_limited(
         .process_group(0)
         .spawn()
         .map_err(|e| e.to_string())?;
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Ok(None) => {
-                kill_group(&mut child);
-                return Err(format!("no answer in {}s", limit.as_secs()));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let status = wait_limited(&mut child, limit)?;
     use std::io::{Read, Seek};
     let mut said = String::new();
     let _ = err.rewind();
@@ -444,20 +453,7 @@ fn ask(binary: &Path, arg: &str, limit: std::time::Duration) -> Result<Vec<u8>, 
             std::io::ErrorKind::NotFound => "not found".to_string(),
             _ => e.to_string(),
         })?;
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Ok(None) => {
-                kill_group(&mut child);
-                return Err(format!("no answer in {}s", limit.as_secs()));
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-    };
+    let status = wait_limited(&mut child, limit)?;
     if !status.success() {
         return Err(format!("`{arg}` failed ({status})"));
     }
