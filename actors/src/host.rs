@@ -282,15 +282,24 @@ fn runtime_mount_options(binary: &Path) -> BTreeSet<String> {
     }
 }
 
+/// Whether a containerd runtime v2 shim binary runs here: it answers
+/// `-v` with its version.
+pub fn try_v2_shim(shim: &Path, limit: std::time::Duration) -> std::result::Result<(), String> {
+    ask(shim, "-v", limit).map(|_| ())
+}
+
 /// Whether the OCI runtime `binary` can make a container on this node:
 /// it answers `--version`, then creates (and deletes) a container of
-/// `pause` in a bundle under `work`, with a cgroup of its own, as a pod
-/// would have. The error is the runtime's own last word.
+/// `pause` in a bundle under `work`, with a cgroup of its own under
+/// `cgroup_parent` (berth's, so that nothing of a probe cut short lands
+/// elsewhere), as a pod would have. The error is the runtime's own last
+/// word.
 pub fn try_runtime(
     binary: &Path,
     work: &Path,
     pause: &Path,
     limit: std::time::Duration,
+    cgroup_parent: &str,
 ) -> std::result::Result<(), String> {
     ask(binary, "--version", limit)?;
     static TRIED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -299,7 +308,7 @@ pub fn try_runtime(
     let dir = work.join(&id);
     let rootfs = dir.join("rootfs");
     let root = dir.join("state");
-    let cgroups_path = format!("/{id}");
+    let cgroups_path = format!("{}/{id}", cgroup_parent.trim_end_matches('/'));
     let made = (|| -> std::result::Result<(), String> {
         std::fs::create_dir_all(&rootfs).map_err(|e| e.to_string())?;
         std::fs::copy(pause, rootfs.join("pause"))
@@ -353,7 +362,35 @@ pub fn try_runtime(
 /// Ends what an earlier probe under `work` left (a berthd killed while
 /// it probed): each container deleted by whichever of `binaries` made
 /// it, its cgroup and its directory removed.
-pub fn clear_probes(work: &Path, binaries: &[&Path]) {
+pub fn clear_probes(work: &Path, binaries: &[&Path], cgroup_parent: &str) {
+    // The cgroups of probes whose berthd is gone, even where their work
+    // directory went with them.
+    let parent = cgroup_parent.trim_matches('/');
+    let hierarchies = std::fs::read_dir(CGROUP_ROOT)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|h| h.path())
+        .chain([std::path::PathBuf::from(CGROUP_ROOT)]);
+    for h in hierarchies {
+        for e in std::fs::read_dir(h.join(parent))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            let owner = name
+                .strip_prefix("berth-probe-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            let gone = owner.is_some_and(|pid| {
+                pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+            });
+            if gone {
+                crate::shim::health::remove_cgroup(&format!("/{parent}/{name}"));
+            }
+        }
+    }
     for e in std::fs::read_dir(work).into_iter().flatten().flatten() {
         let dir = e.path();
         let id = e.file_name().to_string_lossy().to_string();
@@ -367,7 +404,7 @@ pub fn clear_probes(work: &Path, binaries: &[&Path]) {
                 FEATURES_LIMIT,
             );
         }
-        crate::shim::health::remove_cgroup(&format!("/{id}"));
+        crate::shim::health::remove_cgroup(&format!("/{parent}/{id}"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
@@ -522,6 +559,33 @@ mod tests {
     }
 
     #[test]
+    fn cgroups_of_probes_whose_berthd_is_gone_are_removed() {
+        let parent = format!("/berth-unit-probe-{}", std::process::id());
+        let hierarchy = Path::new(CGROUP_ROOT).join("memory");
+        if !hierarchy.is_dir() {
+            // No v1 memory hierarchy to try it on.
+            return;
+        }
+        let rel = parent.trim_start_matches('/');
+        let gone = hierarchy.join(rel).join("berth-probe-4194304-0");
+        let ours = hierarchy
+            .join(rel)
+            .join(format!("berth-probe-{}-0", std::process::id()));
+        let other = hierarchy.join(rel).join("not-a-probe");
+        for d in [&gone, &ours, &other] {
+            std::fs::create_dir_all(d).expect("cgroup (the tests run as root)");
+        }
+        clear_probes(Path::new("/nonexistent/probe-work"), &[], &parent);
+        assert!(!gone.exists(), "the dead berthd's probe cgroup is removed");
+        assert!(ours.exists(), "a running berthd's probe is left alone");
+        assert!(other.exists());
+        for d in [&ours, &other] {
+            let _ = std::fs::remove_dir(d);
+        }
+        let _ = std::fs::remove_dir(hierarchy.join(rel));
+    }
+
+    #[test]
     fn a_missing_runtime_is_said_to_be_not_found() {
         let dir = std::env::temp_dir();
         let err = try_runtime(
@@ -529,6 +593,7 @@ mod tests {
             &dir,
             Path::new("/bin/true"),
             std::time::Duration::from_secs(5),
+            "/berth",
         )
         .expect_err("missing");
         assert_eq!(err, "not found");

@@ -6,12 +6,14 @@
 //! - [`shim`]: the contract between berthd and berth-shim (command line,
 //!   bundle files, exit record), which both sides use; the shim takes it
 //!   without the `grpc` feature.
+//! - [`crilog`]: the CRI container log format.
 //! - [`timefmt`]: RFC 3339 timestamps as the CRI log format and the
 //!   checkpoint archive write them.
 //!
 //! This crate holds contracts only; conversions to actor messages live beside
 //! the front door that uses them.
 
+pub mod crilog;
 pub mod shim;
 pub mod timefmt;
 

@@ -233,6 +233,7 @@ async fn make(
         .shim
         .call(CreateTask {
             id: id.into(),
+            pod: pod_id.into(),
             spec: oci,
             log_path: log_path.clone(),
             runtime_handler: pod.runtime_handler.clone(),

@@ -133,6 +133,7 @@ impl Node {
                     config: shim_config,
                     sinks: sinks.clone(),
                     exec_turns,
+                    v2_io: Default::default(),
                 });
                 let image = s.spawn::<Images>(image_backend);
                 let sandbox = s.spawn::<Sandboxes>(SandboxDeps {

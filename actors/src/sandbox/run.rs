@@ -189,6 +189,7 @@ async fn make(
     let start = async move {
         shim.call(CreateTask {
             id: id.into(),
+            pod: id.into(),
             spec,
             log_path: None,
             runtime_handler: handler.into(),

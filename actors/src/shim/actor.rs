@@ -27,6 +27,9 @@ pub struct Runtime {
     pub native_exec: bool,
     /// How long one runtime command may run.
     pub timeout: std::time::Duration,
+    /// A containerd runtime v2 shim that runs the handler's containers
+    /// (driving `binary` at `root`) instead of berth-shim.
+    pub v2_shim: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +71,9 @@ pub struct ShimDeps {
     pub sinks: super::exits::ExitSinks,
     /// Turns of ExecSync (`max_exec_sync`), kept across restarts.
     pub exec_turns: Arc<tokio::sync::Semaphore>,
+    /// The stdio berthd holds for tasks under v2 shims, kept across
+    /// restarts of the actor (output flows on meanwhile).
+    pub v2_io: super::v2::IoTable,
 }
 
 pub struct Shims {
@@ -86,6 +92,7 @@ pub struct Shims {
     /// Pidfds of the shims the watcher found alive, by task, with the
     /// pid each was opened for: one poll a second then tells which died.
     pub(super) pidfds: HashMap<String, (u32, std::os::fd::OwnedFd)>,
+    pub(super) v2_io: super::v2::IoTable,
 }
 
 impl Subsystem for Shims {
@@ -103,6 +110,7 @@ impl Subsystem for Shims {
             deleting: BTreeSet::new(),
             exec_turns: deps.exec_turns.clone(),
             pidfds: HashMap::new(),
+            v2_io: deps.v2_io.clone(),
         })
     }
 

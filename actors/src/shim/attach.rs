@@ -27,13 +27,27 @@ impl Shims {
                 msg.id
             ))));
         };
+        if record.api == super::client::TaskApi::V2 {
+            // berthd holds the stdio of a task under a v2 shim.
+            let Some(io) = self.v2_io(&msg.id) else {
+                return Reply::Now(Err(Error::FailedPrecondition(format!(
+                    "container {}: its stdio are not held (berthd could not take them back)",
+                    msg.id
+                ))));
+            };
+            return Reply::off(async move {
+                let client = match client {
+                    Some(c) => c,
+                    None => record.connect().await?,
+                };
+                io.attach(&client, msg.io, msg.close_stdin).await
+            });
+        }
         let io_root = self.config.state.join("io");
         Reply::off(async move {
             let client = match client {
                 Some(c) => c,
-                None => {
-                    super::client::ShimClient::connect(&msg.id, Path::new(&record.address)).await?
-                }
+                None => record.connect().await?,
             };
             let dir = io_root.join(format!("attach-{}", crate::ids::short_id()?));
             let socket = attach_socket(Path::new(&record.address));

@@ -15,9 +15,10 @@ use crate::{Error, Result};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::MessageField;
-use containerd_shim_protos::shim_async::{Client, TaskClient};
-use containerd_shim_protos::ttrpc::{self, context, Code};
+use containerd_shim_protos::shim_async::Client;
+use containerd_shim_protos::ttrpc::{self, Code};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -89,6 +90,13 @@ pub struct CreateOpts {
     pub stdin: bool,
     /// CRIU images to restore the container from at start.
     pub checkpoint: Option<PathBuf>,
+    /// A FIFO the container reads its stdin from (v2 shims; berth-shim
+    /// holds a pipe of its own, see `stdin`).
+    pub stdin_fifo: Option<PathBuf>,
+    /// The container gets a terminal (v2 shims make it from this).
+    pub terminal: bool,
+    /// The shim's options: their type URL and encoding.
+    pub options: Option<(String, Vec<u8>)>,
 }
 
 /// The `stdin` of a CreateTaskRequest asking the shim for a stdin pipe it
@@ -111,12 +119,33 @@ pub struct ExecOpts {
     pub terminal: bool,
 }
 
+/// Which task service a shim serves: berth-shim's `containerd.task.v3`,
+/// or `containerd.task.v2` of containerd's runtime v2 shims (the same
+/// messages under another name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskApi {
+    #[default]
+    V3,
+    V2,
+}
+
+impl TaskApi {
+    fn service(self) -> &'static str {
+        match self {
+            TaskApi::V3 => "containerd.task.v3.Task",
+            TaskApi::V2 => "containerd.task.v2.Task",
+        }
+    }
+}
+
 /// A connection to the shim of one container.
 #[derive(Clone)]
 pub struct ShimClient {
     id: String,
     socket: PathBuf,
-    task: TaskClient,
+    client: Client,
+    api: TaskApi,
     timeout: Duration,
 }
 
@@ -184,8 +213,13 @@ fn map_error(id: &str, what: &str, e: ttrpc::Error) -> Error {
 }
 
 impl ShimClient {
-    /// Connects to the shim of container `id` listening on `socket`.
+    /// Connects to the berth-shim of container `id` listening on `socket`.
     pub async fn connect(id: &str, socket: &Path) -> Result<ShimClient> {
+        Self::connect_api(id, socket, TaskApi::V3).await
+    }
+
+    /// Connects to the shim of container `id` that serves `api` on `socket`.
+    pub async fn connect_api(id: &str, socket: &Path, api: TaskApi) -> Result<ShimClient> {
         let address = format!("unix://{}", socket.display());
         let connecting = Client::connect(&address);
         let client = match tokio::time::timeout(DEFAULT_TIMEOUT, connecting).await {
@@ -207,7 +241,8 @@ impl ShimClient {
         Ok(ShimClient {
             id: id.to_string(),
             socket: socket.to_path_buf(),
-            task: TaskClient::new(client),
+            client,
+            api,
             timeout: DEFAULT_TIMEOUT,
         })
     }
@@ -247,8 +282,22 @@ impl ShimClient {
         result.map_err(|e| map_error(&self.id, what, e))
     }
 
-    fn ctx() -> context::Context {
-        context::Context::default()
+    /// One unary call of the task service.
+    async fn rpc<Q, A>(&self, method: &str, req: &Q) -> ttrpc::Result<A>
+    where
+        Q: Message,
+        A: Message,
+    {
+        let payload = req
+            .write_to_bytes()
+            .map_err(|e| ttrpc::Error::Others(format!("encoding {method}: {e}")))?;
+        let mut request = ttrpc::Request::new();
+        request.service = self.api.service().to_string();
+        request.method = method.to_string();
+        request.payload = payload;
+        let answer = self.client.request(request).await?;
+        A::parse_from_bytes(&answer.payload)
+            .map_err(|e| ttrpc::Error::Others(format!("decoding {method}: {e}")))
     }
 
     /// Defines the container's task (the shim runs it at `start`);
@@ -259,15 +308,24 @@ impl ShimClient {
         req.bundle = opts.bundle.to_string_lossy().into_owned();
         req.stdout = path_string(&opts.stdout);
         req.stderr = path_string(&opts.stderr);
-        if opts.stdin {
+        if let Some(fifo) = &opts.stdin_fifo {
+            req.stdin = fifo.to_string_lossy().into_owned();
+        } else if opts.stdin {
             req.stdin = STDIN_PIPE.to_string();
+        }
+        req.terminal = opts.terminal;
+        if let Some((type_url, value)) = &opts.options {
+            let mut any = Any::new();
+            any.type_url = type_url.clone();
+            any.value = value.clone();
+            req.options = MessageField::some(any);
         }
         req.checkpoint = path_string(&opts.checkpoint);
         let resp = self
             .call(
                 "create",
                 Some(self.timeout),
-                self.task.create(Self::ctx(), &req),
+                self.rpc::<_, api::CreateTaskResponse>("Create", &req),
             )
             .await?;
         Ok(resp.pid)
@@ -282,7 +340,7 @@ impl ShimClient {
             .call(
                 "start",
                 Some(self.timeout),
-                self.task.start(Self::ctx(), &req),
+                self.rpc::<_, api::StartResponse>("Start", &req),
             )
             .await?;
         Ok(resp.pid)
@@ -296,7 +354,7 @@ impl ShimClient {
             .call(
                 "state",
                 Some(self.timeout),
-                self.task.state(Self::ctx(), &req),
+                self.rpc::<_, api::StateResponse>("State", &req),
             )
             .await?;
         let status = match resp.status.enum_value() {
@@ -324,8 +382,12 @@ impl ShimClient {
         let mut req = api::CheckpointTaskRequest::new();
         req.id = self.id.clone();
         req.path = images.to_string_lossy().into_owned();
-        self.call("checkpoint", None, self.task.checkpoint(Self::ctx(), &req))
-            .await?;
+        self.call(
+            "checkpoint",
+            None,
+            self.rpc::<_, api::Empty>("Checkpoint", &req),
+        )
+        .await?;
         Ok(())
     }
 
@@ -339,7 +401,7 @@ impl ShimClient {
         self.call(
             "kill",
             Some(self.timeout),
-            self.task.kill(Self::ctx(), &req),
+            self.rpc::<_, api::Empty>("Kill", &req),
         )
         .await?;
         Ok(())
@@ -355,7 +417,7 @@ impl ShimClient {
         self.call(
             "resize_pty",
             Some(self.timeout),
-            self.task.resize_pty(Self::ctx(), &req),
+            self.rpc::<_, api::Empty>("ResizePty", &req),
         )
         .await?;
         Ok(())
@@ -368,7 +430,11 @@ impl ShimClient {
         req.id = self.id.clone();
         req.exec_id = exec_field(exec_id);
         let resp = self
-            .call("wait", limit, self.task.wait(Self::ctx(), &req))
+            .call(
+                "wait",
+                limit,
+                self.rpc::<_, api::WaitResponse>("Wait", &req),
+            )
             .await?;
         Ok(ExitInfo {
             status: resp.exit_status,
@@ -386,7 +452,7 @@ impl ShimClient {
             .call(
                 "delete",
                 Some(self.timeout),
-                self.task.delete(Self::ctx(), &req),
+                self.rpc::<_, api::DeleteResponse>("Delete", &req),
             )
             .await?;
         Ok(Deleted {
@@ -406,7 +472,7 @@ impl ShimClient {
             .call(
                 "pids",
                 Some(self.timeout),
-                self.task.pids(Self::ctx(), &req),
+                self.rpc::<_, api::PidsResponse>("Pids", &req),
             )
             .await?;
         Ok(resp.processes.iter().map(|p| p.pid).collect())
@@ -423,7 +489,7 @@ impl ShimClient {
         self.call(
             "update",
             Some(self.timeout),
-            self.task.update(Self::ctx(), &req),
+            self.rpc::<_, api::Empty>("Update", &req),
         )
         .await?;
         Ok(())
@@ -445,7 +511,7 @@ impl ShimClient {
         self.call(
             "exec",
             Some(self.timeout),
-            self.task.exec(Self::ctx(), &req),
+            self.rpc::<_, api::Empty>("Exec", &req),
         )
         .await?;
         Ok(())
@@ -459,7 +525,7 @@ impl ShimClient {
         self.call(
             "close_io",
             Some(self.timeout),
-            self.task.close_io(Self::ctx(), &req),
+            self.rpc::<_, api::Empty>("CloseIO", &req),
         )
         .await?;
         Ok(())
@@ -473,7 +539,7 @@ impl ShimClient {
             .call(
                 "connect",
                 Some(self.timeout),
-                self.task.connect(Self::ctx(), &req),
+                self.rpc::<_, api::ConnectResponse>("Connect", &req),
             )
             .await?;
         Ok(ShimInfo {
@@ -495,7 +561,7 @@ impl ShimClient {
             .call(
                 "shutdown",
                 Some(self.timeout),
-                self.task.shutdown(Self::ctx(), &req),
+                self.rpc::<_, api::Empty>("Shutdown", &req),
             )
             .await
         {

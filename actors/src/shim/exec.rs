@@ -142,7 +142,7 @@ impl Shims {
             let bundle = PathBuf::from(&record.bundle);
             let client = match client {
                 Some(c) => c,
-                None => ShimClient::connect(&msg.id, Path::new(&record.address)).await?,
+                None => record.connect().await?,
             };
             let spec = oci_spec::runtime::Spec::load(bundle.join(super::launch::SPEC_FILE))
                 .map_err(|e| Error::Internal(format!("container {} spec: {e}", msg.id)))?;

@@ -33,7 +33,7 @@ impl Shims {
         Reply::off(async move {
             let client = match client {
                 Some(c) => c,
-                None => ShimClient::connect(&msg.id, Path::new(&record.address)).await?,
+                None => record.connect().await?,
             };
             let bundle = PathBuf::from(&record.bundle);
             let spec = tokio::task::spawn_blocking(move || {

@@ -40,6 +40,8 @@ pub struct ExitReported {
     pub id: String,
     /// The status the event carried, used when no record is on disk.
     pub status: u32,
+    /// When it exited, as the event says (0: unknown).
+    pub exited_at_unix_nanos: i64,
 }
 
 impl Message for ExitReported {
@@ -57,7 +59,7 @@ impl Message for ExitsOf {
     type Result = Result<BTreeMap<String, TaskExited>>;
 }
 
-fn exited(id: &str, record: ExitRecord) -> TaskExited {
+pub(super) fn exited(id: &str, record: ExitRecord) -> TaskExited {
     TaskExited {
         id: id.to_string(),
         status: record.status,
@@ -124,10 +126,16 @@ impl Shims {
         let Some(record) = self.records.get(&msg.id) else {
             return Reply::Now(Ok(()));
         };
-        let exit = on_record(&msg.id, Path::new(&record.bundle)).unwrap_or(TaskExited {
+        let recorded = on_record(&msg.id, Path::new(&record.bundle));
+        if recorded.is_none() && record.api == super::client::TaskApi::V2 {
+            // berthd holds a v2 task's output: its exit is told once the
+            // output is in the log, and put on record for later.
+            return self.v2_exit(msg, record.bundle.clone());
+        }
+        let exit = recorded.unwrap_or(TaskExited {
             id: msg.id.clone(),
             status: msg.status,
-            exited_at_unix_nanos: 0,
+            exited_at_unix_nanos: msg.exited_at_unix_nanos,
             note: None,
         });
         self.publish(exit, ctx);

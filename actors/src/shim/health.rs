@@ -140,9 +140,14 @@ pub(super) fn sigkill(pid: u32) {
 /// Ends container `id` in the runtime's state, whatever state it is in.
 /// A container the runtime does not know is fine.
 pub fn force_delete(runtime: &Runtime, id: &str) {
+    // A v2 shim keeps the runtime's state per namespace under the root.
+    let root = match runtime.v2_shim {
+        Some(_) => runtime.root.join(super::v2::NAMESPACE),
+        None => runtime.root.clone(),
+    };
     let out = std::process::Command::new(&runtime.binary)
         .arg("--root")
-        .arg(&runtime.root)
+        .arg(&root)
         .args(["delete", "--force", id])
         .stdin(std::process::Stdio::null())
         .output();
@@ -242,7 +247,7 @@ impl Shims {
                 address: r.address.clone(),
                 bundle: r.bundle.clone(),
                 runtime_handler: r.runtime_handler.clone(),
-                alive: shim_alive(r.pid, &r.container_id),
+                alive: shim_alive(r.pid, r.shim_id()),
                 exited: Path::new(&r.bundle).join(EXIT_FILE).exists(),
             })
             .collect()

@@ -7,6 +7,7 @@ use super::actor::Runtime;
 use super::client::ShimClient;
 use super::health;
 use super::launch;
+use super::store::ShimRecord;
 use crate::Result;
 use futures::future::BoxFuture;
 use std::path::Path;
@@ -25,8 +26,8 @@ pub(super) trait Processes: Send + Sync + 'static {
     /// Ends container `id` in `runtime`, whatever state it is in.
     fn force_delete(&self, runtime: &Runtime, id: &str);
 
-    /// Connects to the shim of `id` serving at `address`.
-    fn connect(&self, id: &str, address: &Path) -> BoxFuture<'static, Result<Self::Conn>>;
+    /// Connects to the shim a record names.
+    fn connect(&self, record: &ShimRecord) -> BoxFuture<'static, Result<Self::Conn>>;
 
     /// Kills the process in `BUNDLE/shim.pid` if it is the shim of `id`.
     fn kill_shim_of(&self, bundle: &Path, id: &str) {
@@ -57,8 +58,8 @@ impl Processes for Os {
         health::force_delete(runtime, id)
     }
 
-    fn connect(&self, id: &str, address: &Path) -> BoxFuture<'static, Result<ShimClient>> {
-        let (id, address) = (id.to_string(), address.to_path_buf());
-        Box::pin(async move { ShimClient::connect(&id, &address).await })
+    fn connect(&self, record: &ShimRecord) -> BoxFuture<'static, Result<ShimClient>> {
+        let record = record.clone();
+        Box::pin(async move { record.connect().await })
     }
 }

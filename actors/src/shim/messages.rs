@@ -12,6 +12,9 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct CreateTask {
     pub id: String,
+    /// The pod's sandbox ID (the sandbox's own for its pause): a shim
+    /// that serves whole pods (containerd's runc-v2) groups by it.
+    pub pod: String,
     pub spec: oci_spec::runtime::Spec,
     /// The CRI log file the shim writes; None discards the output.
     pub log_path: Option<PathBuf>,

@@ -14,6 +14,7 @@ mod plumbing;
 pub mod recover;
 pub mod store;
 mod task;
+pub mod v2;
 mod watch;
 
 pub use actor::{bundle_dir, Runtime, ShimConfig, ShimDeps, ShimSupervisor, Shims};

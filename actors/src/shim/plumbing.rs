@@ -129,13 +129,20 @@ impl Plumbing {
             .collect();
         let mut others = Vec::new();
         if let Some((mut from, mut to)) = self.stdin {
+            let (client, exec_id) = (client.clone(), exec_id.clone());
             others.push(tokio::spawn(async move {
                 while let Some(b) = from.recv().await {
                     if to.write_all(&b).await.is_err() {
                         break;
                     }
                 }
-                // Dropping the only writer: the process reads its end.
+                // Dropping berthd's writer: under berth-shim the process
+                // reads its end. A v2 shim holds a writer of its own and
+                // closes the process's stdin when asked.
+                drop(to);
+                if let Some(exec_id) = exec_id {
+                    let _ = client.close_io(Some(&exec_id)).await;
+                }
             }));
         }
         if let Some(mut sizes) = self.resize {

@@ -141,8 +141,8 @@ async fn sort_shim<P: Processes>(
         .await?;
         return Ok((id, Fate::Undone));
     }
-    if procs.alive(record.pid, &id) {
-        let connect = procs.connect(&id, Path::new(&record.address));
+    if procs.alive(record.pid, record.shim_id()) {
+        let connect = procs.connect(&record);
         match tokio::time::timeout(RECONNECT_TIMEOUT, connect).await {
             Ok(Ok(conn)) => return Ok((id, Fate::Live(conn))),
             _ => {
@@ -236,6 +236,7 @@ impl Shims {
                             std::fs::remove_dir_all(crate::shim::bundle_dir(&me.config.state, id));
                     }
                 }
+                me.revive_v2(&clients);
                 me.clients.extend(clients);
                 Ok(report)
             },
@@ -287,7 +288,8 @@ mod tests {
         fn force_delete(&self, runtime: &Runtime, id: &str) {
             self.note(format!("delete {id} in {}", runtime.root.display()));
         }
-        fn connect(&self, id: &str, _address: &Path) -> BoxFuture<'static, Result<String>> {
+        fn connect(&self, record: &ShimRecord) -> BoxFuture<'static, Result<String>> {
+            let id = &record.container_id;
             self.note(format!("connect {id}"));
             let answer = if self.answering.contains(id) {
                 Ok(format!("conn to {id}"))
@@ -304,6 +306,7 @@ mod tests {
             root: PathBuf::from("/rt"),
             native_exec: true,
             timeout: std::time::Duration::from_secs(120),
+            v2_shim: None,
         }
     }
 
@@ -318,7 +321,7 @@ mod tests {
             pid,
             address: address.display().to_string(),
             bundle: bundle.display().to_string(),
-            runtime_handler: String::new(),
+            ..Default::default()
         }
     }
 
@@ -455,6 +458,7 @@ mod tests {
             root: PathBuf::from("/rt2"),
             native_exec: true,
             timeout: std::time::Duration::from_secs(120),
+            v2_shim: None,
         };
         let cleared = clear_unowned(
             &node,

@@ -4,7 +4,7 @@
 //! still answers.
 
 use super::actor::{ShimSupervisor, Shims};
-use super::client::{CreateOpts, ExitInfo, ShimClient, TaskStatus};
+use super::client::{CreateOpts, ExitInfo, ShimClient, TaskApi, TaskStatus};
 use super::host::{Os, Processes};
 use super::launch::{self, LaunchOpts, ShimArgs};
 use super::messages::*;
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 /// How long a shim may take to start and answer a call.
-const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const SHIM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Where a restored task's CRIU images are, in its bundle.
 const CHECKPOINT_DIR: &str = "checkpoint";
@@ -36,7 +36,7 @@ fn exit(e: ExitInfo) -> Exit {
 }
 
 /// Removes a bundle; what is gone is fine.
-fn remove_bundle(bundle: &Path, socket: &Path) {
+pub(super) fn remove_bundle(bundle: &Path, socket: &Path) {
     let _ = std::fs::remove_file(socket);
     let _ = std::fs::remove_file(berth_protocol::shim::attach_socket(socket));
     if let Err(e) = std::fs::remove_dir_all(bundle) {
@@ -70,6 +70,10 @@ impl Shims {
                 "runtime handler {handler:?} is not configured"
             ))));
         };
+        if runtime.v2_shim.is_some() {
+            let handler = handler.to_string();
+            return self.create_v2(msg, handler, runtime);
+        }
         let bundle = self.config.bundle(&id);
         let socket = self.config.socket(&id);
         let record = ShimRecord {
@@ -78,6 +82,7 @@ impl Shims {
             address: socket.display().to_string(),
             bundle: bundle.display().to_string(),
             runtime_handler: handler.to_string(),
+            ..Default::default()
         };
         // Journalled before the shim exists: recovery finds and ends a
         // shim whose start nobody finished.
@@ -150,6 +155,7 @@ impl Shims {
                     stderr: None,
                     stdin,
                     checkpoint: restore_from,
+                    ..Default::default()
                 };
                 let pid = client.create(&create).await?;
                 tracing::debug!(
@@ -209,12 +215,17 @@ impl Shims {
         let Some((client, record)) = self.client(&id) else {
             return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
         };
+        let waiter =
+            (record.api == TaskApi::V2).then(|| (self.v2_io(&id), PathBuf::from(&record.bundle)));
         let work = async move {
             let client = match client {
                 Some(c) => c,
-                None => ShimClient::connect(&id, Path::new(&record.address)).await?,
+                None => record.connect().await?,
             };
             let started = client.start(None).await;
+            if let (Ok(_), Some((io, bundle))) = (&started, waiter) {
+                super::v2::task::wait_for_exit(client.clone(), io, bundle);
+            }
             // A run that failed leaves the task created (a start refused
             // because it already ran does not): the shim removed what the
             // runtime left, but a runtime killed half-way may leave the
@@ -258,11 +269,10 @@ impl Shims {
         let Some((client, record)) = self.client(id) else {
             return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
         };
-        let id = id.to_string();
         Reply::off(async move {
             let client = match client {
                 Some(c) => c,
-                None => ShimClient::connect(&id, Path::new(&record.address)).await?,
+                None => record.connect().await?,
             };
             call(client).await
         })
@@ -272,12 +282,11 @@ impl Shims {
         let Some((client, record)) = self.client(&msg.id) else {
             return Reply::Now(Ok(None));
         };
-        let id = msg.id.clone();
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
             let client = match client {
                 Some(c) => c,
-                None => match ShimClient::connect(&id, Path::new(&record.address)).await {
+                None => match record.connect().await {
                     Ok(c) => c,
                     // The shim is gone: its exit record answers.
                     Err(_) => return Ok((None, launch::read_exit(&bundle)?.map(exit))),
@@ -331,13 +340,15 @@ impl Shims {
         }
         self.deleting.insert(id.clone());
         let runtime = self.runtime_of(&record);
+        let v2 = runtime.as_ref().and_then(|rt| self.v2_shim(rt));
+        let v2 = if record.api == TaskApi::V2 { v2 } else { None };
         let task = id.clone();
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
             let socket = PathBuf::from(&record.address);
             let client = match client {
                 Some(c) => Some(c),
-                None => ShimClient::connect(&task, &socket).await.ok(),
+                None => record.connect().await.ok(),
             };
             // A cached connection to a shim that has since died.
             let client = match client {
@@ -350,7 +361,12 @@ impl Shims {
                 }
                 other => other,
             };
-            if client.is_none() {
+            if let (None, Some(shim)) = (&client, &v2) {
+                // No shim to ask: its `delete` ends what the runtime holds.
+                if let Err(e) = shim.cleanup(&task, &bundle, SHIM_TIMEOUT).await {
+                    tracing::warn!(task = %task, error = %e, "the shim's delete failed");
+                }
+            } else if client.is_none() {
                 // No shim to ask: the runtime ends what it still holds.
                 if let Some(rt) = runtime {
                     let t = task.clone();
@@ -372,13 +388,17 @@ impl Shims {
                     Ok(_) | Err(Error::NotFound(_)) => {}
                     Err(e) => return Err(e),
                 }
-                let _ = c.shutdown(true).await;
+                // A v2 shim may serve the pod's other tasks: it ends by
+                // itself once it holds none.
+                let _ = c.shutdown(v2.is_none()).await;
             }
-            // The shim would end by itself a moment after its shutdown
+            // berth-shim would end by itself a moment after its shutdown
             // answered; it holds nothing more, so it is ended now and
             // awaited: a removal that returned leaves no shim behind.
-            if let Ok(pid) = launch::read_shim_pid(&bundle) {
-                super::health::end_shim(pid, &task, SHIM_END_LIMIT).await;
+            if v2.is_none() {
+                if let Ok(pid) = launch::read_shim_pid(&bundle) {
+                    super::health::end_shim(pid, &task, SHIM_END_LIMIT).await;
+                }
             }
             tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
                 .await
@@ -388,6 +408,7 @@ impl Shims {
         Reply::later(work, move |me: &mut Self, res: Result<()>| {
             me.deleting.remove(&id);
             res?;
+            me.drop_v2_io(&id);
             me.clients.remove(&id);
             me.buried.remove(&id);
             me.published.remove(&id);
@@ -420,9 +441,7 @@ impl Shims {
             let bundle = PathBuf::from(&record.bundle);
             let client = match client {
                 Some(c) => Some(c),
-                None => ShimClient::connect(&id, Path::new(&record.address))
-                    .await
-                    .ok(),
+                None => record.connect().await.ok(),
             };
             let Some(c) = client else {
                 let ended = launch::read_exit(&bundle)?.map(exit);
@@ -467,6 +486,9 @@ impl Shims {
             .records
             .get(id)
             .ok_or_else(|| Error::NotFound(format!("task {id} not found")))?;
+        if record.api == TaskApi::V2 {
+            return self.reopen_v2_log(id);
+        }
         let pid = launch::read_shim_pid(Path::new(&record.bundle))?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),

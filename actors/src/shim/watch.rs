@@ -123,7 +123,7 @@ impl Shims {
             if known {
                 continue;
             }
-            match shim_pidfd(r.pid, &r.container_id) {
+            match shim_pidfd(r.pid, r.shim_id()) {
                 Some(fd) => {
                     self.pidfds.insert(r.container_id.clone(), (r.pid, fd));
                 }

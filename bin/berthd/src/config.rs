@@ -64,9 +64,27 @@ pub struct Shim {
     pub binary: Option<PathBuf>,
 }
 
+/// How a handler runs its containers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HandlerType {
+    /// berth-shim with the OCI runtime `binary`.
+    #[default]
+    Berth,
+    /// A containerd runtime v2 shim (`shim`), driving `binary`.
+    V2,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeHandler {
+    #[serde(default)]
+    pub r#type: HandlerType,
+    /// The runtime v2 shim binary (`type = "v2"` only), e.g.
+    /// `containerd-shim-runc-v2`: a name looked up in PATH, or a path.
+    #[serde(default)]
+    pub shim: Option<PathBuf>,
+    #[serde(default = "runc")]
     pub binary: PathBuf,
     #[serde(default)]
     pub root: Option<PathBuf>,
@@ -84,20 +102,39 @@ fn runtime_timeout() -> u64 {
     120
 }
 
+fn runc() -> PathBuf {
+    "runc".into()
+}
+
 fn yes() -> bool {
     true
 }
 
 fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
-    BTreeMap::from([(
-        "runc".to_string(),
-        RuntimeHandler {
-            binary: "runc".into(),
-            root: None,
-            native_exec: true,
-            timeout_secs: runtime_timeout(),
-        },
-    )])
+    BTreeMap::from([
+        (
+            "runc".to_string(),
+            RuntimeHandler {
+                r#type: HandlerType::Berth,
+                shim: None,
+                binary: runc(),
+                root: None,
+                native_exec: true,
+                timeout_secs: runtime_timeout(),
+            },
+        ),
+        (
+            "runc-v2".to_string(),
+            RuntimeHandler {
+                r#type: HandlerType::V2,
+                shim: Some("containerd-shim-runc-v2".into()),
+                binary: runc(),
+                root: None,
+                native_exec: true,
+                timeout_secs: runtime_timeout(),
+            },
+        ),
+    ])
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -414,6 +451,22 @@ impl Config {
             if r.timeout_secs == 0 {
                 return Err(format!("runtimes.{name}.timeout_secs: must be at least 1"));
             }
+            match (r.r#type, &r.shim) {
+                (HandlerType::V2, None) => {
+                    return Err(format!(
+                        "runtimes.{name}.shim: a handler of type \"v2\" names its shim binary"
+                    ))
+                }
+                (HandlerType::V2, Some(s)) if s.as_os_str().is_empty() => {
+                    return Err(format!("runtimes.{name}.shim: empty"))
+                }
+                (HandlerType::Berth, Some(_)) => {
+                    return Err(format!(
+                        "runtimes.{name}.shim: only a handler of type \"v2\" has a shim (berth-shim is [shim])"
+                    ))
+                }
+                _ => {}
+            }
             if let Some(root) = &r.root {
                 if !root.is_absolute() {
                     return Err(format!(
@@ -533,6 +586,15 @@ mod tests {
                 "[cni]\nmasquerade = [\"10.89.0.0/40\"]\n",
                 "cni.masquerade: \"10.89.0.0/40\": the prefix length",
             ),
+            (
+                "[runtimes.kata]\ntype = \"v2\"\n",
+                "runtimes.kata.shim: a handler of type \"v2\" names its shim",
+            ),
+            (
+                "[runtimes.x]\nshim = \"containerd-shim-runc-v2\"\n",
+                "runtimes.x.shim: only a handler of type \"v2\"",
+            ),
+            ("[runtimes.x]\ntype = \"v3\"\n", "type = \"v3\""),
         ];
         for (text, expected) in cases {
             let err = Config::parse(text).expect_err(text);

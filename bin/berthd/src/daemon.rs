@@ -439,6 +439,7 @@ fn runtimes(config: &Config) -> BTreeMap<String, Runtime> {
                 root: r.root.clone().unwrap_or_else(|| config.state.join(name)),
                 native_exec: r.native_exec,
                 timeout: Duration::from_secs(r.timeout_secs),
+                v2_shim: r.shim.clone(),
             };
             (name.clone(), runtime)
         })
@@ -471,26 +472,47 @@ fn probe_host(config: &Config) -> HostFacts {
 /// deletes a container of the pause program under `<state>/probe`), after
 /// clearing what a try cut short by a kill left there.
 fn try_runtimes(config: &Config, host: Arc<HostFacts>, pause: std::path::PathBuf) {
-    let handlers = handlers(config);
+    let runtimes = runtimes(config);
+    // A handler under a v2 shim is tried by its shim (which must answer
+    // -v) and the OCI runtime the shim drives.
+    let v2: BTreeMap<std::path::PathBuf, std::path::PathBuf> = runtimes
+        .values()
+        .filter_map(|r| Some((r.v2_shim.clone()?, r.binary.clone())))
+        .collect();
+    let handlers: Vec<(String, std::path::PathBuf)> = handlers(config)
+        .into_iter()
+        .map(|(name, binary)| {
+            let shim = runtimes.get(&name).and_then(|r| r.v2_shim.clone());
+            (name, shim.unwrap_or(binary))
+        })
+        .collect();
     // Each try is bounded by its runtime's own command timeout (the
     // shortest, for a binary several handlers name).
     let mut limits: BTreeMap<std::path::PathBuf, Duration> = BTreeMap::new();
-    for r in runtimes(config).values() {
+    for r in runtimes.values() {
         let limit = limits.entry(r.binary.clone()).or_insert(r.timeout);
         *limit = (*limit).min(r.timeout);
     }
     let work = config.state.join("probe");
+    let cgroup_parent = config.sandbox.cgroup_parent.clone();
     let spawned = std::thread::Builder::new()
         .name("runtime-probe".into())
         .spawn(move || {
             let binaries: Vec<&Path> = handlers.iter().map(|(_, b)| b.as_path()).collect();
-            berth_actors::host::clear_probes(&work, &binaries);
+            berth_actors::host::clear_probes(&work, &binaries, &cgroup_parent);
             let works = |binary: &Path| {
+                let (binary, shim) = match v2.get(binary) {
+                    Some(oci) => (oci.as_path(), Some(binary)),
+                    None => (binary, None),
+                };
                 let limit = limits
                     .get(binary)
                     .copied()
                     .unwrap_or(Duration::from_secs(10));
-                berth_actors::host::try_runtime(binary, &work, &pause, limit)
+                if let Some(shim) = shim {
+                    berth_actors::host::try_v2_shim(shim, limit)?;
+                }
+                berth_actors::host::try_runtime(binary, &work, &pause, limit, &cgroup_parent)
             };
             host.try_handlers(
                 handlers.iter().map(|(n, b)| (n.as_str(), b.as_path())),

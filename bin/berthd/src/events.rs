@@ -41,9 +41,19 @@ impl Events for Sink {
             tracing::debug!(task = %exit.container_id, status = exit.exit_status, "TaskExit");
             let node = self.node.clone();
             self.runtime.spawn(async move {
+                let at = exit
+                    .exited_at
+                    .as_ref()
+                    .map(|t| {
+                        t.seconds
+                            .saturating_mul(1_000_000_000)
+                            .saturating_add(t.nanos.into())
+                    })
+                    .unwrap_or(0);
                 let msg = ExitReported {
                     id: exit.container_id,
                     status: exit.exit_status,
+                    exited_at_unix_nanos: at,
                 };
                 if let Err(e) = node.shim.call(msg).await {
                     tracing::warn!(error = %e, "TaskExit not delivered");

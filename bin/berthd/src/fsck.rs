@@ -150,7 +150,11 @@ fn check(j: &Journal, config: &Config) -> Fsck {
 
     // The runtime's containers.
     for (name, r) in &config.runtimes {
-        let root = r.root.clone().unwrap_or_else(|| config.state.join(name));
+        let mut root = r.root.clone().unwrap_or_else(|| config.state.join(name));
+        if r.r#type == crate::config::HandlerType::V2 {
+            // A v2 shim keeps the runtime's state per namespace.
+            root = root.join(berth_actors::shim::v2::NAMESPACE);
+        }
         for id in dir_names(&root) {
             f.checked += 1;
             if !shims.contains(id.as_str()) {
