@@ -78,7 +78,14 @@ pub struct HostFacts {
     /// container, which start-up does not wait for); until then every
     /// handler counts as usable.
     pub unusable: Arc<OnceLock<BTreeMap<String, String>>>,
+    /// Whether pods can have user namespaces of their own here (the
+    /// kernel mounts overlays on idmapped layers where berth keeps its
+    /// snapshots), or why not: filled by the background probe too.
+    pub user_namespaces: UsernsProbe,
 }
+
+/// The answer of the user namespace probe, once it ran.
+pub type UsernsProbe = Arc<OnceLock<std::result::Result<(), String>>>;
 
 impl Default for HostFacts {
     /// Everything allowed: what unit tests build specs against.
@@ -88,6 +95,7 @@ impl Default for HostFacts {
             hugetlb: true,
             recursive_read_only: BTreeSet::from([String::new(), "runc".to_string()]),
             unusable: Arc::default(),
+            user_namespaces: Arc::default(),
         }
     }
 }
@@ -125,6 +133,7 @@ impl HostFacts {
             hugetlb,
             recursive_read_only,
             unusable: Arc::default(),
+            user_namespaces: Arc::default(),
         };
         tracing::info!(
             capabilities = facts.capabilities.len(),

@@ -24,5 +24,6 @@ pub mod network;
 pub mod node;
 pub mod sandbox;
 pub mod shim;
+pub mod userns;
 
 pub use error::{Error, Result};

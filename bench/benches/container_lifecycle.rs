@@ -18,12 +18,13 @@
 //!   cargo build --release --workspace --bins
 //!   cargo bench -p berth-bench --bench container_lifecycle
 
-use berth_bench::{berth_on_bridge, busybox_registry, table, PodPeer, Samples};
-use berth_protocol::cri::image_service_client::ImageServiceClient;
+use berth_bench::{
+    bench_pod, berth_on_bridge, busybox_registry, runc_floor, sleeper, table, PodPeer, Samples,
+};
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -54,36 +55,6 @@ struct Target {
     image: String,
     pod_id: String,
     pod: PodSandboxConfig,
-}
-
-fn pod_config(tag: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("ctr-bench-{tag}"),
-            uid: format!("ctr-bench-uid-{tag}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("ctr-bench-{tag}"),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    }
-}
-
-fn container_config(name: &str, image: &str) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: vec!["sleep".into(), "1000".into()],
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
 }
 
 async fn client(socket: &Path) -> RuntimeServiceClient<Channel> {
@@ -274,7 +245,7 @@ async fn lifecycle(t: &Target, tag: &str, wave: usize) -> Result<Steps, String> 
                     t.who,
                     t.pod_id.clone(),
                     t.pod.clone(),
-                    container_config(&format!("{tag}-{i}"), &t.image),
+                    sleeper(&format!("{tag}-{i}"), &t.image),
                 ))
             })
             .collect();
@@ -306,7 +277,7 @@ async fn exec_round_trips(t: &Target) -> Result<Samples, String> {
         t.who,
         &t.pod_id,
         &t.pod,
-        container_config("exec-target", &t.image),
+        sleeper("exec-target", &t.image),
     )
     .await?;
     start(&mut c, t.who, &id).await?;
@@ -372,7 +343,7 @@ async fn event_latencies(t: &Target) -> Result<Option<Samples>, String> {
     let mut latencies = Vec::with_capacity(EVENTS);
     let begin = Instant::now();
     for i in 0..EVENTS {
-        let mut config = container_config(&format!("exits-{i}"), &t.image);
+        let mut config = sleeper(&format!("exits-{i}"), &t.image);
         config.command = vec!["true".into()];
         let (id, _) = create(&mut c, t.who, &t.pod_id, &t.pod, config).await?;
         start(&mut c, t.who, &id).await?;
@@ -458,7 +429,7 @@ async fn populate(t: &Target, ids: &mut Vec<String>) -> Result<(), String> {
             .map(|i| {
                 let (socket, who) = (t.socket.clone(), t.who);
                 let (pod_id, pod) = (t.pod_id.clone(), t.pod.clone());
-                let config = container_config(&format!("listed-{i}"), &t.image);
+                let config = sleeper(&format!("listed-{i}"), &t.image);
                 tokio::spawn(async move {
                     let mut c = client(&socket).await;
                     let (id, _) = create(&mut c, who, &pod_id, &pod, config).await?;
@@ -580,22 +551,12 @@ impl Measured {
 /// every section; the pod is removed at the end.
 async fn measure(who: &'static str, socket: &Path, image: &str, logs: &Path) -> Measured {
     let mut m = Measured::default();
-    let mut images = ImageServiceClient::new(berth_tests::connect(socket).await);
-    if let Err(e) = images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-    {
-        m.errors.push(failed(who, "PullImage", image, e));
+    if let Err(e) = berth_bench::pull(socket, image).await {
+        m.errors.push(format!("{who}: {e}"));
         return m;
     }
     std::fs::create_dir_all(logs).expect("log directory");
-    let pod = pod_config(who, logs);
+    let pod = bench_pod("ctr-bench", who, logs);
     let mut rt = client(socket).await;
     let pod_id = match rt
         .run_pod_sandbox(RunPodSandboxRequest {
@@ -625,7 +586,7 @@ async fn measure(who: &'static str, socket: &Path, image: &str, logs: &Path) -> 
         who,
         t.pod_id.clone(),
         t.pod.clone(),
-        container_config("warm-up", image),
+        sleeper("warm-up", image),
     )
     .await;
     match warm {
@@ -674,103 +635,6 @@ async fn measure(who: &'static str, socket: &Path, image: &str, logs: &Path) -> 
     m
 }
 
-fn run(cmd: &mut Command) -> bool {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
-fn runc(root: &Path) -> Command {
-    let mut c = Command::new("runc");
-    c.arg("--root").arg(root);
-    c
-}
-
-/// The floor: bare runc on an equivalent bundle, `n` containers one after
-/// another; per step and per cycle.
-fn floor(layer: &[u8], work: &Path, n: usize) -> Vec<Samples> {
-    let rootfs = work.join("floor-rootfs");
-    std::fs::create_dir_all(&rootfs).expect("rootfs");
-    let layer_file = work.join("busybox-layer.tar.gz");
-    std::fs::write(&layer_file, layer).expect("layer file");
-    let ok = Command::new("tar")
-        .arg("-xzf")
-        .arg(&layer_file)
-        .arg("-C")
-        .arg(&rootfs)
-        .status()
-        .expect("tar");
-    assert!(ok.success(), "tar -x of the busybox layer");
-
-    let bundle = work.join("floor-bundle");
-    std::fs::create_dir_all(&bundle).expect("bundle");
-    let ok = Command::new("runc")
-        .args(["spec", "--bundle"])
-        .arg(&bundle)
-        .status()
-        .expect("runc spec");
-    assert!(ok.success(), "runc spec");
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("spec json");
-    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
-    spec["process"]["terminal"] = serde_json::json!(false);
-    spec["root"]["path"] = serde_json::json!(rootfs);
-    std::fs::write(&path, spec.to_string()).expect("config.json");
-
-    let root = work.join("runc-root");
-    let mut steps: [Vec<Duration>; 4] = Default::default();
-    let mut cycle = Vec::with_capacity(n);
-    let begin = Instant::now();
-    for i in 0..n {
-        let id = format!("bctrfloor-{}-{i}", std::process::id());
-        let t = Instant::now();
-        assert!(
-            run(runc(&root)
-                .args(["create", "--bundle"])
-                .arg(&bundle)
-                .arg(&id)),
-            "runc create {id}"
-        );
-        let create_t = t.elapsed();
-        let t = Instant::now();
-        assert!(run(runc(&root).args(["start", &id])), "runc start {id}");
-        let start_t = t.elapsed();
-        let t = Instant::now();
-        assert!(
-            run(runc(&root).args(["kill", &id, "KILL"])),
-            "runc kill {id}"
-        );
-        let kill_t = t.elapsed();
-        // `runc delete` refuses while the process is still dying: retry
-        // (the wait is part of the floor, as StopContainer waits too).
-        let t = Instant::now();
-        let mut tries = 0;
-        while !run(runc(&root).args(["delete", &id])) {
-            tries += 1;
-            assert!(tries < 2000, "runc delete {id} kept failing");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let delete_t = t.elapsed();
-        for (v, d) in steps.iter_mut().zip([create_t, start_t, kill_t, delete_t]) {
-            v.push(d);
-        }
-        cycle.push(create_t + start_t + kill_t + delete_t);
-    }
-    let wall = begin.elapsed();
-    let [c, s, k, d] = steps;
-    vec![
-        Samples::new("floor: runc create", c, wall),
-        Samples::new("floor: runc start", s, wall),
-        Samples::new("floor: runc kill KILL", k, wall),
-        Samples::new("floor: runc delete", d, wall),
-        Samples::new("floor: cycle (create+start+kill+delete)", cycle, wall),
-    ]
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -811,7 +675,7 @@ async fn main() {
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
 
     // The floor.
-    let floor = floor(&layer_bytes, work.path(), CONTAINERS);
+    let floor = runc_floor(&layer_bytes, work.path(), CONTAINERS);
 
     // containerd.
     let containerd = match PodPeer::start(&reg).await {

@@ -10,7 +10,6 @@
 //!   cargo bench -p berth-bench --bench stats
 
 use berth_bench::{berth_on_bridge, busybox_registry, table, PodPeer, Samples};
-use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use std::path::Path;
@@ -93,17 +92,9 @@ async fn pod_with_container(
 
 /// `PODS` pods, `WAVE` at a time.
 async fn populate(socket: &Path, who: &str, image: &str, logs: &Path) -> Vec<String> {
-    let mut images = ImageServiceClient::new(berth_tests::connect(socket).await);
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    berth_bench::pull(socket, image)
         .await
-        .unwrap_or_else(|e| panic!("{who}: PullImage: {e}"));
+        .unwrap_or_else(|e| panic!("{who}: {e}"));
     let mut pods = Vec::new();
     for chunk in (0..PODS).collect::<Vec<_>>().chunks(WAVE) {
         let tasks: Vec<_> = chunk

@@ -19,7 +19,6 @@
 //!   bench/run streaming
 
 use berth_bench::{berth_on_bridge, busybox_registry, rss_kib, table, PodPeer, Samples};
-use berth_protocol::cri::image_service_client::ImageServiceClient;
 use berth_protocol::cri::runtime_service_client::RuntimeServiceClient;
 use berth_protocol::cri::*;
 use berth_stream::client::{remote_command_spdy, CommandIo, PortForward};
@@ -58,20 +57,6 @@ struct Target {
     pod_ip: String,
 }
 
-fn pod_config(tag: &str, logs: &Path) -> PodSandboxConfig {
-    PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: format!("stream-bench-{tag}"),
-            uid: format!("stream-bench-uid-{tag}"),
-            namespace: "bench".into(),
-            attempt: 0,
-        }),
-        hostname: format!("stream-bench-{tag}"),
-        log_directory: logs.display().to_string(),
-        ..Default::default()
-    }
-}
-
 fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -95,18 +80,10 @@ async fn setup(
     logs: &Path,
 ) -> Result<Target, String> {
     let mut rt = RuntimeServiceClient::new(berth_tests::connect(socket).await);
-    let mut images = ImageServiceClient::new(berth_tests::connect(socket).await);
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
+    berth_bench::pull(socket, image)
         .await
-        .map_err(|e| format!("{who}: PullImage: {e}"))?;
-    let pod_cfg = pod_config(who, logs);
+        .map_err(|e| format!("{who}: {e}"))?;
+    let pod_cfg = berth_bench::bench_pod("stream-bench", who, logs);
     let pod = rt
         .run_pod_sandbox(RunPodSandboxRequest {
             config: Some(pod_cfg.clone()),

@@ -315,8 +315,21 @@ pub fn berth_on_bridge(
     bridge: &str,
     subnet: &str,
 ) -> berth_tests::Daemon {
+    berth_configured_on_bridge(reg, bridge, subnet, "")
+}
+
+/// [`berth_on_bridge`] with `extra` (TOML) in berthd's configuration.
+pub fn berth_configured_on_bridge(
+    reg: &berth_tests::registry::Registry,
+    bridge: &str,
+    subnet: &str,
+    extra: &str,
+) -> berth_tests::Daemon {
     let mut d = berth_tests::Daemon::configure_logging(
-        &format!("[registries.\"{}\"]\ninsecure = true\n", reg.host()),
+        &format!(
+            "{extra}\n[registries.\"{}\"]\ninsecure = true\n",
+            reg.host()
+        ),
         "warn",
     );
     let ipam = d.dir.path().join("ipam");
@@ -406,4 +419,159 @@ impl Drop for PodPeer {
                 .status();
         }
     }
+}
+
+fn run(cmd: &mut std::process::Command) -> bool {
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn runc(root: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new("runc");
+    c.arg("--root").arg(root);
+    c
+}
+
+/// The floor of a container's cycle: bare runc on a bundle of the busybox
+/// `layer` (`sleep 1000`), `n` containers one after
+/// another; per step and per cycle.
+pub fn runc_floor(layer: &[u8], work: &std::path::Path, n: usize) -> Vec<Samples> {
+    let rootfs = work.join("floor-rootfs");
+    std::fs::create_dir_all(&rootfs).expect("rootfs");
+    let layer_file = work.join("busybox-layer.tar.gz");
+    std::fs::write(&layer_file, layer).expect("layer file");
+    let ok = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(&layer_file)
+        .arg("-C")
+        .arg(&rootfs)
+        .status()
+        .expect("tar");
+    assert!(ok.success(), "tar -x of the busybox layer");
+
+    let bundle = work.join("floor-bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle");
+    let ok = std::process::Command::new("runc")
+        .args(["spec", "--bundle"])
+        .arg(&bundle)
+        .status()
+        .expect("runc spec");
+    assert!(ok.success(), "runc spec");
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("config.json")).expect("spec json");
+    spec["process"]["args"] = serde_json::json!(["sleep", "1000"]);
+    spec["process"]["terminal"] = serde_json::json!(false);
+    spec["root"]["path"] = serde_json::json!(rootfs);
+    std::fs::write(&path, spec.to_string()).expect("config.json");
+
+    let root = work.join("runc-root");
+    let mut steps: [Vec<std::time::Duration>; 4] = Default::default();
+    let mut cycle = Vec::with_capacity(n);
+    let begin = std::time::Instant::now();
+    for i in 0..n {
+        let id = format!("bctrfloor-{}-{i}", std::process::id());
+        let t = std::time::Instant::now();
+        assert!(
+            run(runc(&root)
+                .args(["create", "--bundle"])
+                .arg(&bundle)
+                .arg(&id)),
+            "runc create {id}"
+        );
+        let create_t = t.elapsed();
+        let t = std::time::Instant::now();
+        assert!(run(runc(&root).args(["start", &id])), "runc start {id}");
+        let start_t = t.elapsed();
+        let t = std::time::Instant::now();
+        assert!(
+            run(runc(&root).args(["kill", &id, "KILL"])),
+            "runc kill {id}"
+        );
+        let kill_t = t.elapsed();
+        // `runc delete` refuses while the process is still dying: retry
+        // (the wait is part of the floor, as StopContainer waits too).
+        let t = std::time::Instant::now();
+        let mut tries = 0;
+        while !run(runc(&root).args(["delete", &id])) {
+            tries += 1;
+            assert!(tries < 2000, "runc delete {id} kept failing");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let delete_t = t.elapsed();
+        for (v, d) in steps.iter_mut().zip([create_t, start_t, kill_t, delete_t]) {
+            v.push(d);
+        }
+        cycle.push(create_t + start_t + kill_t + delete_t);
+    }
+    let wall = begin.elapsed();
+    let [c, s, k, d] = steps;
+    vec![
+        Samples::new("floor: runc create", c, wall),
+        Samples::new("floor: runc start", s, wall),
+        Samples::new("floor: runc kill KILL", k, wall),
+        Samples::new("floor: runc delete", d, wall),
+        Samples::new("floor: cycle (create+start+kill+delete)", cycle, wall),
+    ]
+}
+
+/// A benchmark's pod: named `<prefix>-<tag>` (its hostname too), with the
+/// UID `<prefix>-uid-<tag>` in namespace `bench`, logging under `logs`.
+pub fn bench_pod(
+    prefix: &str,
+    tag: &str,
+    logs: &std::path::Path,
+) -> berth_protocol::cri::PodSandboxConfig {
+    use berth_protocol::cri::{PodSandboxConfig, PodSandboxMetadata};
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: format!("{prefix}-{tag}"),
+            uid: format!("{prefix}-uid-{tag}"),
+            namespace: "bench".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{prefix}-{tag}"),
+        log_directory: logs.display().to_string(),
+        ..Default::default()
+    }
+}
+
+/// A container of `image` running `sleep 1000`, logging to `<name>.log`.
+pub fn sleeper(name: &str, image: &str) -> berth_protocol::cri::ContainerConfig {
+    use berth_protocol::cri::{ContainerConfig, ContainerMetadata, ImageSpec};
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "1000".into()],
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Pulls `image` through the CRI socket at `socket`.
+pub async fn pull(socket: &std::path::Path, image: &str) -> Result<(), String> {
+    use berth_protocol::cri::image_service_client::ImageServiceClient;
+    use berth_protocol::cri::{ImageSpec, PullImageRequest};
+    let mut images = ImageServiceClient::new(berth_tests::connect(socket).await);
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("PullImage {image}: {:?}: {}", e.code(), e.message()))
 }

@@ -195,6 +195,12 @@ async fn make(
             read_only: false,
             volume_of: None,
             diff: restore.as_ref().map(|(_, u, _)| u.diff.clone()),
+            userns: pod.config.security.user_namespace.map(|m| {
+                (
+                    crate::network::netns::userns_pin(std::path::Path::new(&pod.netns_path)),
+                    m,
+                )
+            }),
         })
         .await?;
     mount_image_volumes(&deps, id, &mut config).await?;
@@ -286,6 +292,7 @@ async fn mount_image_volumes(
                 read_only: true,
                 volume_of: Some(id.into()),
                 diff: None,
+                userns: None,
             })
             .await?;
         let sub = m.image_sub_path.clone();

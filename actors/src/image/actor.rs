@@ -329,11 +329,16 @@ impl Handles<PrepareRootfs> for Images {
                 return Reply::Now(Ok(r.target.clone().into()));
             }
         }
-        let record =
-            match self.rootfs_record(&msg.container_id, &msg.image, msg.read_only, msg.volume_of) {
-                Ok(r) => r,
-                Err(e) => return Reply::Now(Err(e)),
-            };
+        let record = match self.rootfs_record(
+            &msg.container_id,
+            &msg.image,
+            msg.read_only,
+            msg.volume_of,
+            msg.userns,
+        ) {
+            Ok(r) => r,
+            Err(e) => return Reply::Now(Err(e)),
+        };
         let snapshots = match self.snapshot_paths(&record) {
             Ok(s) => s,
             Err(e) => return Reply::Now(Err(e)),

@@ -119,6 +119,9 @@ pub struct PrepareRootfs {
     /// Changes to put into the new writable layer before it is mounted
     /// (a restored checkpoint's).
     pub diff: Option<super::rootfs::RootfsDiff>,
+    /// The pod's own user namespace (its pin) and mapping: the layers are
+    /// mounted idmapped through it and the writable layer is its root's.
+    pub userns: Option<(std::path::PathBuf, crate::userns::IdMap)>,
 }
 
 impl Message for PrepareRootfs {

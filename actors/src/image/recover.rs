@@ -117,7 +117,7 @@ fn remove_strays(paths: Vec<PathBuf>) -> Vec<PathBuf> {
                 upper: path.join("upper").display().to_string(),
                 work: String::new(),
                 read_only: false,
-                owner: String::new(),
+                ..Default::default()
             };
             match remove_rootfs(&record) {
                 Ok(()) => true,

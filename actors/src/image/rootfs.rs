@@ -20,6 +20,9 @@ fn fail(what: &str, p: &Path, e: impl std::fmt::Display) -> Error {
 pub fn mount_rootfs(r: &RootfsRecord, snapshots: &[PathBuf]) -> Result<()> {
     let target = Path::new(&r.target);
     std::fs::create_dir_all(target).map_err(|e| fail("create", target, e))?;
+    if !r.userns.is_empty() {
+        return mount_idmapped(r, snapshots);
+    }
     // overlayfs stacks lowerdir left over right: the top layer first.
     let lowers: Vec<String> = snapshots
         .iter()
@@ -46,6 +49,13 @@ pub fn mount_rootfs(r: &RootfsRecord, snapshots: &[PathBuf]) -> Result<()> {
         )
         .map_err(|e| fail("remount read-only", target, e));
     }
+    mount_overlay(r, &lowers)
+}
+
+/// The overlay of `lowers` (top first), with the record's writable layer
+/// unless it is read-only.
+fn mount_overlay(r: &RootfsRecord, lowers: &[String]) -> Result<()> {
+    let target = Path::new(&r.target);
     let mut opts = format!("lowerdir={}", lowers.join(":"));
     let mut flags = MsFlags::empty();
     if r.read_only {
@@ -72,6 +82,42 @@ pub fn mount_rootfs(r: &RootfsRecord, snapshots: &[PathBuf]) -> Result<()> {
         Some(opts.as_str()),
     )
     .map_err(|e| fail("mount overlay on", target, e))
+}
+
+/// The root filesystem of a container in its pod's own user namespace:
+/// each layer idmapped through the pod's user namespace (so the files of
+/// the node's root are the pod's root's), under an overlay whose writable
+/// layer belongs to the pod's root. Blocking.
+fn mount_idmapped(r: &RootfsRecord, snapshots: &[PathBuf]) -> Result<()> {
+    let userns_path = Path::new(&r.userns);
+    let userns = std::fs::File::open(userns_path).map_err(|e| fail("open", userns_path, e))?;
+    // The idmapped layers live as long as these fds, or the overlay.
+    let layers = snapshots
+        .iter()
+        .rev()
+        .map(|p| crate::userns::idmapped(p, &userns, true))
+        .collect::<Result<Vec<_>>>()?;
+    if r.read_only && layers.len() == 1 {
+        return crate::userns::attach(&layers[0], Path::new(&r.target));
+    }
+    if !r.read_only {
+        if let Some(map) = &r.id_map {
+            let upper = Path::new(&r.upper);
+            std::fs::create_dir_all(upper).map_err(|e| fail("create", upper, e))?;
+            nix::unistd::chown(
+                upper,
+                Some(nix::unistd::Uid::from_raw(map.host_uid)),
+                Some(nix::unistd::Gid::from_raw(map.host_gid)),
+            )
+            .map_err(|e| fail("give the pod's root", upper, e))?;
+        }
+    }
+    use std::os::fd::AsRawFd;
+    let lowers: Vec<String> = layers
+        .iter()
+        .map(|l| format!("/proc/self/fd/{}", l.as_raw_fd()))
+        .collect();
+    mount_overlay(r, &lowers)
 }
 
 /// Unmounts and removes a root filesystem; what is gone is fine. Blocking.
@@ -146,6 +192,7 @@ impl Images {
         image: &str,
         read_only: bool,
         volume_of: Option<String>,
+        userns: Option<(PathBuf, crate::userns::IdMap)>,
     ) -> Result<RootfsRecord> {
         if container_id.is_empty()
             || container_id.contains(['/', '\0'])
@@ -183,6 +230,11 @@ impl Images {
             // An image volume is read-only, whatever was asked.
             read_only: read_only || volume_of.is_some(),
             owner: volume_of.unwrap_or_default(),
+            userns: userns
+                .as_ref()
+                .map(|(p, _)| p.display().to_string())
+                .unwrap_or_default(),
+            id_map: userns.map(|(_, m)| m),
         })
     }
 
@@ -233,7 +285,7 @@ mod tests {
                 .display()
                 .to_string(),
             read_only,
-            owner: String::new(),
+            ..Default::default()
         }
     }
 

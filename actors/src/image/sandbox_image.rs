@@ -35,7 +35,8 @@ fn libraries(binary: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// The layer: `/pause` and its libraries, as a tar with fixed metadata
+/// The layer: `/pause` and its libraries, and the directories the runtime
+/// mounts `/dev`, `/proc` and `/sys` on, as a tar with fixed metadata
 /// (also used by the benchmarks to give a peer runtime the same pause).
 pub fn layer(binary: &Path) -> Result<Vec<u8>> {
     let mut files = vec![(PathBuf::from("pause"), binary.to_path_buf(), 0o755)];
@@ -45,7 +46,12 @@ pub fn layer(binary: &Path) -> Result<Vec<u8>> {
     }
     files.sort();
     let mut tar = tar::Builder::new(Vec::new());
-    let mut dirs = std::collections::BTreeSet::new();
+    // The mount points the runtime mounts on: a pod in its own user
+    // namespace cannot make them in a root it does not own.
+    let mut dirs: std::collections::BTreeSet<PathBuf> = ["dev", "proc", "sys"]
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
     for (inside, _, _) in &files {
         let mut p = PathBuf::new();
         for c in inside.parent().into_iter().flat_map(|p| p.components()) {

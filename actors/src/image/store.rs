@@ -84,7 +84,7 @@ mod tests {
 /// a writable upper layer. Journalled before it is mounted, so recovery can
 /// unmount and remove one nobody finished with; its snapshots are kept
 /// from GC while it exists, even if its image is removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootfsRecord {
     pub container_id: String,
     pub image_id: String,
@@ -101,6 +101,12 @@ pub struct RootfsRecord {
     /// own root filesystem (whose owner is `container_id`).
     #[serde(default)]
     pub owner: String,
+    /// The pinned user namespace the layers are idmapped through, and its
+    /// mapping (a pod with its own user namespace); empty: none.
+    #[serde(default)]
+    pub userns: String,
+    #[serde(default)]
+    pub id_map: Option<crate::userns::IdMap>,
 }
 
 impl RootfsRecord {

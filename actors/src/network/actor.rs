@@ -168,7 +168,7 @@ impl Handles<CreateNetns> for Network {
     type Output = String;
 
     fn handle(&mut self, msg: CreateNetns, _cx: Cx<'_, Self>) -> Reply<Self, String> {
-        self.create_netns(msg.sandbox_id)
+        self.create_netns(msg.sandbox_id, msg.userns)
     }
 }
 

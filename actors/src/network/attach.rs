@@ -13,7 +13,11 @@ use actix::fut::{wrap_future, ActorFutureExt};
 use serde_json::Value;
 
 impl Network {
-    pub(super) fn create_netns(&mut self, sandbox_id: String) -> Reply<Self, String> {
+    pub(super) fn create_netns(
+        &mut self,
+        sandbox_id: String,
+        userns: Option<crate::userns::IdMap>,
+    ) -> Reply<Self, String> {
         if let Some(a) = self.allocations.get(&sandbox_id) {
             if netns::is_pinned(std::path::Path::new(&a.netns_path)) {
                 return Reply::Now(Ok(a.netns_path.clone()));
@@ -40,7 +44,7 @@ impl Network {
         self.busy.insert(sandbox_id.clone());
         let work = async move {
             let p = pin.clone();
-            tokio::task::spawn_blocking(move || netns::create(&p))
+            tokio::task::spawn_blocking(move || netns::create_for(&p, userns.as_ref()))
                 .await
                 .map_err(|e| Error::Internal(format!("netns task: {e}")))??;
             Ok(pin.display().to_string())

@@ -38,6 +38,9 @@ pub struct PodIdentity {
 #[derive(Debug, Clone)]
 pub struct CreateNetns {
     pub sandbox_id: String,
+    /// The pod's own user namespace, which then owns the network
+    /// namespace (pinned beside it, see `netns::userns_pin`).
+    pub userns: Option<crate::userns::IdMap>,
 }
 
 impl Message for CreateNetns {

@@ -16,6 +16,28 @@ pub fn pin_path(dir: &Path, sandbox_id: &str) -> PathBuf {
     dir.join(sandbox_id)
 }
 
+/// Where the user namespace of the pod whose network namespace is pinned
+/// at `pin` is pinned (`<state>/userns/<sandbox id>`), if it has one.
+pub fn userns_pin(pin: &Path) -> PathBuf {
+    let state = pin
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(Path::new("/"));
+    state
+        .join("userns")
+        .join(pin.file_name().unwrap_or_default())
+}
+
+/// Creates a new network namespace pinned at `pin`; with `userns`, owned
+/// by a new user namespace with that mapping (pinned at [`userns_pin`]).
+/// Blocking.
+pub fn create_for(pin: &Path, userns: Option<&crate::userns::IdMap>) -> Result<()> {
+    match userns {
+        Some(map) => crate::userns::create_pinned(map, &userns_pin(pin), pin),
+        None => create(pin),
+    }
+}
+
 /// Creates a new network namespace pinned at `pin`. Blocking: it runs on a
 /// thread of its own, which enters the new namespace and ends, leaving the
 /// caller's namespace untouched.
@@ -50,8 +72,10 @@ pub fn create(pin: &Path) -> Result<()> {
     made
 }
 
-/// Unpins and removes the namespace; a pin that is already gone is fine.
+/// Unpins and removes the namespace, and the pod's user namespace if it
+/// has one; a pin that is already gone is fine.
 pub fn remove(pin: &Path) -> Result<()> {
+    crate::userns::unpin(&userns_pin(pin))?;
     match umount2(pin, MntFlags::MNT_DETACH) {
         Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
         Err(e) => return Err(fail("unmount", pin, e)),

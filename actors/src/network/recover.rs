@@ -118,14 +118,32 @@ impl Network {
 /// against the allocations as they are then: a namespace being made has
 /// its allocation already, so what this finds has no owner.
 fn list_strays(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
+    let mut strays: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|d| {
             d.flatten()
                 .map(|e| e.path())
                 .filter(|p| !known.contains(p))
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // A pod's user namespace pinned without its network namespace (a
+    // creation cut short): named by the pin its network one would have,
+    // whose removal unpins both.
+    let userns_dir = netns::userns_pin(&dir.join("x"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    for e in std::fs::read_dir(&userns_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let as_netns = dir.join(e.file_name());
+        if !known.contains(&as_netns) && !strays.contains(&as_netns) {
+            strays.push(as_netns);
+        }
+    }
+    strays
 }
 
 /// Unpins and removes `pins`; answers those that went.

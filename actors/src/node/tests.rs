@@ -21,6 +21,7 @@ fn config(dir: &std::path::Path) -> NodeConfig {
             cgroup_parent: "/berth-test".into(),
             runtime_handlers: Default::default(),
             unusable_handlers: Default::default(),
+            user_namespaces: Default::default(),
         },
         image: ImageConfig {
             root: dir.join("root"),

@@ -41,6 +41,9 @@ pub struct SandboxConfig {
     /// Handlers whose runtime cannot run here, with the reason (once the
     /// runtimes were tried: see `HostFacts::unusable`).
     pub unusable_handlers: Arc<std::sync::OnceLock<std::collections::BTreeMap<String, String>>>,
+    /// Whether pods may have their own user namespaces here (see
+    /// `HostFacts::user_namespaces`).
+    pub user_namespaces: crate::host::UsernsProbe,
 }
 
 pub struct Sandboxes {

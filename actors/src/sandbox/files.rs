@@ -43,6 +43,35 @@ impl PodFiles {
         self.dir.join("shm")
     }
 
+    /// The pause container's root of a pod in its own user namespace: the
+    /// sandbox image bound read-only where the pod's root can reach it.
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    /// Binds the sandbox image's `rootfs` read-only at [`Self::root`].
+    /// Blocking.
+    pub fn bind_root(&self, rootfs: &Path) -> Result<()> {
+        let root = self.root();
+        std::fs::create_dir_all(&root).map_err(|e| fail("create", &root, e))?;
+        mount(
+            Some(rootfs),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind the sandbox image on", &root, e))?;
+        mount(
+            None::<&str>,
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| fail("remount read-only", &root, e))
+    }
+
     /// Writes the files and mounts the shm tmpfs (none for a pod that uses
     /// the host's IPC namespace). Blocking.
     pub fn create(&self, config: &PodConfig, hostname: &str, host_ipc: bool) -> Result<()> {
@@ -84,10 +113,11 @@ impl PodFiles {
     /// Unmounts the shm and removes the files; what is already gone is
     /// fine. Blocking.
     pub fn remove(&self) -> Result<()> {
-        let shm = self.shm();
-        match umount2(&shm, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(fail("unmount", &shm, e)),
+        for m in [self.shm(), self.root()] {
+            match umount2(&m, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => return Err(fail("unmount", &m, e)),
+            }
         }
         match std::fs::remove_dir_all(&self.dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail("remove", &self.dir, e)),

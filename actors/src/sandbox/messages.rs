@@ -65,6 +65,10 @@ pub struct PodSecurity {
     pub privileged: bool,
     /// "", "runtime/default", "unconfined" or "localhost/<path>".
     pub seccomp: String,
+    /// The pod's own user namespace (mode POD), with its mapping; none:
+    /// the node's.
+    #[serde(default)]
+    pub user_namespace: Option<crate::userns::IdMap>,
 }
 
 /// What kubelet asks of a pod.

@@ -159,6 +159,7 @@ async fn make(
             deps.network
                 .call(CreateNetns {
                     sandbox_id: id.into(),
+                    userns: config.security.user_namespace,
                 })
                 .await?,
         )
@@ -172,17 +173,37 @@ async fn make(
         ns.ipc == NamespaceMode::Node,
     );
     let f = files.clone();
-    tokio::task::spawn_blocking(move || f.create(&c, &h, host_ipc))
-        .await
-        .map_err(|e| Error::Internal(format!("pod files task: {e}")))??;
+    let userns = config.security.user_namespace.is_some();
+    let image_root = image.rootfs.clone();
+    tokio::task::spawn_blocking(move || {
+        f.create(&c, &h, host_ipc)?;
+        if userns {
+            // The pod's root must reach the pause's root: under the pod's
+            // files, not the image store.
+            f.bind_root(&image_root)?;
+        }
+        Ok::<(), Error>(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("pod files task: {e}")))??;
+    let pause_root = if userns {
+        files.root()
+    } else {
+        image.rootfs.clone()
+    };
     let spec = PauseSpec {
         config,
-        rootfs: &image.rootfs,
+        rootfs: &pause_root,
         hostname: &hostname,
         netns: netns.as_deref().map(std::path::Path::new),
         cgroups_path: cgroups_path.to_string(),
     }
     .build()?;
+    if config.security.user_namespace.is_some() && netns.is_none() {
+        return Err(Error::InvalidArgument(
+            "a pod in its own user namespace needs its own network namespace".into(),
+        ));
+    }
 
     undo.task = true;
     let shim = deps.shim.clone();
@@ -320,6 +341,22 @@ impl Sandboxes {
             return Err(Error::FailedPrecondition(format!(
                 "runtime handler {handler:?} cannot run pods on this node: {why}"
             )));
+        }
+        if msg.config.security.user_namespace.is_some() {
+            match self.deps.config.user_namespaces.get() {
+                Some(Ok(())) => {}
+                Some(Err(why)) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "config.linux.security_context.namespace_options.userns_options: pods cannot have user namespaces of their own on this node: {why}"
+                    )))
+                }
+                None => {
+                    return Err(Error::Unavailable(
+                        "berthd is still trying whether pods can have user namespaces here; retry"
+                            .into(),
+                    ))
+                }
+            }
         }
         let name = msg.config.metadata.reserved_name();
         let holder = self.reserved.get(&name).cloned().or_else(|| {

@@ -29,6 +29,24 @@ fn spec_err(e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("pause spec: {e}"))
 }
 
+/// The OCI mappings of a pod's user namespace: (users, groups).
+pub fn id_mappings(
+    map: &crate::userns::IdMap,
+) -> Result<(
+    Vec<oci_spec::runtime::LinuxIdMapping>,
+    Vec<oci_spec::runtime::LinuxIdMapping>,
+)> {
+    let one = |host: u32| {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(host)
+            .size(map.length)
+            .build()
+            .map_err(spec_err)
+    };
+    Ok((vec![one(map.host_uid)?], vec![one(map.host_gid)?]))
+}
+
 pub struct PauseSpec<'a> {
     pub config: &'a PodConfig,
     pub rootfs: &'a Path,
@@ -117,6 +135,21 @@ impl PauseSpec<'_> {
                     .build()
                     .map_err(spec_err)?,
             );
+        }
+        if let (Some(map), Some(netns)) = (&self.config.security.user_namespace, self.netns) {
+            // The pod's user namespace, made with its network namespace,
+            // which it owns.
+            let userns = crate::network::netns::userns_pin(netns);
+            list.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .path(userns)
+                    .build()
+                    .map_err(spec_err)?,
+            );
+            let (uids, gids) = id_mappings(map)?;
+            linux.set_uid_mappings(Some(uids));
+            linux.set_gid_mappings(Some(gids));
         }
         linux.set_namespaces(Some(list));
         linux.set_cgroups_path(Some(self.cgroups_path.clone().into()));

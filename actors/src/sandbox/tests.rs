@@ -89,6 +89,7 @@ async fn rig(fakes: &Arc<Fakes>, journal: Arc<dyn Journal>) -> Rig {
             cgroup_parent: "/berth-unit".into(),
             runtime_handlers: Default::default(),
             unusable_handlers: Default::default(),
+            user_namespaces: Default::default(),
         },
         events: Default::default(),
     };

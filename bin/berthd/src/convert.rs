@@ -178,6 +178,7 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
     };
     let sc = linux.security_context.unwrap_or_default();
     let ns = sc.namespace_options.unwrap_or_default();
+    let user_namespace = user_namespace(&ns)?;
     Ok(pod::PodConfig {
         metadata: pod::PodMetadata {
             name: m.name,
@@ -209,9 +210,81 @@ pub fn pod_config(config: Option<cri::PodSandboxConfig>) -> Result<pod::PodConfi
             supplemental_groups: sc.supplemental_groups,
             privileged: sc.privileged,
             seccomp: seccomp(sc.seccomp.as_ref()),
+            user_namespace,
         },
         resources: pod_resources,
     })
+}
+
+/// The pod's user namespace from `userns_options`: NODE (or none) is the
+/// node's; POD takes exactly one mapping of users and one of groups, each
+/// from container ID 0; CONTAINER and TARGET are not modes a pod has.
+fn user_namespace(ns: &cri::NamespaceOption) -> Result<Option<berth_actors::userns::IdMap>, Error> {
+    const FIELD: &str = "config.linux.security_context.namespace_options.userns_options";
+    let Some(u) = &ns.userns_options else {
+        return Ok(None);
+    };
+    let mode = cri::NamespaceMode::try_from(u.mode).map_err(|_| {
+        Error::InvalidArgument(format!("{FIELD}.mode {} is not a namespace mode", u.mode))
+    })?;
+    match mode {
+        cri::NamespaceMode::Node => {
+            if !u.uids.is_empty() || !u.gids.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "{FIELD}: mode NODE takes no uids or gids mappings"
+                )));
+            }
+            return Ok(None);
+        }
+        cri::NamespaceMode::Container | cri::NamespaceMode::Target => {
+            return Err(Error::InvalidArgument(format!(
+                "{FIELD}.mode {}: a pod's user namespace is the node's (NODE) or its own (POD)",
+                mode.as_str_name()
+            )))
+        }
+        cri::NamespaceMode::Pod => {}
+    }
+    let one = |which: &str, maps: &[cri::IdMapping]| -> Result<(u32, u32), Error> {
+        let [m] = maps else {
+            return Err(Error::InvalidArgument(format!(
+                "{FIELD}.{which}: mode POD takes exactly one mapping, not {}",
+                maps.len()
+            )));
+        };
+        if m.container_id != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{FIELD}.{which}: the mapping must start at container ID 0, not {}",
+                m.container_id
+            )));
+        }
+        if m.length == 0 || m.host_id.checked_add(m.length).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "{FIELD}.{which}: host ID {} with length {} is not a range of IDs",
+                m.host_id, m.length
+            )));
+        }
+        Ok((m.host_id, m.length))
+    };
+    let (host_uid, uid_length) = one("uids", &u.uids)?;
+    let (host_gid, gid_length) = one("gids", &u.gids)?;
+    if uid_length != gid_length {
+        return Err(Error::InvalidArgument(format!(
+            "{FIELD}: the uids mapping has length {uid_length}, the gids mapping {gid_length}; berth maps both alike"
+        )));
+    }
+    let host = |m: i32| cri::NamespaceMode::try_from(m) == Ok(cri::NamespaceMode::Node);
+    for (what, mode) in [("network", ns.network), ("pid", ns.pid), ("ipc", ns.ipc)] {
+        if host(mode) {
+            return Err(Error::InvalidArgument(format!(
+                "{FIELD}: a pod in its own user namespace cannot use the node's {what} namespace"
+            )));
+        }
+    }
+    Ok(Some(berth_actors::userns::IdMap {
+        host_uid,
+        host_gid,
+        length: uid_length,
+    }))
 }
 
 fn sandbox_state(s: SandboxState) -> i32 {
@@ -228,6 +301,31 @@ fn metadata(r: &SandboxRecord) -> cri::PodSandboxMetadata {
         uid: m.uid.clone(),
         namespace: m.namespace.clone(),
         attempt: m.attempt,
+    }
+}
+
+/// The pod's user namespace as CRI shows it: its own (POD) with its
+/// mapping, or the node's.
+fn userns_status(map: Option<berth_actors::userns::IdMap>) -> cri::UserNamespace {
+    match map {
+        None => cri::UserNamespace {
+            mode: cri::NamespaceMode::Node as i32,
+            ..Default::default()
+        },
+        Some(m) => {
+            let one = |host_id| {
+                vec![cri::IdMapping {
+                    host_id,
+                    container_id: 0,
+                    length: m.length,
+                }]
+            };
+            cri::UserNamespace {
+                mode: cri::NamespaceMode::Pod as i32,
+                uids: one(m.host_uid),
+                gids: one(m.host_gid),
+            }
+        }
     }
 }
 
@@ -249,6 +347,7 @@ pub fn sandbox_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
                     network: cri_namespace_mode(ns.network),
                     pid: cri_namespace_mode(ns.pid),
                     ipc: cri_namespace_mode(ns.ipc),
+                    userns_options: Some(userns_status(r.config.security.user_namespace)),
                     ..Default::default()
                 }),
             }),

@@ -82,6 +82,7 @@ pub async fn run(config: Config) -> Result<()> {
                 cgroup_parent: config.sandbox.cgroup_parent.clone(),
                 runtime_handlers: config.runtimes.keys().cloned().collect(),
                 unusable_handlers: host.unusable.clone(),
+                user_namespaces: host.user_namespaces.clone(),
             },
             shim: ShimConfig {
                 state: config.state.clone(),
@@ -462,10 +463,19 @@ fn handlers(config: &Config) -> Vec<(String, std::path::PathBuf)> {
 /// name: "" (the default, runc) and each configured one.
 fn probe_host(config: &Config) -> HostFacts {
     let handlers = handlers(config);
-    HostFacts::probe(
+    let facts = HostFacts::probe(
         handlers.iter().map(|(n, b)| (n.as_str(), b.as_path())),
         config.cgroup.disable_hugetlb_controller,
-    )
+    );
+    // Idmapped layers are tried where the image snapshots are (a few
+    // milliseconds, so that Status says it from the first call).
+    let userns = berth_actors::userns::probe(&config.root, &config.state);
+    match &userns {
+        Ok(()) => tracing::info!("pods may have user namespaces of their own"),
+        Err(why) => tracing::info!(why = %why, "pods cannot have user namespaces of their own"),
+    }
+    let _ = facts.user_namespaces.set(userns);
+    facts
 }
 
 /// Tries every handler's runtime in the background (each makes and

@@ -170,6 +170,7 @@ fn check(j: &Journal, config: &Config) -> Fsck {
     // Mounts under berth's directories.
     let rootfs_dir = config.state.join("rootfs");
     let netns_dir = config.state.join("netns");
+    let userns_dir = config.state.join("userns");
     let pods_dir = config.state.join("sandboxes");
     for m in berth_actors::mounts::mount_points() {
         let owner = |dir: &Path| -> Option<String> {
@@ -182,6 +183,8 @@ fn check(j: &Journal, config: &Config) -> Fsck {
             ("mount", rootfs.contains(id.as_str()))
         } else if let Some(id) = owner(&netns_dir) {
             ("netns", allocations.contains(id.as_str()))
+        } else if let Some(id) = owner(&userns_dir) {
+            ("userns", allocations.contains(id.as_str()))
         } else if let Some(id) = owner(&pods_dir) {
             ("mount", pods.contains(id.as_str()))
         } else if (m.starts_with(&config.state) && m != config.state)
@@ -198,13 +201,11 @@ fn check(j: &Journal, config: &Config) -> Fsck {
             f.leaked(kind, m.display().to_string(), "mounted, owned by no record");
         }
     }
-    for id in dir_names(&netns_dir) {
-        if !allocations.contains(id.as_str()) {
-            f.leaked(
-                "netns",
-                netns_dir.join(&id).display().to_string(),
-                "no allocation",
-            );
+    for (kind, dir) in [("netns", &netns_dir), ("userns", &userns_dir)] {
+        for id in dir_names(dir) {
+            if !allocations.contains(id.as_str()) {
+                f.leaked(kind, dir.join(&id).display().to_string(), "no allocation");
+            }
         }
     }
     for p in &j.pods {

@@ -139,6 +139,11 @@ pub fn build(inputs: &SpecInputs) -> Result<Spec> {
 
     let mut linux = Linux::default();
     linux.set_namespaces(Some(namespaces(inputs)?));
+    if let Some(map) = &inputs.pod_security.user_namespace {
+        let (uids, gids) = crate::sandbox::spec::id_mappings(map)?;
+        linux.set_uid_mappings(Some(uids));
+        linux.set_gid_mappings(Some(gids));
+    }
     linux.set_cgroups_path(if inputs.cgroups_path.is_empty() {
         None
     } else {

@@ -24,6 +24,10 @@ pub(super) fn namespaces(inputs: &SpecInputs) -> Result<Vec<LinuxNamespace>> {
             .map_err(spec_err)
     };
     let mut list = vec![new(LinuxNamespaceType::Mount)?];
+    // The pod's own user namespace first: the others are its.
+    if inputs.pod_security.user_namespace.is_some() {
+        list.push(join(LinuxNamespaceType::User, "user")?);
+    }
     // With neither entry, a host-network pod's containers stay in the
     // host's network and UTS namespaces, as its pause container does.
     if pod.network != NamespaceMode::Node {

@@ -161,7 +161,9 @@ impl Cri {
                 name: name.to_string(),
                 features: Some(RuntimeHandlerFeatures {
                     recursive_read_only_mounts: self.host.recursive_read_only.contains(name),
-                    user_namespaces: false,
+                    // berth mounts the idmapped layers itself: every
+                    // handler's runtime only joins the pod's namespaces.
+                    user_namespaces: matches!(self.host.user_namespaces.get(), Some(Ok(()))),
                 }),
             })
             .collect()
