@@ -91,10 +91,11 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
         .expect("RunPodSandbox under runc-v2")
         .into_inner()
         .pod_sandbox_id;
+    let starter = rt.clone();
     let start = |name: &str, edit: &dyn Fn(&mut ContainerConfig)| {
         let mut c = container_config(name, &n.image, &["sleep", "3600"]);
         edit(&mut c);
-        let (mut rt, pod) = (rt.clone(), pod.clone());
+        let (mut rt, pod) = (starter.clone(), pod.clone());
         async move {
             let id = create_container(&mut rt, &pod, c).await.expect("create");
             start_container(&mut rt, &id).await.expect("start");
@@ -120,7 +121,16 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
     })
     .await;
 
-    // One shim serves the whole pod, started for its sandbox.
+    // One shim serves the whole pod, started for its sandbox, also for a
+    // container made after another was removed.
+    let gone = start("gone", &|c| c.command = vec!["true".into()]).await;
+    exited(&mut rt, &gone).await;
+    rt.remove_container(RemoveContainerRequest {
+        container_id: gone.clone(),
+    })
+    .await
+    .expect("remove");
+    let later = start("later", &|_| {}).await;
     let shims = v2_shims(&state);
     assert_eq!(shims.len(), 1, "{shims:?}");
     assert_eq!(shims[0].1, pod);
@@ -197,6 +207,11 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
     assert_eq!(
         sh(&mut rt, &ticker, "echo again").await,
         ("again".into(), 0)
+    );
+    assert_eq!(
+        sh(&mut rt, &later, "echo later").await,
+        ("later".into(), 0),
+        "the pod's shim is reached again after the restart"
     );
 
     // Stop and remove: nothing is left, the shim included.

@@ -173,6 +173,15 @@ async fn measure(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let shims = shims_of(&ids);
+    for pid in &shims {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .take(5)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        println!("  {who} {handler}: shim {pid}: {}", args.join(" "));
+    }
     let (pss, rss) = shims
         .iter()
         .map(|p| pss_rss_kib(*p))

@@ -400,6 +400,8 @@ impl Shims {
                     super::health::end_shim(pid, &task, SHIM_END_LIMIT).await;
                 }
             }
+            // A v2 shim's socket is the pod's, and the shim's to remove.
+            let socket = if v2.is_some() { PathBuf::new() } else { socket };
             tokio::task::spawn_blocking(move || remove_bundle(&bundle, &socket))
                 .await
                 .map_err(|e| Error::Internal(format!("bundle task: {e}")))?;
