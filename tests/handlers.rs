@@ -244,3 +244,64 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
     assert!(left.is_empty(), "runc still holds {left:?}");
     n.assert_consistent();
 }
+
+#[tokio::test]
+async fn youki_runs_pods_under_berth_shim() {
+    let n = Node::running("yk", "").await;
+    let mut rt = n.d.runtime().await;
+    let status = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(
+        status.runtime_handlers.iter().any(|h| h.name == "youki"),
+        "youki is announced (bin/setup builds it): {:?}",
+        status.runtime_handlers
+    );
+    let pod = rt
+        .run_pod_sandbox(RunPodSandboxRequest {
+            config: Some(pod_config("ykpod", &n.logs())),
+            runtime_handler: "youki".into(),
+        })
+        .await
+        .expect("RunPodSandbox under youki")
+        .into_inner()
+        .pod_sandbox_id;
+    let c = create_container(
+        &mut rt,
+        &pod,
+        container_config(
+            "app",
+            &n.image,
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; echo from-youki; while true; do sleep 0.2; done",
+            ],
+        ),
+    )
+    .await
+    .expect("create");
+    start_container(&mut rt, &c).await.expect("start");
+    let youki_root = n.d.dir.path().join("run/youki");
+    assert!(youki_root.join(&c).is_dir(), "youki holds the container");
+    assert_eq!(sh(&mut rt, &c, "echo $((6 * 7))").await, ("42".into(), 0));
+    // No signal is blocked in the container (the shim blocks the ones it
+    // waits for; youki, unlike runc, would pass its mask on).
+    let sigs = sh(&mut rt, &c, "grep '^SigBlk:' /proc/1/status").await.0;
+    assert_eq!(sigs, "SigBlk:\t0000000000000000");
+    rt.stop_container(StopContainerRequest {
+        container_id: c.clone(),
+        timeout: 5,
+    })
+    .await
+    .expect("stop");
+    assert_eq!(exited(&mut rt, &c).await.exit_code, 0);
+    assert!(log_lines(&n, "app")
+        .iter()
+        .any(|l| l.ends_with(" stdout F from-youki")));
+    remove_pod(&mut rt, &pod).await.expect("remove the pod");
+    assert!(!youki_root.join(&c).exists(), "youki forgot the container");
+    n.assert_consistent();
+}

@@ -91,6 +91,16 @@ impl Runc {
             // Its own process group, so that a timeout ends whatever it
             // started too (a container's init makes a session of its own).
             .process_group(0);
+        // The runtime, and the container it starts, get signals as a new
+        // process has them, not the shim's blocked and ignored ones (runc
+        // resets them in the container; youki passes them on).
+        // SAFETY: reset_signals only calls async-signal-safe functions.
+        unsafe {
+            cmd.pre_exec(|| {
+                crate::native::child::reset_signals();
+                Ok(())
+            });
+        }
         let mut feed = None;
         match io {
             Io::Capture { stdin } => {

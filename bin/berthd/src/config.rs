@@ -124,6 +124,17 @@ fn default_runtimes() -> BTreeMap<String, RuntimeHandler> {
             },
         ),
         (
+            "youki".to_string(),
+            RuntimeHandler {
+                r#type: HandlerType::Berth,
+                shim: None,
+                binary: "youki".into(),
+                root: None,
+                native_exec: true,
+                timeout_secs: runtime_timeout(),
+            },
+        ),
+        (
             "runc-v2".to_string(),
             RuntimeHandler {
                 r#type: HandlerType::V2,

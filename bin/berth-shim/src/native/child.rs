@@ -227,7 +227,7 @@ fn check<T: Into<i64>>(stage: Stage, ret: T) -> Result<(), (Stage, c_int)> {
 /// Signals as a new process expects them: none blocked, every one at its
 /// default (the shim ignores some, and an ignored signal stays ignored
 /// across `execve`).
-unsafe fn reset_signals() {
+pub(crate) unsafe fn reset_signals() {
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());

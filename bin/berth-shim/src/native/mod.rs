@@ -18,7 +18,7 @@
 
 mod caps;
 mod cgroups;
-mod child;
+pub(crate) mod child;
 mod root;
 mod spec;
 
