@@ -1812,3 +1812,46 @@ async fn crun_runs_pods_where_it_can_and_an_unusable_runtime_is_reported_not_use
     assert!(!crun_root.join(&c).exists(), "crun forgot the container");
     s.assert_consistent();
 }
+
+#[tokio::test]
+async fn an_exited_containers_runtime_state_goes_at_its_exit_and_removal_still_works() {
+    let s = setup();
+    s.pull().await;
+    let mut rt = s.d.runtime().await;
+    let logs = s.d.dir.path().join("logs");
+    let p = pod(&mut rt, "reaped", &logs).await;
+    let c = create(
+        &mut rt,
+        &p,
+        container("quick", &s.image, &["sh", "-c", "echo bye; exit 3"]),
+    )
+    .await
+    .expect("create");
+    berth_tests::node::start_container(&mut rt, &c)
+        .await
+        .expect("start");
+    let st = exited(&mut rt, &c).await;
+    assert_eq!((st.exit_code, st.reason.as_str()), (3, "Error"));
+    // runc forgets it once the exit is recorded, as containerd deletes a
+    // task at its exit; berth still knows how it ended.
+    let runc_state = s.d.dir.path().join("run/runc").join(&c);
+    berth_tests::eventually(Duration::from_secs(5), "runc to forget it", || {
+        let gone = !runc_state.exists();
+        async move { gone.then_some(()) }
+    })
+    .await;
+    let st = status(&mut rt, &c).await;
+    assert_eq!(
+        (st.state, st.exit_code),
+        (ContainerState::ContainerExited as i32, 3)
+    );
+    let log = std::fs::read_to_string(&st.log_path).expect("log");
+    assert!(log.contains("stdout F bye"), "{log}");
+    rt.remove_container(RemoveContainerRequest {
+        container_id: c.clone(),
+    })
+    .await
+    .expect("remove");
+    remove_pod(&mut rt, &p).await;
+    s.assert_consistent();
+}

@@ -47,6 +47,15 @@ impl Containers {
         let pod = r.sandbox_id.clone();
         self.records.put(r)?;
         self.publish(id, &pod, Lifecycle::Stopped);
+        // The runtime's container goes now that the reason is known (its
+        // cgroup went with it), as containerd deletes a task at its exit:
+        // RemoveContainer later has less to do.
+        let (shim, task) = (self.deps.shim.clone(), id.to_string());
+        actix::spawn(async move {
+            let _ = shim
+                .call(crate::shim::messages::ReapTask { id: task })
+                .await;
+        });
         Ok(())
     }
 

@@ -204,6 +204,14 @@ impl Handles<DeleteTask> for Shims {
     }
 }
 
+impl Handles<ReapTask> for Shims {
+    type Output = ();
+
+    fn handle(&mut self, msg: ReapTask, _cx: Cx<'_, Self>) -> Reply<Self, ()> {
+        self.reap_task(msg.id)
+    }
+}
+
 impl Handles<TaskState> for Shims {
     type Output = TaskInfo;
 

@@ -74,6 +74,19 @@ impl Message for StopTask {
     type Result = Result<Option<Exit>>;
 }
 
+/// Deletes the runtime's container of a task that has exited, keeping its
+/// shim, bundle and exit record, as containerd deletes a task at its
+/// exit: the removal later has less to do. A task that runs, is being
+/// deleted or is gone is left alone; failures are only logged.
+#[derive(Debug, Clone)]
+pub struct ReapTask {
+    pub id: String,
+}
+
+impl Message for ReapTask {
+    type Result = Result<()>;
+}
+
 /// Deletes the task (it must have exited; a running one is killed first),
 /// ends its shim and removes the bundle. Idempotent.
 #[derive(Debug, Clone)]

@@ -327,6 +327,37 @@ impl Shims {
         )))
     }
 
+    pub(super) fn reap_task(&mut self, id: String) -> Reply<Self, ()> {
+        if self.deleting.contains(&id) {
+            return Reply::Now(Ok(()));
+        }
+        let Some((client, record)) = self.client(&id) else {
+            return Reply::Now(Ok(()));
+        };
+        if record.pid == 0 && client.is_none() {
+            return Reply::Now(Ok(()));
+        }
+        Reply::off(async move {
+            let client = match client {
+                Some(c) => c,
+                None => match record.connect().await {
+                    Ok(c) => c,
+                    Err(_) => return Ok(()),
+                },
+            };
+            if !matches!(client.state(None).await, Ok(s) if s.status == TaskStatus::Stopped) {
+                return Ok(());
+            }
+            match client.delete(None).await {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::debug!(task = %id, error = %e, "the exited task was not deleted")
+                }
+            }
+            Ok(())
+        })
+    }
+
     pub(super) fn delete_task(&mut self, id: String) -> Reply<Self, ()> {
         let Some((client, record)) = self.client(&id) else {
             return Reply::Now(Ok(()));
