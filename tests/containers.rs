@@ -1852,6 +1852,21 @@ async fn an_exited_containers_runtime_state_goes_at_its_exit_and_removal_still_w
     })
     .await
     .expect("remove");
+    // A stop answers once the runtime's container is gone too.
+    let long = create(&mut rt, &p, container("long", &s.image, &["sleep", "1000"]))
+        .await
+        .expect("create");
+    berth_tests::node::start_container(&mut rt, &long)
+        .await
+        .expect("start");
+    rt.stop_container(StopContainerRequest {
+        container_id: long.clone(),
+        timeout: 1,
+    })
+    .await
+    .expect("stop");
+    assert!(!s.d.dir.path().join("run/runc").join(&long).exists());
+    assert_eq!(status(&mut rt, &long).await.exit_code, 137);
     remove_pod(&mut rt, &p).await;
     s.assert_consistent();
 }

@@ -18,6 +18,20 @@ impl Containers {
         at: i64,
         note: Option<String>,
     ) -> Result<()> {
+        self.record_exit_as(id, status, at, note, None)
+    }
+
+    /// [`Self::record_exit`], with whether the OOM killer ended it when
+    /// that was read before the runtime's container went (a stop deletes
+    /// it before answering).
+    pub(super) fn record_exit_as(
+        &mut self,
+        id: &str,
+        status: u32,
+        at: i64,
+        note: Option<String>,
+        oom_killed: Option<bool>,
+    ) -> Result<()> {
         let Some(mut r) = self.records.get(id).cloned() else {
             return Ok(());
         };
@@ -33,9 +47,14 @@ impl Containers {
         };
         // The cgroup is still there (the task is not deleted yet) and
         // tells whether the kernel's OOM killer ended it.
+        let oom = || {
+            oom_killed.unwrap_or_else(|| {
+                !r.cgroups_path.is_empty() && super::stats::oom_killed(&r.cgroups_path)
+            })
+        };
         r.reason = if status == 0 {
             "Completed"
-        } else if !r.cgroups_path.is_empty() && super::stats::oom_killed(&r.cgroups_path) {
+        } else if oom() {
             "OOMKilled"
         } else {
             "Error"

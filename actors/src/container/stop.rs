@@ -45,6 +45,23 @@ pub(super) async fn teardown(
     Ok((id, exit))
 }
 
+/// After a stop ended the container: whether the OOM killer did (read
+/// while the cgroup is there), then the runtime's container deleted
+/// before StopContainer answers, as containerd's stop deletes the task:
+/// RemoveContainer then has little left to do.
+async fn reap(deps: &ContainerDeps, id: &str, cgroups_path: String) -> bool {
+    let oom = tokio::task::spawn_blocking(move || {
+        !cgroups_path.is_empty() && super::stats::oom_killed(&cgroups_path)
+    })
+    .await
+    .unwrap_or(false);
+    let _ = deps
+        .shim
+        .call(crate::shim::messages::ReapTask { id: id.to_string() })
+        .await;
+    oom
+}
+
 impl Containers {
     /// StopContainer: the stop signal, then SIGKILL after `timeout`.
     pub(super) fn stop(&mut self, id: String, timeout: Duration) -> Reply<Self, ()> {
@@ -81,12 +98,20 @@ impl Containers {
             r.stop_signal.max(1)
         };
         let running = r.state == ContainerState::Running;
-        let work = teardown(deps, task, running, signal, timeout, remove);
+        let cgroups_path = r.cgroups_path.clone();
+        let work = async move {
+            let (id, exit) = teardown(deps.clone(), task, running, signal, timeout, remove).await?;
+            let oom = match (&exit, remove) {
+                (Some(_), false) => Some(reap(&deps, &id, cgroups_path).await),
+                _ => None,
+            };
+            Ok((id, exit, oom))
+        };
         Reply::later(
             work,
-            move |me: &mut Self, res: Result<(String, Option<Exit>)>| {
+            move |me: &mut Self, res: Result<(String, Option<Exit>, Option<bool>)>| {
                 me.busy.remove(&full);
-                let (_, exit) = match res {
+                let (_, exit, oom) = match res {
                     Ok(done) => done,
                     Err(e) => {
                         // It may have exited all the same.
@@ -103,7 +128,7 @@ impl Containers {
                 match exit {
                     Some(e) => {
                         me.pending_exits.remove(&full);
-                        me.record_exit(&full, e.status, e.exited_unix_nanos, None)?;
+                        me.record_exit_as(&full, e.status, e.exited_unix_nanos, None, oom)?;
                     }
                     None => me.settle_pending(&full, true)?,
                 }
