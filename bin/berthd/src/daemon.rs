@@ -27,7 +27,7 @@ use berth_protocol::admin::admin_server::AdminServer;
 use berth_protocol::cri::image_service_server::ImageServiceServer;
 use berth_protocol::cri::runtime_service_server::RuntimeServiceServer;
 use nix::fcntl::{Flock, FlockArg};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -503,12 +503,15 @@ fn try_runtimes(config: &Config, host: Arc<HostFacts>, pause: std::path::PathBuf
         let limit = limits.entry(r.binary.clone()).or_insert(r.timeout);
         *limit = (*limit).min(r.timeout);
     }
+    // What a cut-short try left is the OCI runtimes' to delete (never a
+    // v2 shim's: the shims make no probe containers).
+    let oci: BTreeSet<std::path::PathBuf> = runtimes.values().map(|r| r.binary.clone()).collect();
     let work = config.state.join("probe");
     let cgroup_parent = config.sandbox.cgroup_parent.clone();
     let spawned = std::thread::Builder::new()
         .name("runtime-probe".into())
         .spawn(move || {
-            let binaries: Vec<&Path> = handlers.iter().map(|(_, b)| b.as_path()).collect();
+            let binaries: Vec<&Path> = oci.iter().map(|b| b.as_path()).collect();
             berth_actors::host::clear_probes(&work, &binaries, &cgroup_parent);
             let works = |binary: &Path| {
                 let (binary, shim) = match v2.get(binary) {
