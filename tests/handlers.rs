@@ -47,6 +47,29 @@ fn v2_shims(state: &Path) -> Vec<(u32, String)> {
     found
 }
 
+/// A pod under `handler`, which Status must announce (`from`: what sets
+/// its runtime up).
+async fn pod_under(rt: &mut Rt, n: &Node, handler: &str, from: &str) -> String {
+    let status = rt
+        .status(StatusRequest { verbose: false })
+        .await
+        .expect("Status")
+        .into_inner();
+    assert!(
+        status.runtime_handlers.iter().any(|h| h.name == handler),
+        "{handler} is announced (is {from} installed?): {:?}",
+        status.runtime_handlers
+    );
+    rt.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(pod_config(&format!("{handler}-pod"), &n.logs())),
+        runtime_handler: handler.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox under {handler}: {e}"))
+    .into_inner()
+    .pod_sandbox_id
+}
+
 async fn exited(rt: &mut Rt, id: &str) -> ContainerStatus {
     eventually(Duration::from_secs(15), "the container to exit", || {
         let mut rt = rt.clone();
@@ -72,25 +95,7 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
     let mut n = Node::running("v2", "").await;
     let state = n.d.dir.path().join("run");
     let mut rt = n.d.runtime().await;
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
-    assert!(
-        status.runtime_handlers.iter().any(|h| h.name == "runc-v2"),
-        "runc-v2 is announced (is the containerd package installed?): {:?}",
-        status.runtime_handlers
-    );
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("v2pod", &n.logs())),
-            runtime_handler: "runc-v2".into(),
-        })
-        .await
-        .expect("RunPodSandbox under runc-v2")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = pod_under(&mut rt, &n, "runc-v2", "the containerd package").await;
     let starter = rt.clone();
     let start = |name: &str, edit: &dyn Fn(&mut ContainerConfig)| {
         let mut c = container_config(name, &n.image, &["sleep", "3600"]);
@@ -249,25 +254,7 @@ async fn a_pod_under_containerds_runc_v2_shim_logs_execs_attaches_and_survives_a
 async fn youki_runs_pods_under_berth_shim() {
     let n = Node::running("yk", "").await;
     let mut rt = n.d.runtime().await;
-    let status = rt
-        .status(StatusRequest { verbose: false })
-        .await
-        .expect("Status")
-        .into_inner();
-    assert!(
-        status.runtime_handlers.iter().any(|h| h.name == "youki"),
-        "youki is announced (bin/setup builds it): {:?}",
-        status.runtime_handlers
-    );
-    let pod = rt
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(pod_config("ykpod", &n.logs())),
-            runtime_handler: "youki".into(),
-        })
-        .await
-        .expect("RunPodSandbox under youki")
-        .into_inner()
-        .pod_sandbox_id;
+    let pod = pod_under(&mut rt, &n, "youki", "bin/setup's youki").await;
     let c = create_container(
         &mut rt,
         &pod,

@@ -57,22 +57,6 @@ struct Target {
     pod_ip: String,
 }
 
-fn container(name: &str, image: &str, cmd: &[&str]) -> ContainerConfig {
-    ContainerConfig {
-        metadata: Some(ContainerMetadata {
-            name: name.into(),
-            attempt: 0,
-        }),
-        image: Some(ImageSpec {
-            image: image.into(),
-            ..Default::default()
-        }),
-        command: cmd.iter().map(|s| s.to_string()).collect(),
-        log_path: format!("{name}.log"),
-        ..Default::default()
-    }
-}
-
 async fn setup(
     who: &'static str,
     socket: &Path,
@@ -101,7 +85,7 @@ async fn setup(
         let id = rt
             .create_container(CreateContainerRequest {
                 pod_sandbox_id: pod.clone(),
-                config: Some(container(name, image, &cmd)),
+                config: Some(berth_bench::bench_container(name, image, &cmd)),
                 sandbox_config: Some(pod_cfg.clone()),
             })
             .await

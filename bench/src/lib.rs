@@ -540,8 +540,12 @@ pub fn bench_pod(
     }
 }
 
-/// A container of `image` running `sleep 1000`, logging to `<name>.log`.
-pub fn sleeper(name: &str, image: &str) -> berth_protocol::cri::ContainerConfig {
+/// A container of `image` running `command`, logging to `<name>.log`.
+pub fn bench_container(
+    name: &str,
+    image: &str,
+    command: &[&str],
+) -> berth_protocol::cri::ContainerConfig {
     use berth_protocol::cri::{ContainerConfig, ContainerMetadata, ImageSpec};
     ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -552,10 +556,15 @@ pub fn sleeper(name: &str, image: &str) -> berth_protocol::cri::ContainerConfig 
             image: image.into(),
             ..Default::default()
         }),
-        command: vec!["sleep".into(), "1000".into()],
+        command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}.log"),
         ..Default::default()
     }
+}
+
+/// A container of `image` running `sleep 1000`, logging to `<name>.log`.
+pub fn sleeper(name: &str, image: &str) -> berth_protocol::cri::ContainerConfig {
+    bench_container(name, image, &["sleep", "1000"])
 }
 
 /// Pulls `image` through the CRI socket at `socket`.

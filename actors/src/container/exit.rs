@@ -23,7 +23,7 @@ impl Containers {
 
     /// [`Self::record_exit`], with whether the OOM killer ended it when
     /// that was read before the runtime's container went (a stop deletes
-    /// it before answering).
+    /// it before answering, so it is not deleted again here).
     pub(super) fn record_exit_as(
         &mut self,
         id: &str,
@@ -67,14 +67,17 @@ impl Containers {
         self.records.put(r)?;
         self.publish(id, &pod, Lifecycle::Stopped);
         // The runtime's container goes now that the reason is known (its
-        // cgroup went with it), as containerd deletes a task at its exit:
-        // RemoveContainer later has less to do.
-        let (shim, task) = (self.deps.shim.clone(), id.to_string());
-        actix::spawn(async move {
-            let _ = shim
-                .call(crate::shim::messages::ReapTask { id: task })
-                .await;
-        });
+        // cgroup goes with it), as containerd deletes a task at its exit:
+        // RemoveContainer later has less to do. A caller that read the
+        // reason itself deleted it already.
+        if oom_killed.is_none() {
+            let (shim, task) = (self.deps.shim.clone(), id.to_string());
+            actix::spawn(async move {
+                let _ = shim
+                    .call(crate::shim::messages::ReapTask { id: task })
+                    .await;
+            });
+        }
         Ok(())
     }
 

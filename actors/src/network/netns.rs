@@ -19,13 +19,13 @@ pub fn pin_path(dir: &Path, sandbox_id: &str) -> PathBuf {
 /// Where the user namespace of the pod whose network namespace is pinned
 /// at `pin` is pinned (`<state>/userns/<sandbox id>`), if it has one.
 pub fn userns_pin(pin: &Path) -> PathBuf {
-    let state = pin
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(Path::new("/"));
-    state
-        .join("userns")
-        .join(pin.file_name().unwrap_or_default())
+    userns_dir(pin.parent().unwrap_or(Path::new("/"))).join(pin.file_name().unwrap_or_default())
+}
+
+/// Where pods' user namespaces are pinned, beside `netns_dir`
+/// (`<state>/netns`): `<state>/userns`.
+pub fn userns_dir(netns_dir: &Path) -> PathBuf {
+    netns_dir.parent().unwrap_or(Path::new("/")).join("userns")
 }
 
 /// Creates a new network namespace pinned at `pin`; with `userns`, owned

@@ -129,11 +129,7 @@ fn list_strays(dir: &Path, known: &BTreeSet<PathBuf>) -> Vec<PathBuf> {
     // A pod's user namespace pinned without its network namespace (a
     // creation cut short): named by the pin its network one would have,
     // whose removal unpins both.
-    let userns_dir = netns::userns_pin(&dir.join("x"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    for e in std::fs::read_dir(&userns_dir)
+    for e in std::fs::read_dir(netns::userns_dir(dir))
         .into_iter()
         .flatten()
         .flatten()

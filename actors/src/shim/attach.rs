@@ -36,19 +36,13 @@ impl Shims {
                 ))));
             };
             return Reply::off(async move {
-                let client = match client {
-                    Some(c) => c,
-                    None => record.connect().await?,
-                };
+                let client = record.client(client).await?;
                 io.attach(&client, msg.io, msg.close_stdin).await
             });
         }
         let io_root = self.config.state.join("io");
         Reply::off(async move {
-            let client = match client {
-                Some(c) => c,
-                None => record.connect().await?,
-            };
+            let client = record.client(client).await?;
             let dir = io_root.join(format!("attach-{}", crate::ids::short_id()?));
             let socket = attach_socket(Path::new(&record.address));
             let outcome = run(&client, &socket, &dir, msg.io, msg.close_stdin).await;

@@ -140,10 +140,7 @@ impl Shims {
                 }
             };
             let bundle = PathBuf::from(&record.bundle);
-            let client = match client {
-                Some(c) => c,
-                None => record.connect().await?,
-            };
+            let client = record.client(client).await?;
             let spec = oci_spec::runtime::Spec::load(bundle.join(super::launch::SPEC_FILE))
                 .map_err(|e| Error::Internal(format!("container {} spec: {e}", msg.id)))?;
             let mut process = spec.process().clone().unwrap_or_default();

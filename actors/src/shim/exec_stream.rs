@@ -31,10 +31,7 @@ impl Shims {
         }
         let io_root = self.config.state.join("io");
         Reply::off(async move {
-            let client = match client {
-                Some(c) => c,
-                None => record.connect().await?,
-            };
+            let client = record.client(client).await?;
             let bundle = PathBuf::from(&record.bundle);
             let spec = tokio::task::spawn_blocking(move || {
                 oci_spec::runtime::Spec::load(bundle.join(super::launch::SPEC_FILE))

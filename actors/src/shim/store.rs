@@ -49,6 +49,14 @@ impl ShimRecord {
         }
     }
 
+    /// `cached`, the connection berthd kept, or a new one.
+    pub async fn client(&self, cached: Option<ShimClient>) -> crate::Result<ShimClient> {
+        match cached {
+            Some(c) => Ok(c),
+            None => self.connect().await,
+        }
+    }
+
     /// Connects to the shim, with the task service it serves.
     pub async fn connect(&self) -> crate::Result<ShimClient> {
         ShimClient::connect_api(

@@ -218,10 +218,7 @@ impl Shims {
         let waiter =
             (record.api == TaskApi::V2).then(|| (self.v2_io(&id), PathBuf::from(&record.bundle)));
         let work = async move {
-            let client = match client {
-                Some(c) => c,
-                None => record.connect().await?,
-            };
+            let client = record.client(client).await?;
             let started = client.start(None).await;
             if let (Ok(_), Some((io, bundle))) = (&started, waiter) {
                 super::v2::task::wait_for_exit(client.clone(), io, bundle);
@@ -270,10 +267,7 @@ impl Shims {
             return Reply::Now(Err(Error::NotFound(format!("task {id} not found"))));
         };
         Reply::off(async move {
-            let client = match client {
-                Some(c) => c,
-                None => record.connect().await?,
-            };
+            let client = record.client(client).await?;
             call(client).await
         })
     }
@@ -284,13 +278,9 @@ impl Shims {
         };
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
-            let client = match client {
-                Some(c) => c,
-                None => match record.connect().await {
-                    Ok(c) => c,
-                    // The shim is gone: its exit record answers.
-                    Err(_) => return Ok((None, launch::read_exit(&bundle)?.map(exit))),
-                },
+            let Ok(client) = record.client(client).await else {
+                // The shim is gone: its exit record answers.
+                return Ok((None, launch::read_exit(&bundle)?.map(exit)));
             };
             let state = match client.state(None).await {
                 Ok(s) => s,
@@ -338,12 +328,8 @@ impl Shims {
             return Reply::Now(Ok(()));
         }
         Reply::off(async move {
-            let client = match client {
-                Some(c) => c,
-                None => match record.connect().await {
-                    Ok(c) => c,
-                    Err(_) => return Ok(()),
-                },
+            let Ok(client) = record.client(client).await else {
+                return Ok(());
             };
             if !matches!(client.state(None).await, Ok(s) if s.status == TaskStatus::Stopped) {
                 return Ok(());
@@ -371,16 +357,15 @@ impl Shims {
         }
         self.deleting.insert(id.clone());
         let runtime = self.runtime_of(&record);
-        let v2 = runtime.as_ref().and_then(|rt| self.v2_shim(rt));
-        let v2 = if record.api == TaskApi::V2 { v2 } else { None };
+        let v2 = runtime
+            .as_ref()
+            .filter(|_| record.api == TaskApi::V2)
+            .and_then(|rt| self.v2_shim(rt));
         let task = id.clone();
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
             let socket = PathBuf::from(&record.address);
-            let client = match client {
-                Some(c) => Some(c),
-                None => record.connect().await.ok(),
-            };
+            let client = record.client(client).await.ok();
             // A cached connection to a shim that has since died.
             let client = match client {
                 Some(c)
@@ -472,10 +457,7 @@ impl Shims {
         };
         let work = async move {
             let bundle = PathBuf::from(&record.bundle);
-            let client = match client {
-                Some(c) => Some(c),
-                None => record.connect().await.ok(),
-            };
+            let client = record.client(client).await.ok();
             let Some(c) = client else {
                 let ended = launch::read_exit(&bundle)?.map(exit);
                 return Ok(TaskInfo {

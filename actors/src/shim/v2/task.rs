@@ -55,6 +55,22 @@ fn record_exit(bundle: &Path, status: u32, at_unix_nanos: i64) -> Result<ExitRec
     Ok(record)
 }
 
+/// Puts an exit on record once the task's output has drained into its
+/// log (at most [`DRAIN_LIMIT`]): the waiter's and the event's way alike.
+async fn settle(
+    io: Option<Arc<TaskIo>>,
+    bundle: PathBuf,
+    status: u32,
+    at_unix_nanos: i64,
+) -> Result<ExitRecord> {
+    if let Some(io) = io {
+        io.drained(DRAIN_LIMIT).await;
+    }
+    tokio::task::spawn_blocking(move || record_exit(&bundle, status, at_unix_nanos))
+        .await
+        .map_err(|e| Error::Internal(format!("exit task: {e}")))?
+}
+
 /// Waits for the task's exit as long as it runs, then puts it on record
 /// once the output drained (the exit timer publishes it if the shim's
 /// event did not come).
@@ -68,13 +84,9 @@ pub(in crate::shim) fn wait_for_exit(client: ShimClient, io: Option<Arc<TaskIo>>
                 return;
             }
         };
-        let drained = match io {
-            Some(io) => io.drained(DRAIN_LIMIT).await,
-            None => true,
-        };
-        tracing::debug!(task = %client.id(), status = exit.status, drained, "task ended");
+        tracing::debug!(task = %client.id(), status = exit.status, "task ended");
         let at = berth_protocol::timefmt::unix_nanos(exit.exited_at);
-        match record_exit(&bundle, exit.status, i64::try_from(at).unwrap_or(0)) {
+        match settle(io, bundle, exit.status, i64::try_from(at).unwrap_or(0)).await {
             Ok(_) | Err(Error::NotFound(_)) => {}
             Err(e) => tracing::warn!(task = %client.id(), error = %e, "exit not recorded"),
         }
@@ -281,17 +293,12 @@ impl Shims {
     ) -> Reply<Self, ()> {
         let io = self.v2_io(&msg.id);
         let id = msg.id.clone();
-        let work = async move {
-            if let Some(io) = io {
-                io.drained(DRAIN_LIMIT).await;
-            }
-            let bundle = PathBuf::from(bundle);
-            tokio::task::spawn_blocking(move || {
-                record_exit(&bundle, msg.status, msg.exited_at_unix_nanos)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("exit task: {e}")))?
-        };
+        let work = settle(
+            io,
+            PathBuf::from(bundle),
+            msg.status,
+            msg.exited_at_unix_nanos,
+        );
         Reply::Later(Box::pin(wrap_future(work).map(
             move |res: Result<ExitRecord>, act: &mut ShimSupervisor, ctx| {
                 let record = match res {
